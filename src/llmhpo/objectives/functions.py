@@ -1,0 +1,112 @@
+"""Benchmark functions with known optima (Surjanovic & Bingham's virtual library),
+to test and compare optimisers in seconds. All are minimised."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from llmhpo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Function:
+    """f: (d,) native point -> float; bounds: (d, 2); f_min: the known global minimum."""
+
+    name: str
+    f: Callable[[np.ndarray], float]
+    bounds: np.ndarray
+    f_min: float
+
+    @property
+    def dim(self) -> int:
+        return len(self.bounds)
+
+    def __call__(self, x) -> float:
+        return float(self.f(np.asarray(x, dtype=float)))
+
+    def from_unit(self, u) -> np.ndarray:
+        """u: (d,) in [0, 1] -> native point."""
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        return lo + np.asarray(u, dtype=float) * (hi - lo)
+
+
+def _himmelblau(x):
+    return (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
+
+
+def _branin(x):
+    a, b, c = 1.0, 5.1 / (4 * math.pi**2), 5 / math.pi
+    r, s, t = 6.0, 10.0, 1 / (8 * math.pi)
+    return a * (x[1] - b * x[0] ** 2 + c * x[0] - r) ** 2 + s * (1 - t) * math.cos(x[0]) + s
+
+
+_H6_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
+                  [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
+_H6_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H6_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+
+
+def _hartmann6(x):
+    return -float(_H6_ALPHA @ np.exp(-np.sum(_H6_A * (x - _H6_P) ** 2, axis=1)))
+
+
+def _rosenbrock(x):
+    return float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+
+def _ackley(x):
+    d = len(x)
+    return float(-20 * np.exp(-0.2 * np.sqrt(np.sum(x**2) / d)) - np.exp(np.sum(np.cos(2 * np.pi * x)) / d) + 20 + math.e)
+
+
+def _rastrigin(x):
+    return float(10 * len(x) + np.sum(x**2 - 10 * np.cos(2 * np.pi * x)))
+
+
+def _levy(x):
+    w = 1 + (x - 1) / 4
+    head = np.sin(np.pi * w[0]) ** 2
+    mid = np.sum((w[:-1] - 1) ** 2 * (1 + 10 * np.sin(np.pi * w[:-1] + 1) ** 2))
+    tail = (w[-1] - 1) ** 2 * (1 + np.sin(2 * np.pi * w[-1]) ** 2)
+    return float(head + mid + tail)
+
+
+def _styblinski_tang(x):
+    return float(np.sum(x**4 - 16 * x**2 + 5 * x) / 2)
+
+
+def _box(lo, hi, d):
+    return np.tile([lo, hi], (d, 1)).astype(float)
+
+
+# name -> (maker(dim) -> Function, fixed dimension or None, default dimension)
+_FUNCTIONS: dict[str, tuple[Callable[[int], Function], int | None, int]] = {
+    "himmelblau": (lambda d: Function("himmelblau", _himmelblau, np.array([[-5.0, 5.0], [-5.0, 5.0]]), 0.0), 2, 2),
+    "branin": (lambda d: Function("branin", _branin, np.array([[-5.0, 10.0], [0.0, 15.0]]), 0.397887357729738), 2, 2),
+    "hartmann6": (lambda d: Function("hartmann6", _hartmann6, _box(0, 1, 6), -3.32236801141551), 6, 6),
+    "rosenbrock": (lambda d: Function("rosenbrock", _rosenbrock, _box(-5, 10, d), 0.0), None, 4),
+    "ackley": (lambda d: Function("ackley", _ackley, _box(-32.768, 32.768, d), 0.0), None, 4),
+    "rastrigin": (lambda d: Function("rastrigin", _rastrigin, _box(-5.12, 5.12, d), 0.0), None, 4),
+    "levy": (lambda d: Function("levy", _levy, _box(-10, 10, d), 0.0), None, 4),
+    "styblinski_tang": (lambda d: Function("styblinski_tang", _styblinski_tang, _box(-5, 5, d), -39.16616570377142 * d), None, 4),
+}
+
+FUNCTION_NAMES = list(_FUNCTIONS)
+
+
+def get_function(name: str, dim: int | None = None) -> Function:
+    """A benchmark function by name; ``dim`` for those defined in any dimension."""
+    key = name.replace("-", "_")
+    if key not in _FUNCTIONS:
+        raise ConfigError(f"unknown function {name!r}; choose one of: {', '.join(FUNCTION_NAMES)}")
+    make, fixed, default = _FUNCTIONS[key]
+    if dim is not None and fixed is not None and dim != fixed:
+        raise ConfigError(f"function '{name}' is {fixed}-dimensional; remove dim = {dim} or set it to {fixed}")
+    if dim is not None and (not isinstance(dim, int) or dim < 2):
+        raise ConfigError(f"function '{name}': dim = {dim!r} must be an integer >= 2")
+    return make(dim or fixed or default)

@@ -1,0 +1,169 @@
+"""The optimiser protocol: ``ask(n)`` / ``tell(candidate, value)`` on points of [0, 1]^d.
+
+Every optimiser minimises. The public methods do the bookkeeping (ids, pending work,
+history, validation); subclasses implement ``_ask`` and ``_tell`` on arrays, and list the
+attributes that make up their state in ``_state_attrs`` so that ``state_dict`` /
+``load_state_dict`` give an identical continuation through plain JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from llmhpo import _json
+
+
+@dataclass
+class Candidate:
+    """A point an optimiser proposes, with its bookkeeping.
+
+    x: (d,) point of [0, 1]^d. info: JSON-able details (e.g. the partition-tree node),
+    stored with the trial.
+    """
+
+    id: int
+    x: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "x": [float(v) for v in self.x], "info": _json.encode(self.info)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Candidate":
+        return cls(int(d["id"]), np.asarray(d["x"], dtype=float), _json.decode(d.get("info", {})))
+
+
+class Optimizer:
+    """Base class; see the module docstring.
+
+    dim: number of dimensions d. rng: the optimiser's own random stream.
+    budget: the number of evaluations planned, when known (a hint, never a stop rule).
+    """
+
+    name: ClassVar[str] = "base"
+    #: False for optimisers whose sequence does not depend on the seed.
+    stochastic: ClassVar[bool] = True
+    #: True when warm-start observations are used (model-based optimisers).
+    uses_observations: ClassVar[bool] = False
+    _state_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, dim: int, rng: np.random.Generator | None = None, budget: int | None = None):
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.budget = budget
+        self.pending: dict[int, Candidate] = {}
+        #: every told point and its value (None for a failure), in tell order
+        self.X: list[np.ndarray] = []
+        self.y: list[float | None] = []
+        self._next_id = 0
+
+    # ---------------------------------------------------------------- protocol
+    def ask(self, n: int = 1) -> list[Candidate]:
+        """Up to ``n`` new candidates; fewer, even none, when results must come in first."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"ask(n) needs n >= 1, got {n!r}")
+        out = []
+        for x, info in self._ask(n)[:n]:
+            x = np.clip(np.asarray(x, dtype=float).reshape(self.dim), 0.0, 1.0)
+            out.append(self._add_pending(x, info))
+        return out
+
+    def tell(self, candidate: Candidate, value: float | None) -> None:
+        """Report the value of a pending candidate; None (or NaN/inf) means the trial failed."""
+        if candidate.id not in self.pending:
+            raise ValueError(f"candidate {candidate.id} is not pending (already told, or from another optimiser)")
+        if value is not None:
+            value = float(value)
+            if not math.isfinite(value):
+                value = None
+        candidate = self.pending.pop(candidate.id)
+        self.X.append(candidate.x.copy())
+        self.y.append(value)
+        if candidate.info.get("external"):
+            self._observe(candidate, value)
+        else:
+            self._tell(candidate, value)
+
+    def register(self, x: np.ndarray, info: dict[str, Any] | None = None) -> Candidate:
+        """A pending candidate the optimiser did not propose (a warm-start configuration).
+
+        Its value is given to ``_observe`` instead of ``_tell``: model-based optimisers learn
+        from it, the others only keep it in their history.
+        """
+        x = np.clip(np.asarray(x, dtype=float).reshape(self.dim), 0.0, 1.0)
+        return self._add_pending(x, dict(info or {}, external=True))
+
+    @property
+    def best(self) -> tuple[np.ndarray | None, float | None]:
+        """(x, value) of the best successful observation so far."""
+        ok = [(v, i) for i, v in enumerate(self.y) if v is not None]
+        if not ok:
+            return None, None
+        v, i = min(ok)
+        return self.X[i], v
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically, as plain JSON types."""
+        return _json.encode(
+            {
+                "name": self.name,
+                "dim": self.dim,
+                "rng": self.rng.bit_generator.state,
+                "next_id": self._next_id,
+                "pending": [c.to_dict() for c in self.pending.values()],
+                "X": np.asarray(self.X).reshape(len(self.X), self.dim),
+                "y": list(self.y),
+                "own": {a: getattr(self, a) for a in self._state_attrs},
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = _json.decode(state)
+        if state["name"] != self.name or state["dim"] != self.dim:
+            raise ValueError(
+                f"state of {state['name']} in {state['dim']}-D cannot be loaded into {self.name} in {self.dim}-D"
+            )
+        self.rng.bit_generator.state = state["rng"]
+        self._next_id = state["next_id"]
+        self.pending = {c["id"]: Candidate.from_dict(c) for c in state["pending"]}
+        self.X = [np.asarray(x, dtype=float) for x in state["X"]]
+        self.y = list(state["y"])
+        for a, v in state["own"].items():
+            setattr(self, a, v)
+        self._after_load()
+
+    # ---------------------------------------------------------------- for subclasses
+    def _ask(self, n: int) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def _tell(self, candidate: Candidate, value: float | None) -> None:
+        """Default: nothing beyond the history kept by the base class."""
+
+    def _observe(self, candidate: Candidate, value: float | None) -> None:
+        """A value for a registered (not proposed) point; ignored unless overridden."""
+
+    def _after_load(self) -> None:
+        """Rebuild derived objects (engines, models) after ``load_state_dict``."""
+
+    def _add_pending(self, x: np.ndarray, info: dict[str, Any]) -> Candidate:
+        c = Candidate(self._next_id, x, dict(info))
+        self._next_id += 1
+        self.pending[c.id] = c
+        return c
+
+    def _observed(self) -> tuple[np.ndarray, np.ndarray]:
+        """Successful observations: X (n, d) in [0, 1], y (n,)."""
+        idx = [i for i, v in enumerate(self.y) if v is not None]
+        X = np.asarray([self.X[i] for i in idx], dtype=float).reshape(len(idx), self.dim)
+        return X, np.asarray([self.y[i] for i in idx], dtype=float)
+
+    def _seed(self) -> int:
+        """A fresh 32-bit seed drawn from the optimiser's stream (for libraries that want one)."""
+        return int(self.rng.integers(0, 2**31 - 1))

@@ -1,0 +1,54 @@
+"""Bayesian Multi-Scale Optimistic Optimization (Wang, Shakibi, Jin & de Freitas 2014).
+
+SOO in which a GP decides whether a new child is worth an evaluation. With N real
+evaluations so far and beta_N = sqrt(2 log(pi^2 N^2 / (6 eta))), a child whose optimistic
+bound cannot beat the best value f+ found so far gets its pessimistic bound as an
+approximate score and costs no evaluation (the paper's UCB(x) < f+ -> g(x) = LCB(x),
+written here for minimisation: mu - beta sigma > f+ -> g(x) = mu + beta sigma).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llmhpo.optimizers._gp import fit_gp, posterior_mean_std, seeded_torch
+from llmhpo.optimizers.partition.soo import SOO
+
+
+class BaMSOO(SOO):
+    name = "bamsoo"
+    uses_observations = True
+    _state_attrs = SOO._state_attrs + ("n_skipped",)
+
+    def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | None = None, eta: float = 0.05):
+        super().__init__(dim, rng, budget, K=K, h_max=h_max)
+        if not (0 < eta < 1):
+            raise ValueError(f"eta must be in (0, 1), got {eta}")
+        self.eta = eta
+        self.n_skipped = 0
+        self._model = None
+
+    def beta(self, N: int) -> float:
+        return math.sqrt(2 * math.log(math.pi**2 * max(N, 1) ** 2 / (6 * self.eta)))
+
+    def _next_batch(self):
+        X, y = self._observed()
+        self._model = None
+        if len(y) >= 2:
+            with seeded_torch(0):  # the fit is deterministic given the data
+                self._model = fit_gp(X, y)
+        return super()._next_batch()
+
+    def _children_to_evaluate(self, child):
+        if self._model is not None:
+            X, y = self._observed()
+            mu, sd = posterior_mean_std(self._model, child["x"][None])
+            b = self.beta(len(y))
+            lcb, ucb = float(mu[0] - b * sd[0]), float(mu[0] + b * sd[0])
+            if lcb > float(y.min()):
+                child["value"], child["approx"] = ucb, True
+                self.n_skipped += 1
+                return []
+        return super()._children_to_evaluate(child)

@@ -1,0 +1,99 @@
+"""Simultaneous Optimistic Optimization (Munos 2011, "Optimistic optimization of a
+deterministic function without the knowledge of its smoothness", Algorithm 2).
+
+A K-ary tree of boxes of [0, 1]^d. A box is split along its widest side into K equal
+parts, each child scored at its centre; for odd K the middle child's centre is its
+parent's, so it inherits the score without an evaluation. Each sweep goes down the depths
+h = 0 .. min(depth, h_max) and expands, at every depth, the best leaf if it is no worse
+than every leaf expanded at a smaller depth in that sweep (``v_max``; we minimise, so it
+is the lowest value). h_max(n) = sqrt(n) as in Munos' Theorem 2, or a fixed ``h_max``.
+
+Parallel variant: the leaves of one sweep are chosen from the tree as it stands at the
+start of the sweep, so all their children are independent evaluations handed out by
+``ask(n)``; the next sweep starts when they are all told.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llmhpo.optimizers.partition.tree import SweepOptimizer, new_node, split_box
+
+
+class SOO(SweepOptimizer):
+    name = "soo"
+    stochastic = False
+    _state_attrs = SweepOptimizer._state_attrs + ("nodes", "sweeps", "n_evals")
+
+    def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | None = None):
+        super().__init__(dim, rng, budget)
+        if not isinstance(K, int) or K < 2:
+            raise ValueError(f"K must be an integer >= 2, got {K!r}")
+        self.K, self.h_max_fixed = K, h_max
+        self.nodes: list[dict] = []
+        self.sweeps = 0
+        self.n_evals = 0
+
+    # -------------------------------------------------------------- tree queries
+    def h_max(self) -> int:
+        if self.h_max_fixed is not None:
+            return self.h_max_fixed
+        return max(1, int(math.sqrt(max(self.n_evals, 1))))
+
+    def leaves(self) -> list[dict]:
+        return [nd for nd in self.nodes if not nd["expanded"]]
+
+    @property
+    def depth(self) -> int:
+        return max((nd["depth"] for nd in self.nodes), default=0)
+
+    def _score(self, node) -> float:
+        return math.inf if node["value"] is None else node["value"]
+
+    # -------------------------------------------------------------- sweep
+    def select(self) -> list[dict]:
+        """The leaves this sweep expands (Munos 2011, Alg. 2, lines 3-9)."""
+        leaves = self.leaves()
+        for h_top in (min(self.depth, self.h_max()), self.depth):
+            chosen, v_max = [], math.inf
+            for h in range(0, h_top + 1):
+                at_h = [nd for nd in leaves if nd["depth"] == h]
+                if not at_h:
+                    continue
+                best = min(at_h, key=self._score)
+                if self._score(best) <= v_max and math.isfinite(self._score(best)):
+                    chosen.append(best)
+                    v_max = self._score(best)
+            if chosen:
+                return chosen
+        # every leaf failed: split the shallowest one blindly rather than stop
+        return [min(leaves, key=lambda nd: nd["depth"])] if leaves else []
+
+    def _next_batch(self):
+        if not self.nodes:
+            root = new_node(self.nodes, np.zeros(self.dim), np.ones(self.dim), 0, None)
+            return [(root["x"], self._info(root))]
+        self.sweeps += 1
+        batch = []
+        for node in self.select():
+            node["expanded"] = True
+            for k, (lo, hi) in enumerate(split_box(node["lo"], node["hi"], self.K)):
+                inherit = self.K % 2 == 1 and k == self.K // 2
+                child = new_node(self.nodes, lo, hi, node["depth"] + 1, node["id"],
+                                 value=node["value"] if inherit else None, approx=inherit and node["approx"])
+                if not inherit:
+                    batch.extend(self._children_to_evaluate(child))
+        return batch
+
+    def _children_to_evaluate(self, child):
+        return [(child["x"], self._info(child))]
+
+    def _info(self, node) -> dict:
+        return {"node": node["id"], "depth": node["depth"], "lo": node["lo"].tolist(), "hi": node["hi"].tolist()}
+
+    def _record(self, candidate, value):
+        node = self.nodes[candidate.info["node"]]
+        node["value"] = value
+        self.n_evals += 1

@@ -1,0 +1,103 @@
+"""Exploratory samplers (report 2.2.4): random, grid, Latin hypercube and Sobol sequences."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.stats import qmc
+
+from llmhpo.optimizers.base import Optimizer
+
+
+class RandomSearch(Optimizer):
+    """Independent uniform points of [0, 1]^d."""
+
+    name = "random"
+
+    def _ask(self, n):
+        return [(self.rng.random(self.dim), {}) for _ in range(n)]
+
+
+class GridSearch(Optimizer):
+    """The cell centres of a regular grid, visited in a seeded random order.
+
+    levels: points per dimension (an int, or one int per dimension). A random order means a
+    grid cut short by the budget still covers the whole box. Once every point is asked,
+    ``ask`` returns nothing.
+    """
+
+    name = "grid"
+    _state_attrs = ("order", "index")
+    max_points = 10_000_000
+
+    def __init__(self, dim, rng=None, budget=None, levels: int | list[int] = 5, shuffle: bool = True):
+        super().__init__(dim, rng, budget)
+        lv = [levels] * dim if isinstance(levels, int) else list(levels)
+        if len(lv) != dim or any((not isinstance(v, int)) or v < 1 for v in lv):
+            raise ValueError(f"levels must be a positive int or {dim} positive ints, got {levels!r}")
+        total = int(np.prod(lv, dtype=float))
+        if total > self.max_points:
+            raise ValueError(f"a grid of {total} points is too large; lower levels (now {levels})")
+        self.levels = lv
+        self.order = self.rng.permutation(total) if shuffle else np.arange(total)
+        self.index = 0
+
+    def _ask(self, n):
+        out = []
+        while len(out) < n and self.index < len(self.order):
+            cell = np.unravel_index(int(self.order[self.index]), self.levels)
+            self.index += 1
+            out.append(((np.asarray(cell) + 0.5) / np.asarray(self.levels), {"grid_index": int(self.order[self.index - 1])}))
+        return out
+
+
+class LatinHypercube(Optimizer):
+    """Blocks of Latin-hypercube designs (scipy.stats.qmc); each block is stratified.
+
+    size: points per block; default the budget, or 10 * d when it is unknown.
+    """
+
+    name = "lhs"
+    _state_attrs = ("design", "index")
+
+    def __init__(self, dim, rng=None, budget=None, size: int | None = None):
+        super().__init__(dim, rng, budget)
+        self.size = int(size or budget or 10 * dim)
+        self.design = np.empty((0, dim))
+        self.index = 0
+
+    def _ask(self, n):
+        out = []
+        for _ in range(n):
+            if self.index >= len(self.design):
+                self.design = qmc.LatinHypercube(d=self.dim, seed=self._seed()).random(self.size)
+                self.index = 0
+            out.append((self.design[self.index].copy(), {}))
+            self.index += 1
+        return out
+
+
+class Sobol(Optimizer):
+    """A scrambled Sobol sequence (scipy.stats.qmc), seeded from the optimiser's stream."""
+
+    name = "sobol"
+    _state_attrs = ("sobol_seed", "drawn")
+
+    def __init__(self, dim, rng=None, budget=None):
+        super().__init__(dim, rng, budget)
+        self.sobol_seed = self._seed()
+        self.drawn = 0
+        self._after_load()
+
+    def _after_load(self):
+        self._engine = qmc.Sobol(d=self.dim, scramble=True, seed=self.sobol_seed)
+        if self.drawn:
+            self._engine.fast_forward(self.drawn)
+
+    def _ask(self, n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # balance warning for n not a power of 2
+            pts = self._engine.random(n)
+        self.drawn += n
+        return [(p, {"sobol_index": self.drawn - n + i}) for i, p in enumerate(pts)]
