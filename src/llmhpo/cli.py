@@ -1,0 +1,286 @@
+"""The ``llmhpo`` command line: run, status, best, report, bench, check, demo.
+
+Errors llmhpo raises on purpose print one line and exit with status 2; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmhpo.errors import ConfigError, LlmhpoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyperparameter optimisation for LLM fine-tuning (LoRA + lm-eval).")
+console = Console()
+err = Console(stderr=True)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    _STATE["debug"] = debug
+
+
+def _fail(e: BaseException) -> None:
+    if _STATE["debug"]:
+        raise e
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _open_study(ref: str, name: Optional[str]):
+    from llmhpo.config import load_config
+    from llmhpo.study import Study
+
+    if ref.endswith(".toml"):
+        cfg = load_config(ref)
+        return Study.load(cfg.study.storage, name or cfg.study.name)
+    if "://" in ref:
+        return Study.load(ref, name)
+    if not Path(ref).exists():
+        raise ConfigError(f"'{ref}' is neither a study TOML file, a storage URL nor an existing .db file")
+    return Study.load(f"sqlite:///{ref}", name)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Study TOML file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a stored study whose config differs."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Override [budget] trials."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Override [runner] workers."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Run a study, or resume it: completed trials are kept, interrupted ones run again."""
+    from dataclasses import replace
+
+    from llmhpo.config import load_config
+    from llmhpo.runner import run as run_study
+
+    try:
+        cfg = load_config(config)
+        if trials is not None:
+            if trials < 1:
+                raise ConfigError(f"--trials {trials} must be at least 1")
+            cfg = replace(cfg, budget=replace(cfg.budget, trials=trials))
+        if workers is not None:
+            if workers < 1:
+                raise ConfigError(f"--workers {workers} must be at least 1")
+            cfg = replace(cfg, runner=replace(cfg.runner, workers=workers,
+                                              executor="process" if workers > 1 else cfg.runner.executor))
+        _preflight(cfg)
+        summary = run_study(cfg, overwrite=overwrite, progress=progress)
+    except LlmhpoError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume")
+        raise typer.Exit(130)
+    console.print(f"study [bold]{summary.study}[/] ({summary.storage}): {summary.complete} complete, "
+                  f"{summary.failed} failed; stopped by {summary.stopped} after {summary.seconds:.1f} s")
+    if summary.best_value is not None:
+        console.print(f"best value {summary.best_value:.6g} (trial {summary.best_number}): "
+                      + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.best_params.items()))
+
+
+def _preflight(cfg) -> None:
+    """What the objective needs, checked before the first trial (model, data, tasks)."""
+    if cfg.objective == "finetune":
+        from llmhpo.objectives.finetune import preflight
+
+        preflight(cfg)
+
+
+@app.command()
+def status(
+    study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
+    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
+    last: int = typer.Option(10, "--last", help="How many recent trials to list."),
+):
+    """Trials done, failed and running, the best so far and the latest trials."""
+    try:
+        st = _open_study(study, name)
+    except LlmhpoError as e:
+        _fail(e)
+    c = st.counts()
+    cfg = st.config
+    best = st.best()
+    console.print(f"study [bold]{cfg.study.name}[/]: optimizer {cfg.optimizer}, objective {cfg.objective}, "
+                  f"{cfg.study.direction}")
+    console.print(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
+                  f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
+    if best:
+        console.print(f"best value {best.value:.6g} (trial {best.number})")
+    table = Table("trial", "state", "value", *cfg.space.names, "error")
+    for r in st.records()[-last:]:
+        table.add_row(str(r.number), "INTERRUPTED" if r.interrupted else r.state,
+                      "" if r.value is None else f"{r.value:.6g}", *(_fmt(r.params.get(n, "")) for n in cfg.space.names),
+                      (r.attrs.get("error") or "")[:60])
+    console.print(table)
+
+
+@app.command()
+def best(
+    study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
+    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial's adapter and config here."),
+    merge: bool = typer.Option(False, "--merge", help="With --export: also write the base model with the adapter merged."),
+    as_json: bool = typer.Option(False, "--json", help="Print the best trial as JSON."),
+):
+    """The best trial: value, params, metrics; optionally export its adapter."""
+    try:
+        st = _open_study(study, name)
+        b = st.best()
+        if b is None:
+            raise LlmhpoError(f"study '{st.config.study.name}' has no complete trial yet")
+        if export is not None:
+            from llmhpo.objectives.finetune.export import export_best
+
+            where = export_best(st, b, export, merge=merge)
+    except LlmhpoError as e:
+        _fail(e)
+    if as_json:
+        console.print_json(json.dumps({"number": b.number, "value": b.value, "params": b.params,
+                                       "metrics": b.attrs.get("metrics", {})}, default=str))
+    else:
+        console.print(f"best trial {b.number}: value {b.value:.6g}")
+        for k, v in b.params.items():
+            console.print(f"  {k} = {_fmt(v)}")
+        for k, v in sorted((b.attrs.get("metrics") or {}).items()):
+            if not isinstance(v, (list, dict)) and k != "traceback":
+                console.print(f"  [dim]{k}: {_fmt(v)}[/]")
+    if export is not None:
+        console.print(f"exported to {where}")
+
+
+@app.command()
+def report(
+    study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
+    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for the figures and the summary."),
+):
+    """Figures (best-so-far curve, parameter vs value) and a Markdown summary of a study."""
+    from llmhpo.report import write_report
+
+    try:
+        st = _open_study(study, name)
+        path = write_report(st, out)
+    except LlmhpoError as e:
+        _fail(e)
+    console.print(f"report written to {path}")
+
+
+@app.command()
+def check(config: Path = typer.Argument(..., help="Study TOML file.")):
+    """Validate a config and what it needs (model, data, tasks, devices) without training."""
+    from llmhpo.config import load_config
+
+    try:
+        cfg = load_config(config)
+        console.print(f"config OK: {cfg.study.name}, optimizer {cfg.optimizer}, objective {cfg.objective}, "
+                      f"{cfg.space.dim} variables, budget {cfg.budget.trials} trials, {cfg.runner.workers} worker(s)")
+        console.print(f"space: {cfg.space}")
+        if cfg.objective == "finetune":
+            from llmhpo.objectives.finetune import preflight
+
+            for line in preflight(cfg, verbose=True):
+                console.print(f"  {line}")
+    except LlmhpoError as e:
+        _fail(e)
+    console.print("[green]ready[/]")
+
+
+@app.command()
+def bench(
+    optimizers: str = typer.Option("all", help="Comma-separated optimiser names, or 'all'."),
+    functions: str = typer.Option("branin,hartmann6,himmelblau", help="Comma-separated functions, or 'all'."),
+    budget: int = typer.Option(50, help="Evaluations per run."),
+    seeds: int = typer.Option(10, help="Repeats (seeds 0..S-1)."),
+    workers: int = typer.Option(1, help="Parallel processes."),
+    dim: Optional[int] = typer.Option(None, help="Dimension for functions defined in any dimension."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every run and the summary as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Also print the table as Markdown."),
+):
+    """Compare optimisers on benchmark functions: median/mean best regret and mean rank."""
+    from llmhpo.bench import markdown_table, run_bench, summarise
+    from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
+    from llmhpo.optimizers import OPTIMIZERS
+
+    try:
+        opts = list(OPTIMIZERS) if optimizers == "all" else [o.strip() for o in optimizers.split(",") if o.strip()]
+        fns = FUNCTION_NAMES if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
+        for o in opts:
+            if o not in OPTIMIZERS:
+                raise ConfigError(f"unknown optimizer {o!r}; choose from: {', '.join(OPTIMIZERS)}")
+        for f in fns:
+            get_function(f, None)
+        if budget < 1 or seeds < 1 or workers < 1:
+            raise ConfigError("--budget, --seeds and --workers must be at least 1")
+    except LlmhpoError as e:
+        _fail(e)
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as p:
+        task = p.add_task("bench", total=len(opts) * len(fns) * seeds)
+        rows = run_bench(opts, fns, budget, seeds, workers, dim, on_row=lambda r: p.advance(task))
+    summary = summarise(rows)
+    table = Table("function", "optimizer", "median regret", "mean regret", "mean rank", "s/run",
+                  title=f"best regret after {budget} evaluations, {seeds} seeds")
+    for s in summary:
+        table.add_row(s["function"], s["optimizer"], f"{s['median_regret']:.3g}", f"{s['mean_regret']:.3g}",
+                      f"{s['mean_rank']:.2f}", f"{s['mean_seconds']:.1f}")
+    console.print(table)
+    if markdown:
+        console.print(markdown_table(summary), highlight=False, soft_wrap=True)
+    if json_out:
+        json_out.write_text(json.dumps({"budget": budget, "seeds": seeds, "summary": summary,
+                                        "runs": [r.__dict__ for r in rows]}, indent=1))
+
+
+@app.command()
+def demo(
+    trials: int = typer.Option(8, help="Trials in the demo study."),
+    workers: int = typer.Option(1, help="Parallel workers (each loads its own model)."),
+    out: Path = typer.Option(Path("llmhpo-runs/demo"), help="Folder for the study, the data and the best adapter."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the demo study afresh."),
+):
+    """Offline HPO of SmolLM2-135M on the project's own task, on CPU in about 10 minutes."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from llmhpo.objectives.finetune.demo import run_demo
+
+    try:
+        run_demo(out, trials=trials, workers=workers, overwrite=overwrite, console=console)
+    except LlmhpoError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print("interrupted: run `llmhpo demo` again to resume")
+        raise typer.Exit(130)
+
+
+def main() -> None:
+    try:
+        app()
+    except typer.Exit:
+        raise
+    except LlmhpoError as e:  # pragma: no cover - commands catch their own
+        err.print(f"error: {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Study configuration: TOML -> frozen, validated objects, with a JSON round-trip.
+
+Every check happens here, before a study is created or anything is computed; a bad file
+raises ConfigError with one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from llmhpo.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+from llmhpo.space import SearchSpace, preset
+
+_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start",
+             "model", "data", "train", "eval"}
+_FINETUNE_SECTIONS = ("model", "data", "train", "eval")
+
+
+def _expect(section: str, table: Mapping[str, Any], key: str, types: tuple, default: Any = None,
+            required: bool = False) -> Any:
+    if key not in table:
+        if required:
+            raise ConfigError(f"[{section}] is missing the key '{key}'")
+        return default
+    v = table[key]
+    if isinstance(v, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(v, types)
+    if not ok:
+        names = " or ".join(t.__name__.replace("str", "string").replace("float", "number") for t in types)
+        raise ConfigError(f"[{section}] {key} = {v!r} must be a {names}")
+    return v
+
+
+def _no_unknown(section: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise ConfigError(f"[{section}] has an unknown key '{extra[0]}'; allowed keys: {', '.join(sorted(allowed))}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from a number or a string such as "90m", "2h", "30s"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
+    else:
+        raise ConfigError(f"{where} = {value!r} must be seconds or a duration such as \"90m\" or \"2h\"")
+    if seconds <= 0:
+        raise ConfigError(f"{where} = {value!r} must be positive")
+    return seconds
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    storage: str | None  # an Optuna storage URL; None = in memory (bench)
+    direction: str = "minimize"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int
+    wall_time: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    workers: int = 1
+    executor: str = "auto"  # auto | inline | process
+    devices: tuple[str, ...] = ()  # GPU ids, one worker each
+
+
+@dataclass(frozen=True)
+class Config:
+    study: StudyConfig
+    budget: Budget
+    runner: RunnerConfig
+    optimizer: str
+    optimizer_options: dict[str, Any]
+    objective: str
+    objective_options: dict[str, Any]
+    space: SearchSpace
+    warm_start: tuple[dict[str, Any], ...] = ()
+    #: the [model], [data], [train], [eval] tables of a fine-tuning study
+    finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str | None = None  # the TOML file it came from
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": {"name": self.study.name, "storage": self.study.storage,
+                      "direction": self.study.direction, "seed": self.study.seed},
+            "budget": {"trials": self.budget.trials, "wall_time": self.budget.wall_time},
+            "runner": {"workers": self.runner.workers, "executor": self.runner.executor,
+                       "devices": list(self.runner.devices)},
+            "optimizer": {"name": self.optimizer, **self.optimizer_options},
+            "objective": {"type": self.objective, **self.objective_options},
+            "space": {v.pop("name"): v for v in self.space.to_dict()},
+            "warm_start": [dict(w) for w in self.warm_start],
+            **{k: dict(v) for k, v in self.finetune.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], default_name: str = "study", source: str | None = None) -> "Config":
+        return _parse(raw, default_name, source)
+
+    def search_hash(self) -> str:
+        """Hash of what defines the search (space, optimiser, objective, seed, direction).
+
+        Budget, workers, devices and storage are left out: resuming with a larger budget
+        or more GPUs is the same study.
+        """
+        d = self.to_dict()
+        for key in ("budget", "runner"):
+            d.pop(key)
+        d["study"] = {k: v for k, v in d["study"].items() if k in ("direction", "seed")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def with_overrides(self, **changes: Any) -> "Config":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a study TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; give the path to a study TOML file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"'{path}' is not valid TOML: {e}") from e
+    return _parse(raw, path.stem, str(path))
+
+
+def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Config:
+    from llmhpo.objectives import OBJECTIVES
+    from llmhpo.optimizers import check_optimizer
+
+    _no_unknown("top level", raw, _SECTIONS)
+    # JSON round-trips write unset optional keys as null
+    raw = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, Mapping) else v)
+           for k, v in raw.items()}
+    for key, value in raw.items():
+        if key != "warm_start" and not isinstance(value, Mapping):
+            raise ConfigError(f"'{key}' must be a table: write [{key}] on its own line")
+
+    # [objective]
+    if "objective" not in raw:
+        raise ConfigError("the section [objective] is missing; add e.g. [objective] type = \"finetune\"")
+    obj = dict(raw["objective"])
+    kind = _expect("objective", obj, "type", (str,), required=True)
+    if kind not in OBJECTIVES:
+        raise ConfigError(f"[objective] type = {kind!r} is unknown; use one of: {', '.join(OBJECTIVES)}")
+    obj.pop("type")
+
+    # [study]
+    st = raw.get("study", {})
+    _no_unknown("study", st, {"name", "storage", "direction", "seed"})
+    name = _expect("study", st, "name", (str,), default_name)
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise ConfigError(f"[study] name = {name!r} may only use letters, digits, '_', '-' and '.'")
+    storage = _expect("study", st, "storage", (str,), f"sqlite:///{name}.db")
+    if storage and "://" not in storage:
+        storage = f"sqlite:///{storage}"
+    default_dir = "maximize" if kind == "finetune" else "minimize"
+    direction = _expect("study", st, "direction", (str,), default_dir)
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"[study] direction = {direction!r} must be \"minimize\" or \"maximize\"")
+    seed = _expect("study", st, "seed", (int,), 0)
+    study = StudyConfig(name, storage, direction, seed)
+
+    # [budget]
+    if "budget" not in raw:
+        raise ConfigError("the section [budget] is missing; add e.g. [budget] trials = 50")
+    bd = raw["budget"]
+    _no_unknown("budget", bd, {"trials", "wall_time"})
+    trials = _expect("budget", bd, "trials", (int,), required=True)
+    if trials < 1:
+        raise ConfigError(f"[budget] trials = {trials} must be at least 1")
+    wall = parse_duration(bd["wall_time"], "[budget] wall_time") if "wall_time" in bd else None
+    budget = Budget(trials, wall)
+
+    # [runner]
+    rn = raw.get("runner", {})
+    _no_unknown("runner", rn, {"workers", "executor", "devices"})
+    devices = _expect("runner", rn, "devices", (list,), [])
+    devices = tuple(str(d) for d in devices)
+    workers = _expect("runner", rn, "workers", (int,), len(devices) or 1)
+    if workers < 1:
+        raise ConfigError(f"[runner] workers = {workers} must be at least 1")
+    if devices and workers != len(devices):
+        raise ConfigError(f"[runner] workers = {workers} but {len(devices)} devices are listed; "
+                          "use one worker per device (or drop workers)")
+    executor = _expect("runner", rn, "executor", (str,), "auto")
+    if executor not in ("auto", "inline", "process"):
+        raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\" or \"process\"")
+    if executor == "inline" and workers > 1:
+        raise ConfigError("[runner] executor = \"inline\" runs one trial at a time; set workers = 1 or executor = \"process\"")
+    runner = RunnerConfig(workers, executor, devices)
+
+    # [optimizer]
+    if "optimizer" not in raw:
+        raise ConfigError("the section [optimizer] is missing; add e.g. [optimizer] name = \"bo\"")
+    op = dict(raw["optimizer"])
+    opt_name = _expect("optimizer", op, "name", (str,), required=True)
+    op.pop("name")
+    check_optimizer(opt_name, op)
+
+    # finetune sections only make sense for the finetune objective
+    finetune = {k: dict(raw[k]) for k in _FINETUNE_SECTIONS if k in raw}
+    if finetune and kind != "finetune":
+        raise ConfigError(f"[{next(iter(finetune))}] is only used with [objective] type = \"finetune\"; remove it")
+
+    # [space]
+    sp = dict(raw.get("space", {}))
+    space = _build_space(sp, kind, obj, finetune)
+
+    # warm_start
+    ws = raw.get("warm_start", [])
+    if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
+        raise ConfigError("warm_start must be a list of tables: write [[warm_start]] then name = value lines")
+    for i, w in enumerate(ws):
+        try:
+            space.encode(w, fill_defaults=True)
+        except ConfigError as e:
+            raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
+
+    cfg = Config(study, budget, runner, opt_name, op, kind, obj, space, tuple(dict(w) for w in ws), finetune, source)
+    _check_objective(cfg)
+    return cfg
+
+
+def _build_space(sp: dict[str, Any], kind: str, obj: Mapping[str, Any], finetune: Mapping) -> SearchSpace:
+    base: list = []
+    if "preset" in sp:
+        p = sp.pop("preset")
+        if not isinstance(p, str):
+            raise ConfigError(f"[space] preset = {p!r} must be a string such as \"paper\"")
+        base = list(preset(p).variables)
+    elif not sp and kind == "finetune":
+        base = list(preset("paper").variables)
+    elif not sp and kind in ("function", "sleep"):
+        from llmhpo.objectives import build_objective
+
+        return build_objective(kind, obj).space()
+    variables = {v.name: v for v in base}
+    for name, spec in sp.items():
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"[space] {name} must be a table such as [space.{name}] type = \"float\" low = 0 high = 1")
+        variables[name] = SearchSpace.from_dict({name: spec}).variables[0]
+    return SearchSpace(list(variables.values()))
+
+
+def _check_objective(cfg: Config) -> None:
+    """Cheap checks that the objective accepts its options and matches the space."""
+    from llmhpo.objectives import build_objective
+
+    if cfg.objective in ("function", "sleep"):
+        objective = build_objective(cfg.objective, cfg.objective_options)
+        expected = objective.space().names
+        if cfg.space.names != expected:
+            raise ConfigError(
+                f"[space] for a {cfg.objective} objective must define {expected} (got {cfg.space.names}); "
+                "remove [space] to use the function's own bounds"
+            )
+    else:
+        from llmhpo.objectives.finetune.config import FinetuneConfig
+
+        FinetuneConfig.from_sections(cfg.finetune, cfg.objective_options, cfg.space)

@@ -1,0 +1,237 @@
+"""Studies in Optuna storage: the source of truth for every trial and the optimiser's state.
+
+A llmhpo study is an ordinary Optuna study (sqlite by default, any Optuna storage URL),
+so ``optuna-dashboard`` and ``optuna.load_study`` read it. Per trial we store the native
+params (with Optuna distributions), and as user attributes the unit-cube point, the
+candidate's id and bookkeeping, metrics, timings and, for a failure, its reason. The
+study's system attributes hold the config, its hash and the optimiser state, rewritten
+after every ask and tell, so that a crashed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from llmhpo import __version__
+from llmhpo.config import Config
+from llmhpo.errors import StudyError
+from llmhpo.optimizers import Candidate
+from llmhpo.space import Categorical, Float, SearchSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CONFIG_KEY = "llmhpo:config"
+HASH_KEY = "llmhpo:config_hash"
+STATE_KEY = "llmhpo:optimizer_state"
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    out = {}
+    for v in space:
+        if isinstance(v, Float):
+            out[v.name] = FloatDistribution(v.low, v.high, log=v.log)
+        elif isinstance(v, Categorical):
+            out[v.name] = CategoricalDistribution(v.choices)
+        else:
+            out[v.name] = IntDistribution(v.low, v.high, log=v.log)
+    return out
+
+
+def open_storage(url: str | None) -> BaseStorage:
+    if url is None:
+        return optuna.storages.InMemoryStorage()
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as e:  # a wrong URL or a missing driver
+        raise StudyError(f"cannot open storage {url!r}: {e}; use e.g. sqlite:///study.db") from e
+
+
+@dataclass
+class TrialRecord:
+    """A trial as llmhpo reads it back."""
+
+    number: int
+    trial_id: int
+    state: str  # COMPLETE | FAIL | RUNNING
+    value: float | None
+    params: dict[str, Any]
+    candidate_id: int | None
+    interrupted: bool
+    attrs: dict[str, Any]
+
+
+class Study:
+    """One llmhpo study in an Optuna storage."""
+
+    def __init__(self, storage: BaseStorage, study: optuna.Study, config: Config):
+        self.storage, self.optuna_study, self.config = storage, study, config
+        self.study_id = study._study_id
+        self._dists = distributions(config.space)
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, config: Config, overwrite: bool = False) -> "Study":
+        """Create the study, or reopen it to resume; a changed config needs ``overwrite``."""
+        storage = open_storage(config.study.storage)
+        name = config.study.name
+        exists = name in [s.study_name for s in storage.get_all_studies()]
+        if exists:
+            study_id = storage.get_study_id_from_name(name)
+            old = storage.get_study_system_attrs(study_id)
+            if HASH_KEY not in old:
+                raise StudyError(f"study '{name}' in {config.study.storage} was not made by llmhpo; "
+                                 "choose another [study] name")
+            if old[HASH_KEY] != config.search_hash() and not overwrite:
+                raise StudyError(
+                    f"study '{name}' exists with a different configuration ({_diff(old[CONFIG_KEY], config)}); "
+                    "rerun with --overwrite to replace it, or set another [study] name"
+                )
+            if overwrite and old[HASH_KEY] != config.search_hash():
+                optuna.delete_study(study_name=name, storage=storage)
+                exists = False
+        if not exists:
+            study = optuna.create_study(study_name=name, storage=storage, direction=config.study.direction)
+            storage.set_study_system_attr(study._study_id, CONFIG_KEY, json.dumps(config.to_dict(), default=str))
+            storage.set_study_system_attr(study._study_id, HASH_KEY, config.search_hash())
+            study.set_user_attr("llmhpo_version", __version__)
+            study.set_user_attr("optimizer", config.optimizer)
+            study.set_user_attr("objective", config.objective)
+        else:
+            study = optuna.load_study(study_name=name, storage=storage)
+            # budget and workers may change between runs: keep the latest
+            storage.set_study_system_attr(study._study_id, CONFIG_KEY, json.dumps(config.to_dict(), default=str))
+        return cls(storage, study, config)
+
+    @classmethod
+    def load(cls, storage_url: str, name: str | None = None) -> "Study":
+        """Open an existing study for reading (status, best, report)."""
+        storage = open_storage(storage_url)
+        names = [s.study_name for s in storage.get_all_studies()]
+        if not names:
+            raise StudyError(f"no study in {storage_url}; run `llmhpo run STUDY.toml` first")
+        if name is None:
+            if len(names) > 1:
+                raise StudyError(f"{storage_url} holds several studies ({', '.join(names)}); pass --study NAME")
+            name = names[0]
+        if name not in names:
+            raise StudyError(f"no study '{name}' in {storage_url}; it holds: {', '.join(names)}")
+        study = optuna.load_study(study_name=name, storage=storage)
+        attrs = storage.get_study_system_attrs(study._study_id)
+        if CONFIG_KEY not in attrs:
+            raise StudyError(f"study '{name}' was not made by llmhpo")
+        config = Config.from_dict(json.loads(attrs[CONFIG_KEY]), default_name=name)
+        return cls(storage, study, config)
+
+    # ------------------------------------------------------------------ optimiser state
+    def save_optimizer_state(self, state: dict[str, Any]) -> None:
+        self.storage.set_study_system_attr(self.study_id, STATE_KEY, json.dumps(state))
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        raw = self.storage.get_study_system_attrs(self.study_id).get(STATE_KEY)
+        return None if raw is None else json.loads(raw)
+
+    # ------------------------------------------------------------------ trials
+    def create_trial(self, candidate: Candidate, params: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
+        """A RUNNING trial for ``candidate``; returns its storage id."""
+        tid = self.storage.create_new_trial(self.study_id)
+        for name, value in params.items():
+            dist = self._dists[name]
+            self.storage.set_trial_param(tid, name, dist.to_internal_repr(value), dist)
+        attrs = {"x": [float(v) for v in candidate.x], "candidate_id": candidate.id,
+                 "candidate": candidate.to_dict()["info"], **(extra or {})}
+        for k, v in attrs.items():
+            self.storage.set_trial_user_attr(tid, k, v)
+        return tid
+
+    def finish_trial(self, trial_id: int, value: float | None, metrics: dict[str, Any] | None = None,
+                     timings: dict[str, float] | None = None, error: str | None = None,
+                     extra: dict[str, Any] | None = None) -> None:
+        """COMPLETE with ``value``, or FAIL with ``error`` (value None)."""
+        attrs = {"metrics": _jsonable(metrics or {}), "timings": _jsonable(timings or {}), **(extra or {})}
+        if error is not None:
+            attrs["error"] = error
+        for k, v in attrs.items():
+            self.storage.set_trial_user_attr(trial_id, k, v)
+        if value is None:
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        else:
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(value)])
+
+    def mark_interrupted(self, trial_id: int) -> None:
+        """A trial left RUNNING by a crash: FAIL, flagged so it is neither counted nor told."""
+        self.storage.set_trial_user_attr(trial_id, "interrupted", True)
+        self.storage.set_trial_user_attr(trial_id, "error", "interrupted (the run stopped); evaluated again on resume")
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    def records(self) -> list[TrialRecord]:
+        out = []
+        for t in self.storage.get_all_trials(self.study_id, deepcopy=False):
+            out.append(_record(t))
+        return out
+
+    def best(self) -> TrialRecord | None:
+        done = [r for r in self.records() if r.state == "COMPLETE"]
+        if not done:
+            return None
+        sign = 1 if self.config.study.direction == "minimize" else -1
+        return min(done, key=lambda r: (sign * r.value, r.number))
+
+    def counts(self) -> dict[str, int]:
+        c = {"COMPLETE": 0, "FAIL": 0, "RUNNING": 0, "interrupted": 0}
+        for r in self.records():
+            if r.interrupted:
+                c["interrupted"] += 1
+            else:
+                c[r.state] = c.get(r.state, 0) + 1
+        return c
+
+
+def _record(t: FrozenTrial) -> TrialRecord:
+    ua = t.user_attrs
+    value = t.value if t.state == TrialState.COMPLETE else None
+    return TrialRecord(t.number, t._trial_id, t.state.name, value, dict(t.params), ua.get("candidate_id"),
+                       bool(ua.get("interrupted", False)), dict(ua))
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    def fix(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {str(k): fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        if hasattr(v, "item"):
+            return fix(v.item())
+        return v
+
+    return fix(d)
+
+
+def _diff(old_json: str, new: Config) -> str:
+    old = json.loads(old_json)
+    cur = new.to_dict()
+    keys = []
+    for section in sorted(set(old) | set(cur)):
+        if section in ("budget", "runner"):
+            continue
+        a, b = old.get(section), cur.get(section)
+        if section == "study":
+            a = {k: v for k, v in (a or {}).items() if k in ("direction", "seed")}
+            b = {k: v for k, v in (b or {}).items() if k in ("direction", "seed")}
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            if isinstance(a, dict) and isinstance(b, dict):
+                for k in sorted(set(a) | set(b)):
+                    if json.dumps(a.get(k), sort_keys=True, default=str) != json.dumps(b.get(k), sort_keys=True, default=str):
+                        keys.append(f"{section}.{k}")
+            else:
+                keys.append(section)
+    return "changed: " + ", ".join(keys[:5]) if keys else "changed"
