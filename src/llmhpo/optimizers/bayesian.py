@@ -9,6 +9,8 @@ BoTorch ``SingleTaskGP`` (inputs in [0, 1]^d, outputs standardised) and
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy.stats import qmc
@@ -61,9 +63,10 @@ class BayesianOptimization(Optimizer):
             else:
                 X_pending = torch.as_tensor(np.asarray(pending), dtype=DTYPE) if pending else None
                 acqf = qLogExpectedImprovement(model, best_f=best_f, X_pending=X_pending)
-            cand, _ = optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=self.num_restarts,
-                                    raw_samples=self.raw_samples,
-                                    options={"batch_limit": 5, "maxiter": 200})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # L-BFGS-B restarts are retried by BoTorch itself
+                cand, _ = optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=self.num_restarts,
+                                        raw_samples=self.raw_samples)
         pts = cand.detach().numpy().reshape(q, self.dim)
         # a duplicate of a known or pending point teaches nothing: replace it by a random one
         seen = [*X, *pending]

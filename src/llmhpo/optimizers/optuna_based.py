@@ -66,9 +66,15 @@ class _OptunaOptimizer(Optimizer):
                 warnings.simplefilter("ignore")
                 trial = self._study.ask(self._dists)
             x = np.array([trial.params[f"x{i}"] for i in range(self.dim)])
-            self.trials.append({"x": x, "value": None, "state": "RUNNING", "system_attrs": {}})
+            # samplers keep their state in the new trial's system attributes (CMA-ES: its generation)
+            self.trials.append({"x": x, "value": None, "state": "RUNNING",
+                                "system_attrs": _json.encode(self._frozen(trial.number).system_attrs)})
             out.append((x, {"optuna_trial": trial.number}))
         return out
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        storage = self._study._storage
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self._study._study_id, number))
 
     def _finish(self, number: int, value: float | None) -> None:
         with warnings.catch_warnings():
@@ -77,8 +83,7 @@ class _OptunaOptimizer(Optimizer):
                 self._study.tell(number, state=TrialState.FAIL)
             else:
                 self._study.tell(number, value)
-        frozen = self._study._storage.get_trial(self._study._storage.get_trial_id_from_study_id_trial_number(
-            self._study._study_id, number))
+        frozen = self._frozen(number)
         self.trials[number].update(value=value, state="COMPLETE" if value is not None else "FAIL",
                                    system_attrs=_json.encode(frozen.system_attrs))
 
