@@ -34,7 +34,9 @@ def _fail(e: BaseException) -> None:
     if _STATE["debug"]:
         raise e
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

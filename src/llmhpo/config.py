@@ -39,8 +39,10 @@ def _expect(section: str, table: Mapping[str, Any], key: str, types: tuple, defa
     else:
         ok = isinstance(v, types)
     if not ok:
-        names = " or ".join(t.__name__.replace("str", "string").replace("float", "number") for t in types)
-        raise ConfigError(f"[{section}] {key} = {v!r} must be a {names}")
+        words = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true or false",
+                 dict: "a table"}
+        names = " or ".join(words.get(t, t.__name__) for t in types)
+        raise ConfigError(f"[{section}] {key} = {v!r} must be {names}")
     return v
 
 
