@@ -1,0 +1,236 @@
+"""The fine-tuning objective (report 3.2): LoRA fine-tuning of a causal LM on instruction
+data, scored by lm-eval-harness. One call = one trial: params -> Result.
+
+The base model, the tokenised data and the lm-eval task index are loaded once per worker
+and reused; each trial wraps the base model in a fresh LoRA adapter (peft), trains, scores,
+saves the adapter, and unloads it, leaving the base weights exactly as they were.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import resource
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from llmhpo.errors import ObjectiveSetupError, TrialFailed
+from llmhpo.objectives import Result
+from llmhpo.objectives.finetune.config import FinetuneConfig
+
+
+class FinetuneObjective:
+    def __init__(self, config: FinetuneConfig, device: str | None = None):
+        self.cfg = config
+        self.device = device
+        self.model = None
+        self.tokenizer = None
+        self._tm = None
+        self._data: dict[int, Any] = {}  # max_seq_len -> (train, val) tokenised
+        self._records = None
+        self.load_seconds = 0.0
+        self.task_index_seconds = 0.0
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> "FinetuneObjective":
+        """Build from ``Config.to_dict()`` (what a worker process receives)."""
+        from llmhpo.config import Config
+
+        cfg = Config.from_dict(config, default_name=config["study"]["name"])
+        return cls(FinetuneConfig.from_sections(cfg.finetune, cfg.objective_options, cfg.space, cfg.study.name))
+
+    # ------------------------------------------------------------------ set-up (once per worker)
+    def setup(self) -> None:
+        import torch
+
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
+        if self.model is None:
+            self._load_model()
+        if self._tm is None:
+            from llmhpo.objectives.finetune.evaluate import check_tasks, task_manager
+
+            t0 = time.time()
+            self._tm = task_manager(self.cfg.eval)
+            check_tasks(self._tm, self.cfg.eval)
+            self.task_index_seconds = time.time() - t0
+        if self._records is None:
+            from llmhpo.objectives.finetune.data import load_records, split
+
+            self._records = split(load_records(self.cfg.data), self.cfg.data)
+
+    def _load_model(self) -> None:
+        from llmhpo.objectives.finetune import model as model_lib
+
+        t0 = time.time()
+        self.model, self.tokenizer = model_lib.load(self.cfg.model, self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.load_seconds = time.time() - t0
+
+    def _autocast_dtype(self):
+        import torch
+
+        from llmhpo.objectives.finetune.model import pick_dtype
+
+        if not self.device.startswith("cuda"):
+            return None
+        dt = pick_dtype(self.cfg.model, self.device)
+        return dt if dt in (torch.bfloat16, torch.float16) else None
+
+    def _tokenized(self, max_len: int):
+        from llmhpo.objectives.finetune.data import tokenize
+
+        if max_len not in self._data:
+            train, val = self._records
+            t = self.cfg.data.template
+            self._data[max_len] = (tokenize(train, self.tokenizer, t, max_len),
+                                   tokenize(val, self.tokenizer, t, max_len) if val else None)
+        return self._data[max_len]
+
+    # ------------------------------------------------------------------ one trial
+    def knobs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The trial's training knobs: [train] values, overridden by the searched params."""
+        k = asdict(self.cfg.train)
+        k.update(params)
+        return k
+
+    def __call__(self, params: dict[str, Any], inject_nan_at: int | None = None) -> Result:
+        import torch
+        from peft import get_peft_model
+
+        from llmhpo.objectives.finetune.evaluate import evaluate, objective_value
+        from llmhpo.objectives.finetune.train import lora_config, train, validation_loss
+
+        timings: dict[str, float] = {}
+        if self.cfg.model.reload_each_trial and self.model is not None:
+            self.model = None
+            gc.collect()
+        t0 = time.time()
+        first = self.model is None
+        self.setup()
+        timings["model_load"] = self.load_seconds if first else 0.0
+        timings["setup"] = time.time() - t0
+        knobs = self.knobs(params)
+        train_data, val_data = self._tokenized(int(knobs["max_seq_len"]))
+        on_cuda = self.device.startswith("cuda")
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        peft_model = None
+        try:
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if on_cuda else []):
+                torch.manual_seed(int(knobs["seed"]))  # LoRA init and dropout: the same for every trial
+                peft_model = get_peft_model(self.model, lora_config(knobs, self.cfg.model.target_modules))
+                stats = train(peft_model, train_data, knobs, self.tokenizer.pad_token_id, self.device,
+                              self._autocast_dtype(), int(knobs["seed"]), inject_nan_at)
+            timings["train"] = stats.seconds
+            metrics: dict[str, Any] = {"train_loss_curve": stats.losses, "train_steps": stats.steps,
+                                       "train_tokens": stats.tokens,
+                                       "train_tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
+                                       "final_train_loss": stats.losses[-1] if stats.losses else None}
+            t1 = time.time()
+            if self.cfg.eval.val_loss and val_data is not None:
+                metrics["val_loss"] = validation_loss(peft_model, val_data, self.tokenizer.pad_token_id,
+                                                      self.device, autocast_dtype=self._autocast_dtype())
+            timings["val_loss"] = time.time() - t1
+            t1 = time.time()
+            metrics.update(evaluate(peft_model, self.tokenizer, self._tm, self.cfg.eval))
+            timings["eval"] = time.time() - t1
+            value = objective_value(metrics, self.cfg.eval.objective)
+            if self.cfg.train.save_adapters:
+                metrics["adapter_dir"] = self._save_adapter(peft_model, params, knobs)
+        except TrialFailed:
+            raise
+        except ObjectiveSetupError:
+            raise
+        except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+            raise TrialFailed(f"out of memory ({type(e).__name__}); lower batch_size or max_seq_len, "
+                              "or raise grad_accum") from None
+        except RuntimeError as e:
+            if "out of memory" in str(e).lower():
+                raise TrialFailed("out of memory; lower batch_size or max_seq_len, or raise grad_accum") from None
+            raise
+        finally:
+            if peft_model is not None:
+                self.model = peft_model.unload()  # removes the LoRA layers: the base model is untouched
+                del peft_model
+            gc.collect()
+            if on_cuda:
+                torch.cuda.empty_cache()
+        metrics["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if on_cuda
+                                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        metrics["device"] = self.device
+        timings["total"] = time.time() - t0
+        return Result(value, metrics, timings)
+
+    def _save_adapter(self, peft_model, params: dict[str, Any], knobs: dict[str, Any]) -> str:
+        key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        folder = Path(self.cfg.train.output_dir) / self.cfg.study_name / "adapters" / key
+        peft_model.save_pretrained(folder)
+        (folder / "llmhpo_trial.json").write_text(json.dumps(
+            {"params": params, "knobs": knobs, "model": self.cfg.model.name,
+             "target_modules": list(self.cfg.model.target_modules)}, indent=1, default=str))
+        return str(folder.resolve())
+
+    # ------------------------------------------------------------------ base model score
+    def evaluate_base(self) -> dict[str, float]:
+        """The base model's metrics (no adapter)."""
+        from llmhpo.objectives.finetune.evaluate import evaluate
+
+        self.setup()
+        return evaluate(self.model, self.tokenizer, self._tm, self.cfg.eval)
+
+
+def preflight(config, verbose: bool = False) -> list[str]:
+    """Check, before the first trial, that the model, data, tasks and devices can be had.
+
+    Raises ObjectiveSetupError with one line naming the fix. Converts a GGUF model and
+    writes the builtin tasks once, here, rather than in every worker.
+    """
+    import os
+
+    from llmhpo.objectives.finetune import model as model_lib
+    from llmhpo.objectives.finetune.data import load_records, split
+    from llmhpo.objectives.finetune.evaluate import check_tasks, task_manager
+
+    fc = FinetuneConfig.from_sections(config.finetune, config.objective_options, config.space, config.study.name)
+    lines = []
+    where, gguf = model_lib.resolve(fc.model)
+    if not Path(where).is_dir():  # a hub id: its config must be reachable (cache or network)
+        try:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(where, revision=fc.model.revision, **({"gguf_file": gguf} if gguf else {}))
+        except Exception as e:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = ("no network (HF_HUB_OFFLINE=1): set [model] name to a local folder or GGUF file"
+                    if offline else f"check the id, your network and access to gated models ({type(e).__name__})")
+            raise ObjectiveSetupError(f"cannot load model {fc.model.name!r}: {hint}") from e
+    lines.append(f"model: {fc.model.name} -> {where}")
+    train, val = split(load_records(fc.data), fc.data)
+    lines.append(f"data: {fc.data.dataset}: {len(train)} training and {len(val)} held-out examples")
+    tm = task_manager(fc.eval)
+    check_tasks(tm, fc.eval)
+    lines.append(f"tasks: {', '.join(fc.eval.tasks)} (objective {fc.eval.objective}, limit {fc.eval.limit})")
+    if config.runner.devices:
+        import torch
+
+        n = torch.cuda.device_count()
+        for d in config.runner.devices:
+            if not d.isdigit() or int(d) >= n:
+                raise ObjectiveSetupError(f"[runner] devices lists GPU {d!r} but this machine has {n} GPU(s); "
+                                          f"use ids 0..{max(n - 1, 0)} or remove devices")
+        lines.append(f"devices: GPUs {', '.join(config.runner.devices)}")
+    else:
+        import torch
+
+        lines.append(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    return lines if verbose else []
+
+
+__all__ = ["FinetuneConfig", "FinetuneObjective", "preflight"]

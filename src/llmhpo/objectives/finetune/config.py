@@ -1,0 +1,154 @@
+"""The [model], [data], [train] and [eval] tables of a fine-tuning study, validated.
+
+Searchable parameters map by name: learning_rate, lora_rank, lora_alpha, lora_dropout,
+weight_decay, and any [train] knob (warmup_ratio, batch_size, grad_accum, max_steps,
+epochs, scheduler, max_seq_len, ...). A knob fixed in [train] and also in [space] is searched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from llmhpo.errors import ConfigError
+
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+DEFAULT_DATA = "builtin:add"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    #: a Hugging Face id, a local folder, a .gguf file, or builtin:smollm2-135m-instruct (offline)
+    name: str = DEFAULT_MODEL
+    #: the GGUF file's name inside ``name`` when ``name`` is a hub repo or a folder of GGUF files
+    gguf_file: str | None = None
+    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, fp32 on CPU
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    reload_each_trial: bool = False  # True only to measure what caching saves
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    #: builtin:<skill>[+<skill>...], a hub dataset id (e.g. tatsu-lab/alpaca), or a local .json/.jsonl file
+    dataset: str = DEFAULT_DATA
+    split: str = "train"
+    max_examples: int | None = 2000
+    val_examples: int = 64  # held out for the validation loss
+    template: str = "alpaca"  # alpaca | chat (the tokenizer's chat template)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 2e-4
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 20  # optimiser steps; 0 = use epochs
+    epochs: float = 1.0
+    warmup_ratio: float = 0.0
+    scheduler: str = "constant"  # any transformers scheduler name: linear, cosine, constant, ...
+    max_seq_len: int = 64
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+    save_adapters: bool = True
+    output_dir: str = "llmhpo-runs"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = ("llmhpo_add", "llmhpo_general")
+    objective: str = "llmhpo_add/acc"  # task/metric
+    limit: int | float | None = 100  # per task
+    batch_size: int = 8
+    num_fewshot: int | None = None
+    include_path: tuple[str, ...] = ()  # folders of the user's own lm-eval YAML tasks
+    val_loss: bool = True
+    n_questions: int = 200  # size of each builtin question set
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    study_name: str = "study"
+
+    @classmethod
+    def from_sections(cls, sections: Mapping[str, Mapping[str, Any]], objective_options: Mapping[str, Any],
+                      space, study_name: str = "study") -> "FinetuneConfig":
+        if objective_options:
+            key = next(iter(objective_options))
+            raise ConfigError(f"[objective] has an unknown key '{key}' for type \"finetune\"; "
+                              "put settings in [model], [data], [train] or [eval]")
+        cfg = cls(
+            _build("model", ModelConfig, sections.get("model", {})),
+            _build("data", DataConfig, sections.get("data", {})),
+            _build("train", TrainConfig, sections.get("train", {})),
+            _build("eval", EvalConfig, sections.get("eval", {})),
+            study_name,
+        )
+        cfg.check(space)
+        return cfg
+
+    def check(self, space) -> None:
+        train_keys = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
+        for name in space.names:
+            if name not in train_keys:
+                raise ConfigError(f"[space] {name} is not a training knob; searchable names are: "
+                                  f"{', '.join(sorted(train_keys))}")
+        if self.data.template not in ("alpaca", "chat"):
+            raise ConfigError(f"[data] template = {self.data.template!r} must be \"alpaca\" or \"chat\"")
+        if self.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"[model] dtype = {self.model.dtype!r} must be auto, float32, bfloat16 or float16")
+        if "/" not in self.eval.objective:
+            raise ConfigError(f"[eval] objective = {self.eval.objective!r} must be task/metric, e.g. \"hellaswag/acc_norm\"")
+        task = self.eval.objective.split("/")[0]
+        if task not in self.eval.tasks:
+            raise ConfigError(f"[eval] objective task '{task}' is not in [eval] tasks {list(self.eval.tasks)}; add it")
+        if self.data.val_examples < 0 or (self.data.max_examples is not None and self.data.max_examples < 1):
+            raise ConfigError("[data] val_examples must be >= 0 and max_examples >= 1")
+        for key in ("batch_size", "grad_accum", "max_seq_len"):
+            if getattr(self.train, key) < 1:
+                raise ConfigError(f"[train] {key} = {getattr(self.train, key)} must be at least 1")
+        if self.train.max_steps < 0 or (self.train.max_steps == 0 and self.train.epochs <= 0):
+            raise ConfigError("[train] needs max_steps > 0, or max_steps = 0 and epochs > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(section: str, cls, table: Mapping[str, Any]):
+    allowed = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise ConfigError(f"[{section}] has an unknown key '{key}'; allowed keys: {', '.join(allowed)}")
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[{section}] {key} = {value!r} must be a list of strings")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"[{section}] {key} = {value!r} must be true or false")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"[{section}] {key} = {value!r} must be an integer")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"[{section}] {key} = {value!r} must be a number")
+            value = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ConfigError(f"[{section}] {key} = {value!r} must be a string")
+        kwargs[key] = value
+    return cls(**kwargs)

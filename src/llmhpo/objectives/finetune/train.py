@@ -1,0 +1,103 @@
+"""LoRA training (report 3.2.1): AdamW with decoupled weight decay on the adapter weights
+only, gradient accumulation, a transformers learning-rate schedule, bf16 autocast on GPUs
+that support it. A NaN or infinite loss stops the trial as FAIL("diverged at step k")."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from llmhpo.errors import TrialFailed
+from llmhpo.objectives.finetune.data import Tokenized, collate
+
+
+@dataclass
+class TrainStats:
+    losses: list[float] = field(default_factory=list)  # per optimiser step
+    steps: int = 0
+    tokens: int = 0  # non-padding tokens seen
+    seconds: float = 0.0
+
+
+def lora_config(params: dict, target_modules):
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(params["lora_rank"]), lora_alpha=int(params["lora_alpha"]),
+                      lora_dropout=float(params["lora_dropout"]), target_modules=list(target_modules),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autocast_dtype=None,
+          seed: int = 0, inject_nan_at: int | None = None) -> TrainStats:
+    """Train ``model`` (a PeftModel) in place. params: the trial's training knobs."""
+    import torch
+    from transformers import get_scheduler
+
+    bs, accum = int(params["batch_size"]), int(params["grad_accum"])
+    steps = int(params["max_steps"])
+    if steps <= 0:
+        steps = max(1, math.ceil(float(params["epochs"]) * len(data) / (bs * accum)))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=float(params["learning_rate"]), weight_decay=float(params["weight_decay"]))
+    sched = get_scheduler(str(params["scheduler"]), opt, num_warmup_steps=int(float(params["warmup_ratio"]) * steps),
+                          num_training_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=gen).tolist()
+    cursor = 0
+    stats = TrainStats()
+    model.train()
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(accum):
+            if cursor + bs > len(order):
+                order, cursor = torch.randperm(len(data), generator=gen).tolist(), 0
+            idx = order[cursor: cursor + bs]
+            cursor += bs
+            ids, mask, labels = collate([data.input_ids[i] for i in idx], [data.labels[i] for i in idx], pad_id)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            if inject_nan_at is not None and step >= inject_nan_at:
+                loss = loss * float("nan")
+            if not torch.isfinite(loss):
+                stats.seconds = time.time() - t0
+                err = TrialFailed(f"diverged at step {step} (loss {loss.item()})")
+                err.metrics = {"train_loss_curve": stats.losses, "diverged_step": step}
+                raise err
+            (loss / accum).backward()
+            step_loss += loss.item() / accum
+            stats.tokens += int(mask.sum())
+        if params.get("max_grad_norm", 0) and float(params["max_grad_norm"]) > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, float(params["max_grad_norm"]))
+        opt.step()
+        sched.step()
+        stats.losses.append(step_loss)
+        stats.steps = step
+    stats.seconds = time.time() - t0
+    model.eval()
+    return stats
+
+
+def validation_loss(model, data: Tokenized, pad_id: int, device: str, batch_size: int = 16, autocast_dtype=None) -> float:
+    """Mean loss per response token on the held-out set."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            ids, mask, labels = collate(data.input_ids[i: i + batch_size], data.labels[i: i + batch_size], pad_id)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total += loss.item()
+            count += int((shift_labels != -100).sum())
+    return total / max(count, 1)
