@@ -1,0 +1,111 @@
+"""A fine-tuning study end to end through the CLI (tiny model), and the real thing on
+SmolLM2-135M with the offline task (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+STUDY = """
+[study]
+name = "ft"
+[budget]
+trials = 3
+[optimizer]
+name = "random"
+[objective]
+type = "finetune"
+[space]
+preset = "paper"
+[[warm_start]]
+learning_rate = 1e-2
+lora_rank = 8
+lora_alpha = 16
+[model]
+name = "{model}"
+[data]
+dataset = "builtin:add"
+max_examples = 100
+val_examples = 8
+[train]
+max_steps = 4
+batch_size = 4
+output_dir = "{out}"
+[eval]
+tasks = ["llmhpo_add"]
+objective = "llmhpo_add/acc"
+limit = 6
+n_questions = 20
+"""
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "llmhpo.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_finetune_study_check_run_best_export_merge(tiny_llama, tmp_path):
+    (tmp_path / "ft.toml").write_text(STUDY.format(model=tiny_llama, out=tmp_path / "runs"))
+    r = cli("check", "ft.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ready" in r.stdout and "tasks: llmhpo_add" in r.stdout
+    r = cli("run", "ft.toml", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "3 complete" in r.stdout
+    import optuna
+
+    st = optuna.load_study(study_name="ft", storage=f"sqlite:///{tmp_path / 'ft.db'}")
+    t = st.trials[0]
+    assert t.user_attrs["warm_start"] == 0 and t.params["learning_rate"] == pytest.approx(1e-2)
+    m = t.user_attrs["metrics"]
+    assert {"val_loss", "train_loss_curve", "train_tokens_per_s", "peak_memory_mb", "llmhpo_add/acc"} <= set(m)
+    assert {"train", "eval", "model_load"} <= set(t.user_attrs["timings"])
+    r = cli("best", "ft.toml", "--export", "best", "--merge", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "best" / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "best" / "merged" / "config.json").exists()
+    info = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert info["value"] == max(t.value for t in st.trials if t.value is not None)
+    # the merged model loads and runs
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "best" / "merged")
+    assert not any("lora" in n for n, _ in m.named_modules())
+
+
+def test_missing_model_is_reported_before_the_first_trial(tmp_path):
+    (tmp_path / "ft.toml").write_text(STUDY.format(model="/nowhere/model", out=tmp_path / "runs"))
+    r = cli("run", "ft.toml", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and "no such folder" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ft.db").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_sensible_learning_rate_beats_extremes(tmp_path):
+    """Real SmolLM2-135M-Instruct, real LoRA steps, real lm-eval on held-out questions."""
+    pytest.importorskip("transformers")
+    from llmhpo.objectives.finetune import FinetuneObjective
+    from llmhpo.objectives.finetune.config import FinetuneConfig
+    from llmhpo.space import paper_space
+
+    cfg = FinetuneConfig.from_sections(
+        {"data": {"dataset": "builtin:add", "max_examples": 400, "val_examples": 16},
+         "train": {"max_steps": 12, "batch_size": 8, "max_seq_len": 64, "output_dir": str(tmp_path),
+                   "save_adapters": False},
+         "eval": {"tasks": ["llmhpo_add"], "objective": "llmhpo_add/acc", "limit": 40}},
+        {}, paper_space(), "smol")
+    obj = FinetuneObjective(cfg)
+    base = dict(lora_rank=8, lora_alpha=16, lora_dropout=0.05, weight_decay=0.01)
+    scores = {}
+    for lr in (1e-10, 1e-3, 1e-1):
+        try:
+            scores[lr] = obj(dict(base, learning_rate=lr)).value
+        except Exception as e:  # a diverged run scores nothing
+            scores[lr] = 0.0 if "diverged" in str(e) else pytest.fail(str(e))
+    assert scores[1e-3] > scores[1e-10] + 0.1, scores
+    assert scores[1e-3] > scores[1e-1] + 0.1, scores
