@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/llmhpo demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --durations=15
 
 bench: $(STAMP)
 	$(VENV)/bin/llmhpo bench --budget 50 --seeds 10 --workers 2 --json docs/bench.json

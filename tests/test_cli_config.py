@@ -118,3 +118,22 @@ def test_bench_cli_prints_table_and_json(tmp_path):
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["runs"]) == 6 and {s["optimizer"] for s in data["summary"]} == {"random", "direct"}
     assert all(run["evaluations"] == 20 for run in data["runs"])
+
+
+def test_example_configs_are_valid():
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "examples").glob("*.toml")):
+        cfg = load_config(path)
+        assert cfg.budget.trials >= 1, path
+    from importlib import resources
+
+    packaged = resources.files("llmhpo").joinpath("demo.toml").read_text()
+    assert packaged == (root / "examples" / "demo.toml").read_text(), "examples/demo.toml is the demo's config"
+
+
+def test_report_study_example_is_table_3_1_with_hellaswag_objective():
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "examples" / "llama32-alpaca-hellaswag.toml")
+    assert cfg.space.names == ["learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "weight_decay"]
+    assert cfg.finetune["eval"]["objective"] == "hellaswag/acc_norm" and "mmlu" in cfg.finetune["eval"]["tasks"]
+    assert cfg.budget.trials == 50 and cfg.finetune["model"]["name"] == "meta-llama/Llama-3.2-1B"
