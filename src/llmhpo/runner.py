@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -142,8 +143,11 @@ def run(config: Config, *, overwrite: bool = False, progress: bool = True,
         executor.submit(cand.id, params)
 
     stopped = "budget"
-    old_handler = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM (a cluster's job end) stops like Ctrl-C: running trials stay RUNNING and rerun on resume
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if main_thread:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:
             finished = complete + failed
@@ -191,7 +195,8 @@ def run(config: Config, *, overwrite: bool = False, progress: bool = True,
         stopped = "interrupted"
         raise
     finally:
-        signal.signal(signal.SIGTERM, old_handler)
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_handler)
         executor.close()
         bar.close()
     best = study.best()
