@@ -162,3 +162,16 @@ def test_optuna_reads_llmhpo_studies(tmp_path, monkeypatch):
     assert st.best_trial.value == min(t.value for t in st.trials)
     df = st.trials_dataframe()
     assert {"params_x0", "params_x1", "value"} <= set(df.columns)
+
+
+def test_larger_budget_resumes_the_same_study(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write(tmp_path, trials=5, seconds=0.0, workers=1, optimizer="direct"))
+    first = run(cfg, progress=False)
+    more = run(replace(cfg, budget=replace(cfg.budget, trials=9)), progress=False)
+    assert first.complete == 5 and more.complete == 9
+    st = optuna.load_study(study_name="sleepy", storage="sqlite:///sleepy.db")
+    xs = [tuple(t.user_attrs["x"]) for t in st.trials]
+    assert len(xs) == 9 and len(set(xs)) == 9  # DIRECT went on where it stopped
