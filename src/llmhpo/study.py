@@ -140,16 +140,13 @@ class Study:
 
     # ------------------------------------------------------------------ trials
     def create_trial(self, candidate: Candidate, params: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
-        """A RUNNING trial for ``candidate``; returns its storage id."""
-        tid = self.storage.create_new_trial(self.study_id)
-        for name, value in params.items():
-            dist = self._dists[name]
-            self.storage.set_trial_param(tid, name, dist.to_internal_repr(value), dist)
+        """A RUNNING trial for ``candidate``, params and attributes written in one transaction
+        (a crash never leaves a trial without its candidate); returns its storage id."""
         attrs = {"x": [float(v) for v in candidate.x], "candidate_id": candidate.id,
                  "candidate": candidate.to_dict()["info"], **(extra or {})}
-        for k, v in attrs.items():
-            self.storage.set_trial_user_attr(tid, k, v)
-        return tid
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, params=dict(params),
+                                             distributions={k: self._dists[k] for k in params}, user_attrs=attrs)
+        return self.storage.create_new_trial(self.study_id, template_trial=template)
 
     def finish_trial(self, trial_id: int, value: float | None, metrics: dict[str, Any] | None = None,
                      timings: dict[str, float] | None = None, error: str | None = None,
