@@ -20,7 +20,10 @@ from llmhpo.optimizers.partition.soo import SOO
 class BaMSOO(SOO):
     name = "bamsoo"
     uses_observations = True
-    _state_attrs = SOO._state_attrs + ("n_skipped",)
+    _state_attrs = SOO._state_attrs + ("n_skipped", "silent_sweeps")
+    #: sweeps in a row that the GP scored entirely; after that many, one sweep is evaluated
+    #: for real, so that a pessimistic GP cannot grow the tree without end between evaluations
+    max_silent_sweeps = 20
 
     def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | None = None, eta: float = 0.05):
         super().__init__(dim, rng, budget, K=K, h_max=h_max)
@@ -28,21 +31,26 @@ class BaMSOO(SOO):
             raise ValueError(f"eta must be in (0, 1), got {eta}")
         self.eta = eta
         self.n_skipped = 0
+        self.silent_sweeps = 0
         self._model = None
+        self._model_n = 0
 
     def beta(self, N: int) -> float:
         return math.sqrt(2 * math.log(math.pi**2 * max(N, 1) ** 2 / (6 * self.eta)))
 
     def _next_batch(self):
         X, y = self._observed()
-        self._model = None
-        if len(y) >= 2:
+        # a sweep whose children were all scored by the GP adds no data: keep the fitted model
+        if len(y) >= 2 and (self._model is None or self._model_n != len(y)):
             with seeded_torch(0):  # the fit is deterministic given the data
                 self._model = fit_gp(X, y)
-        return super()._next_batch()
+            self._model_n = len(y)
+        batch = super()._next_batch()
+        self.silent_sweeps = 0 if batch else self.silent_sweeps + 1
+        return batch
 
     def _children_to_evaluate(self, child):
-        if self._model is not None:
+        if self._model is not None and self.silent_sweeps < self.max_silent_sweeps:
             X, y = self._observed()
             mu, sd = posterior_mean_std(self._model, child["x"][None])
             b = self.beta(len(y))
