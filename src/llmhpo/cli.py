@@ -12,11 +12,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import typer
-from rich.console import Console
-from rich.table import Table
+# lm-eval and datasets draw a tqdm bar per task and split; the study's own progress bar
+# says what matters (set TQDM_DISABLE=0 to see them)
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-from llmhpo.errors import ConfigError, LlmhpoError
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from llmhpo.errors import ConfigError, LlmhpoError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter optimisation for LLM fine-tuning (LoRA + lm-eval).")
