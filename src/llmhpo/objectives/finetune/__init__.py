@@ -44,7 +44,13 @@ class FinetuneObjective:
 
     # ------------------------------------------------------------------ set-up (once per worker)
     def setup(self) -> None:
+        import warnings
+
         import torch
+
+        # deprecation notices of the libraries, once per trial, would bury the study's output
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|lm_eval)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(transformers|peft|lm_eval)")
 
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
