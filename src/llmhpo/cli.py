@@ -259,7 +259,7 @@ def bench(
 
 @app.command()
 def demo(
-    trials: int = typer.Option(8, help="Trials in the demo study."),
+    trials: int = typer.Option(6, help="Trials in the demo study."),
     workers: int = typer.Option(1, help="Parallel workers (each loads its own model)."),
     out: Path = typer.Option(Path("llmhpo-runs/demo"), help="Folder for the study, the data and the best adapter."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the demo study afresh."),

@@ -27,7 +27,7 @@ def demo_config(out: Path, trials: int, workers: int) -> Config:
                    runner=replace(cfg.runner, workers=workers, executor=executor))
 
 
-def run_demo(out: Path, trials: int = 8, workers: int = 1, overwrite: bool = False, console=None) -> dict:
+def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = False, console=None) -> dict:
     from rich.console import Console
 
     from llmhpo.objectives.finetune import FinetuneObjective, preflight
