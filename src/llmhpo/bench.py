@@ -32,7 +32,7 @@ class BenchRow:
 
 
 def function_config(function: str, optimizer: str, budget: int, seed: int, dim: int | None = None,
-                    batch: int = 1, options: dict[str, Any] | None = None) -> Config:
+                    options: dict[str, Any] | None = None) -> Config:
     obj = FunctionObjective(function, dim)
     return Config(
         study=StudyConfig(f"bench-{function}-{optimizer}-{seed}", None, "minimize", seed),

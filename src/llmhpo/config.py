@@ -129,16 +129,15 @@ class Config:
         Budget, workers, devices and storage are left out: resuming with a larger budget
         or more GPUs is the same study.
         """
-        d = self.to_dict()
-        for key in ("budget", "runner"):
-            d.pop(key)
-        d["study"] = {k: v for k, v in d["study"].items() if k in ("direction", "seed")}
+        d = search_part(self.to_dict())
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def with_overrides(self, **changes: Any) -> "Config":
-        from dataclasses import replace
 
-        return replace(self, **changes)
+def search_part(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config dict that defines the search (what ``search_hash`` covers)."""
+    out = {k: v for k, v in d.items() if k not in ("budget", "runner")}
+    out["study"] = {k: v for k, v in (d.get("study") or {}).items() if k in ("direction", "seed")}
+    return out
 
 
 def load_config(path: str | Path) -> Config:

@@ -21,7 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from llmhpo import __version__
-from llmhpo.config import Config
+from llmhpo.config import Config, search_part
 from llmhpo.errors import StudyError
 from llmhpo.optimizers import Candidate
 from llmhpo.space import Categorical, Float, SearchSpace
@@ -214,16 +214,10 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _diff(old_json: str, new: Config) -> str:
-    old = json.loads(old_json)
-    cur = new.to_dict()
+    old, cur = search_part(json.loads(old_json)), search_part(new.to_dict())
     keys = []
     for section in sorted(set(old) | set(cur)):
-        if section in ("budget", "runner"):
-            continue
         a, b = old.get(section), cur.get(section)
-        if section == "study":
-            a = {k: v for k, v in (a or {}).items() if k in ("direction", "seed")}
-            b = {k: v for k, v in (b or {}).items() if k in ("direction", "seed")}
         if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
             if isinstance(a, dict) and isinstance(b, dict):
                 for k in sorted(set(a) | set(b)):
