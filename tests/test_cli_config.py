@@ -49,7 +49,7 @@ def test_good_config_loads(tmp_path):
     p.write_text(GOOD)
     cfg = load_config(p)
     assert cfg.space.names == ["x0", "x1"] and cfg.budget.trials == 5
-    assert cfg.study.storage == "sqlite:///s.db"
+    assert cfg.study.storage == f"sqlite:///{tmp_path / 's.db'}"  # next to the TOML, wherever we run from
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -135,5 +135,5 @@ def test_report_study_example_is_table_3_1_with_hellaswag_objective():
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "examples" / "llama32-alpaca-hellaswag.toml")
     assert cfg.space.names == ["learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "weight_decay"]
-    assert cfg.finetune["eval"]["objective"] == "hellaswag/acc_norm" and "mmlu" in cfg.finetune["eval"]["tasks"]
-    assert cfg.budget.trials == 50 and cfg.finetune["model"]["name"] == "meta-llama/Llama-3.2-1B"
+    assert cfg.objective.eval.objective == "hellaswag/acc_norm" and "mmlu" in cfg.objective.eval.tasks
+    assert cfg.budget.trials == 50 and cfg.objective.model.name == "meta-llama/Llama-3.2-1B"

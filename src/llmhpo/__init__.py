@@ -5,14 +5,31 @@ from llmhpo.space import Categorical, Float, Int, SearchSpace
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # the API sits above the runner and the study: imported on first use, so that
+    # `import llmhpo.space` (and `llmhpo status`) stays light
+    if name == "optimize":
+        from llmhpo.api import optimize
+
+        return optimize
+    if name == "Result":
+        from llmhpo.objectives import Result
+
+        return Result
+    raise AttributeError(f"module 'llmhpo' has no attribute {name!r}")
+
+
 __all__ = [
     "Categorical",
     "ConfigError",
     "Float",
     "Int",
     "LlmhpoError",
+    "Result",
     "SearchSpace",
     "StudyError",
     "TrialFailed",
     "__version__",
+    "optimize",
 ]

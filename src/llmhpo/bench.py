@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from llmhpo.config import Budget, Config, RunnerConfig, StudyConfig
-from llmhpo.objectives import FunctionObjective
 from llmhpo.objectives.functions import get_function
+from llmhpo.objectives.synthetic import FunctionObjective, FunctionSpec
 
 
 @dataclass
@@ -33,13 +33,11 @@ class BenchRow:
 
 def function_config(function: str, optimizer: str, budget: int, seed: int, dim: int | None = None,
                     options: dict[str, Any] | None = None) -> Config:
-    obj = FunctionObjective(function, dim)
     return Config(
         study=StudyConfig(f"bench-{function}-{optimizer}-{seed}", None, "minimize", seed),
-        budget=Budget(budget), runner=RunnerConfig(1, "inline"),
+        budget=Budget(budget), runner=RunnerConfig(1, "inline", max_repeated_failures=0),
         optimizer=optimizer, optimizer_options=dict(options or {}),
-        objective="function", objective_options={"name": function, **({"dim": dim} if dim else {})},
-        space=obj.space(),
+        objective=FunctionSpec(function, dim), space=FunctionObjective(function, dim).space(),
     )
 
 
@@ -51,7 +49,7 @@ def run_one(function: str, optimizer: str, budget: int, seed: int, dim: int | No
     torch.set_num_threads(1)
     cfg = function_config(function, optimizer, budget, seed, dim)
     t0 = time.time()
-    summary = run(cfg, progress=False)
+    summary = run(cfg, quiet=True)
     f = get_function(function, dim)
     regret = (summary.best_value - f.f_min) if summary.best_value is not None else float("inf")
     return BenchRow(function, optimizer, seed, max(regret, 0.0), summary.complete + summary.failed, time.time() - t0)

@@ -18,12 +18,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from llmhpo.errors import ConfigError, LlmhpoError  # noqa: E402
 
+# rich_markup_mode=None: help texts name TOML tables such as [budget], which rich markup would eat
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Hyperparameter optimisation for LLM fine-tuning (LoRA + lm-eval).")
+                  rich_markup_mode=None, help="Hyperparameter optimisation for LLM fine-tuning (LoRA + lm-eval).")
 console = Console()
 err = Console(stderr=True)
 _STATE = {"debug": False}
@@ -38,8 +40,6 @@ def _fail(e: BaseException) -> None:
     if _STATE["debug"]:
         raise e
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    from rich.markup import escape
-
     err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
@@ -64,51 +64,53 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _say(text: str, style: str | None = None) -> None:
+    """Print user text (params, reasons, paths) as is: never read as rich markup."""
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Study TOML file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a stored study whose config differs."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Override [budget] trials."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Override [runner] workers."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress",
+        help="A progress bar, or one line per trial start and end. Default: a bar on a terminal, lines otherwise."),
 ):
-    """Run a study, or resume it: completed trials are kept, interrupted ones run again."""
-    from dataclasses import replace
+    """Run a study, or resume it: completed trials are kept, interrupted ones run again.
 
+    Exits 1 when the study stopped on repeated identical failures or has no complete trial."""
     from llmhpo.config import load_config
     from llmhpo.runner import run as run_study
 
+    overrides: dict = {}
+    if trials is not None:
+        overrides["budget"] = {"trials": trials}
+    if workers is not None:
+        overrides["runner"] = {"workers": workers}
     try:
-        cfg = load_config(config)
-        if trials is not None:
-            if trials < 1:
-                raise ConfigError(f"--trials {trials} must be at least 1")
-            cfg = replace(cfg, budget=replace(cfg.budget, trials=trials))
-        if workers is not None:
-            if workers < 1:
-                raise ConfigError(f"--workers {workers} must be at least 1")
-            cfg = replace(cfg, runner=replace(cfg.runner, workers=workers,
-                                              executor="process" if workers > 1 else cfg.runner.executor))
-        _preflight(cfg)
+        cfg = load_config(config, overrides)
+        cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices)
         summary = run_study(cfg, overwrite=overwrite, progress=progress)
     except LlmhpoError as e:
         _fail(e)
     except KeyboardInterrupt:
         err.print("interrupted: run the same command again to resume")
         raise typer.Exit(130)
-    console.print(f"study [bold]{summary.study}[/] ({summary.storage}): {summary.complete} complete, "
-                  f"{summary.failed} failed; stopped by {summary.stopped} after {summary.seconds:.1f} s")
+    _say(f"study {summary.study} ({summary.storage}): {summary.complete} complete, {summary.failed} failed; "
+         f"stopped by {summary.stopped} after {summary.seconds:.1f} s")
     if summary.best_value is not None:
-        console.print(f"best value {summary.best_value:.6g} (trial {summary.best_number}): "
-                      + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.best_params.items()))
-
-
-def _preflight(cfg) -> None:
-    """What the objective needs, checked before the first trial (model, data, tasks)."""
-    if cfg.objective == "finetune":
-        from llmhpo.objectives.finetune import preflight
-
-        preflight(cfg)
+        _say(f"best value {summary.best_value:.6g} (trial {summary.best_number}): "
+             + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.best_params.items()))
+    if summary.failure is not None:
+        err.print(f"[bold red]error:[/] {escape(summary.failure)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if summary.complete == 0 and summary.failed:
+        err.print(f"[bold red]error:[/] no trial completed; see the reasons with `llmhpo status {escape(str(config))}`",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -125,17 +127,18 @@ def status(
     c = st.counts()
     cfg = st.config
     best = st.best()
-    console.print(f"study [bold]{cfg.study.name}[/]: optimizer {cfg.optimizer}, objective {cfg.objective}, "
-                  f"{cfg.study.direction}")
-    console.print(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
-                  f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
+    _say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
+         f"{cfg.study.direction}")
+    _say(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
+         f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
     if best:
-        console.print(f"best value {best.value:.6g} (trial {best.number})")
+        _say(f"best value {best.value:.6g} (trial {best.number})")
     table = Table("trial", "state", "value", *cfg.space.names, "error")
     for r in st.records()[-last:]:
         table.add_row(str(r.number), "INTERRUPTED" if r.interrupted else r.state,
-                      "" if r.value is None else f"{r.value:.6g}", *(_fmt(r.params.get(n, "")) for n in cfg.space.names),
-                      (r.attrs.get("error") or "")[:60])
+                      "" if r.value is None else f"{r.value:.6g}",
+                      *(escape(_fmt(r.params.get(n, ""))) for n in cfg.space.names),
+                      escape(r.attrs.get("error") or ""))
     console.print(table)
 
 
@@ -154,23 +157,23 @@ def best(
         if b is None:
             raise LlmhpoError(f"study '{st.config.study.name}' has no complete trial yet")
         if export is not None:
-            from llmhpo.objectives.finetune.export import export_best
-
-            where = export_best(st, b, export, merge=merge)
+            cfg = st.config
+            where = cfg.kind.export(cfg.objective, b, export, merge=merge)
+            (where / "study.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
     except LlmhpoError as e:
         _fail(e)
     if as_json:
         console.print_json(json.dumps({"number": b.number, "value": b.value, "params": b.params,
                                        "metrics": b.attrs.get("metrics", {})}, default=str))
     else:
-        console.print(f"best trial {b.number}: value {b.value:.6g}")
+        _say(f"best trial {b.number}: value {b.value:.6g}")
         for k, v in b.params.items():
-            console.print(f"  {k} = {_fmt(v)}")
+            _say(f"  {k} = {_fmt(v)}")
         for k, v in sorted((b.attrs.get("metrics") or {}).items()):
             if not isinstance(v, (list, dict)) and k != "traceback":
-                console.print(f"  [dim]{k}: {_fmt(v)}[/]")
+                _say(f"  {k}: {_fmt(v)}", style="dim")
     if export is not None:
-        console.print(f"exported to {where}")
+        _say(f"exported to {where}")
 
 
 @app.command()
@@ -197,14 +200,12 @@ def check(config: Path = typer.Argument(..., help="Study TOML file.")):
 
     try:
         cfg = load_config(config)
-        console.print(f"config OK: {cfg.study.name}, optimizer {cfg.optimizer}, objective {cfg.objective}, "
-                      f"{cfg.space.dim} variables, budget {cfg.budget.trials} trials, {cfg.runner.workers} worker(s)")
-        console.print(f"space: {cfg.space}")
-        if cfg.objective == "finetune":
-            from llmhpo.objectives.finetune import preflight
-
-            for line in preflight(cfg, verbose=True):
-                console.print(f"  {line}")
+        _say(f"config OK: {cfg.study.name}, optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
+             f"{cfg.space.dim} variables, budget {cfg.budget.trials} trials, {cfg.runner.workers} worker(s)")
+        _say(f"space: {cfg.space}")
+        _say(f"study: {cfg.study.storage}")
+        for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices):
+            _say(f"  {line}")
     except LlmhpoError as e:
         _fail(e)
     console.print("[green]ready[/]")
@@ -267,7 +268,7 @@ def demo(
     """Offline HPO of SmolLM2-135M on the project's own task, on CPU in about 10 minutes."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from llmhpo.objectives.finetune.demo import run_demo
+    from llmhpo.demo import run_demo
 
     try:
         run_demo(out, trials=trials, workers=workers, overwrite=overwrite, console=console)
@@ -284,7 +285,7 @@ def main() -> None:
     except typer.Exit:
         raise
     except LlmhpoError as e:  # pragma: no cover - commands catch their own
-        err.print(f"error: {e}")
+        err.print(f"error: {escape(str(e))}")
         sys.exit(2)
 
 

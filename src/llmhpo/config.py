@@ -10,11 +10,13 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from llmhpo.errors import ConfigError
+from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
+from llmhpo.optimizers import check_optimizer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,9 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 from llmhpo.space import SearchSpace, preset
 
-_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start",
-             "model", "data", "train", "eval"}
-_FINETUNE_SECTIONS = ("model", "data", "train", "eval")
+_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start"}
 
 
 def _expect(section: str, table: Mapping[str, Any], key: str, types: tuple, default: Any = None,
@@ -85,8 +85,10 @@ class Budget:
 @dataclass(frozen=True)
 class RunnerConfig:
     workers: int = 1
-    executor: str = "auto"  # auto | inline | process
+    executor: str = "auto"  # auto (inline for one worker, else processes) | inline | process
     devices: tuple[str, ...] = ()  # GPU ids, one worker each
+    #: stop the study when this many trials in a row fail for the same reason (0: never)
+    max_repeated_failures: int = 3
 
 
 @dataclass(frozen=True)
@@ -96,32 +98,39 @@ class Config:
     runner: RunnerConfig
     optimizer: str
     optimizer_options: dict[str, Any]
-    objective: str
-    objective_options: dict[str, Any]
+    #: the objective kind's own frozen spec (``objective.kind`` names the kind)
+    objective: Any
     space: SearchSpace
     warm_start: tuple[dict[str, Any], ...] = ()
-    #: the [model], [data], [train], [eval] tables of a fine-tuning study
-    finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str | None = None  # the TOML file it came from
+    base_dir: str = "."  # relative paths in the config are relative to this folder
+
+    @property
+    def kind(self) -> ObjectiveKind:
+        return get_kind(self.objective.kind)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
+        tables = self.objective.to_tables()
         return {
             "study": {"name": self.study.name, "storage": self.study.storage,
                       "direction": self.study.direction, "seed": self.study.seed},
             "budget": {"trials": self.budget.trials, "wall_time": self.budget.wall_time},
             "runner": {"workers": self.runner.workers, "executor": self.runner.executor,
-                       "devices": list(self.runner.devices)},
+                       "devices": list(self.runner.devices),
+                       "max_repeated_failures": self.runner.max_repeated_failures},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
-            "objective": {"type": self.objective, **self.objective_options},
+            "objective": {"type": self.objective.kind, **tables.pop("objective")},
             "space": {v.pop("name"): v for v in self.space.to_dict()},
             "warm_start": [dict(w) for w in self.warm_start],
-            **{k: dict(v) for k, v in self.finetune.items()},
+            "base_dir": self.base_dir,
+            **tables,
         }
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], default_name: str = "study", source: str | None = None) -> "Config":
-        return _parse(raw, default_name, source)
+    def from_dict(cls, raw: Mapping[str, Any], default_name: str = "study", base_dir: str | Path = ".") -> "Config":
+        """Validate a config given as nested dicts (TOML tables); relative paths are relative to ``base_dir``."""
+        return _parse(raw, default_name, None, Path(base_dir))
 
     def search_hash(self) -> str:
         """Hash of what defines the search (space, optimiser, objective, seed, direction).
@@ -135,13 +144,17 @@ class Config:
 
 def search_part(d: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a config dict that defines the search (what ``search_hash`` covers)."""
-    out = {k: v for k, v in d.items() if k not in ("budget", "runner")}
+    out = {k: v for k, v in d.items() if k not in ("budget", "runner", "base_dir")}
     out["study"] = {k: v for k, v in (d.get("study") or {}).items() if k in ("direction", "seed")}
     return out
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a study TOML file."""
+def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Read and validate a study TOML file. Relative paths in it are relative to its folder.
+
+    overrides: ``{table: {key: value}}`` merged in before validation (the command line's
+    ``--trials``, ``--workers``), so they are checked like the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; give the path to a study TOML file")
@@ -149,14 +162,19 @@ def load_config(path: str | Path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"'{path}' is not valid TOML: {e}") from e
-    return _parse(raw, path.stem, str(path))
+    for table, values in (overrides or {}).items():
+        if not isinstance(raw.get(table, {}), Mapping):
+            continue  # reported by _parse
+        raw[table] = {**raw.get(table, {}), **values}
+    return _parse(raw, path.stem, str(path), path.parent.resolve())
 
 
-def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Config:
-    from llmhpo.objectives import OBJECTIVES
-    from llmhpo.optimizers import check_optimizer
-
-    _no_unknown("top level", raw, _SECTIONS)
+def _parse(raw: Mapping[str, Any], default_name: str, source: str | None, base_dir: Path) -> Config:
+    owned = all_tables()  # kind-owned tables such as [model] -> "finetune"
+    _no_unknown("top level", raw, _SECTIONS | set(owned) | {"base_dir"})
+    if isinstance(raw.get("base_dir"), str):  # a stored study's config: the folder of its TOML
+        base_dir = Path(raw["base_dir"])
+    raw = {k: v for k, v in raw.items() if k != "base_dir"}
     # JSON round-trips write unset optional keys as null
     raw = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, Mapping) else v)
            for k, v in raw.items()}
@@ -168,9 +186,8 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Con
     if "objective" not in raw:
         raise ConfigError("the section [objective] is missing; add e.g. [objective] type = \"finetune\"")
     obj = dict(raw["objective"])
-    kind = _expect("objective", obj, "type", (str,), required=True)
-    if kind not in OBJECTIVES:
-        raise ConfigError(f"[objective] type = {kind!r} is unknown; use one of: {', '.join(OBJECTIVES)}")
+    kind_name = _expect("objective", obj, "type", (str,), required=True)
+    kind = get_kind(kind_name)
     obj.pop("type")
 
     # [study]
@@ -179,11 +196,8 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Con
     name = _expect("study", st, "name", (str,), default_name)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ConfigError(f"[study] name = {name!r} may only use letters, digits, '_', '-' and '.'")
-    storage = _expect("study", st, "storage", (str,), f"sqlite:///{name}.db")
-    if storage and "://" not in storage:
-        storage = f"sqlite:///{storage}"
-    default_dir = "maximize" if kind == "finetune" else "minimize"
-    direction = _expect("study", st, "direction", (str,), default_dir)
+    storage = _storage_url(_expect("study", st, "storage", (str,), f"{name}.db"), base_dir)
+    direction = _expect("study", st, "direction", (str,), kind.default_direction)
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"[study] direction = {direction!r} must be \"minimize\" or \"maximize\"")
     seed = _expect("study", st, "seed", (int,), 0)
@@ -202,7 +216,7 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Con
 
     # [runner]
     rn = raw.get("runner", {})
-    _no_unknown("runner", rn, {"workers", "executor", "devices"})
+    _no_unknown("runner", rn, {"workers", "executor", "devices", "max_repeated_failures"})
     devices = _expect("runner", rn, "devices", (list,), [])
     devices = tuple(str(d) for d in devices)
     workers = _expect("runner", rn, "workers", (int,), len(devices) or 1)
@@ -216,7 +230,10 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Con
         raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\" or \"process\"")
     if executor == "inline" and workers > 1:
         raise ConfigError("[runner] executor = \"inline\" runs one trial at a time; set workers = 1 or executor = \"process\"")
-    runner = RunnerConfig(workers, executor, devices)
+    repeated = _expect("runner", rn, "max_repeated_failures", (int,), 3)
+    if repeated < 0:
+        raise ConfigError(f"[runner] max_repeated_failures = {repeated} must be >= 0 (0: never stop on failures)")
+    runner = RunnerConfig(workers, executor, devices, repeated)
 
     # [optimizer]
     if "optimizer" not in raw:
@@ -226,14 +243,15 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Con
     op.pop("name")
     check_optimizer(opt_name, op)
 
-    # finetune sections only make sense for the finetune objective
-    finetune = {k: dict(raw[k]) for k in _FINETUNE_SECTIONS if k in raw}
-    if finetune and kind != "finetune":
-        raise ConfigError(f"[{next(iter(finetune))}] is only used with [objective] type = \"finetune\"; remove it")
+    # the objective kind's own tables
+    for table, owner in owned.items():
+        if table in raw and owner != kind.name:
+            raise ConfigError(f"[{table}] is only used with [objective] type = \"{owner}\"; remove it")
+    spec = kind.parse(obj, {t: dict(raw[t]) for t in kind.tables if t in raw}, ParseContext(base_dir, name))
 
     # [space]
-    sp = dict(raw.get("space", {}))
-    space = _build_space(sp, kind, obj, finetune)
+    space = _build_space(dict(raw.get("space", {})), kind, spec)
+    kind.check_space(spec, space)
 
     # warm_start
     ws = raw.get("warm_start", [])
@@ -245,45 +263,37 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None) -> Con
         except ConfigError as e:
             raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
 
-    cfg = Config(study, budget, runner, opt_name, op, kind, obj, space, tuple(dict(w) for w in ws), finetune, source)
-    _check_objective(cfg)
-    return cfg
+    return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), source,
+                  str(base_dir))
 
 
-def _build_space(sp: dict[str, Any], kind: str, obj: Mapping[str, Any], finetune: Mapping) -> SearchSpace:
+def _storage_url(storage: str, base_dir: Path) -> str:
+    """An Optuna storage URL; a bare path or a relative sqlite path is relative to ``base_dir``."""
+    if "://" not in storage:
+        storage = f"sqlite:///{storage}"
+    prefix = "sqlite:///"
+    if storage.startswith(prefix) and not storage.startswith(prefix + "/") and storage != prefix + ":memory:":
+        path = Path(storage[len(prefix):]).expanduser()
+        storage = prefix + str(path if path.is_absolute() else (base_dir / path).resolve())
+    return storage
+
+
+def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
     base: list = []
     if "preset" in sp:
         p = sp.pop("preset")
         if not isinstance(p, str):
             raise ConfigError(f"[space] preset = {p!r} must be a string such as \"paper\"")
         base = list(preset(p).variables)
-    elif not sp and kind == "finetune":
-        base = list(preset("paper").variables)
-    elif not sp and kind in ("function", "sleep"):
-        from llmhpo.objectives import build_objective
-
-        return build_objective(kind, obj).space()
+    elif not sp:
+        default = kind.default_space(spec)
+        if default is None:
+            raise ConfigError(f"[space] is missing: a {kind.name} objective needs its search space, e.g. "
+                              "[space.learning_rate] type = \"float\" low = 1e-5 high = 1e-1 log = true")
+        return default
     variables = {v.name: v for v in base}
-    for name, spec in sp.items():
-        if not isinstance(spec, Mapping):
+    for name, spec_ in sp.items():
+        if not isinstance(spec_, Mapping):
             raise ConfigError(f"[space] {name} must be a table such as [space.{name}] type = \"float\" low = 0 high = 1")
-        variables[name] = SearchSpace.from_dict({name: spec}).variables[0]
+        variables[name] = SearchSpace.from_dict({name: spec_}).variables[0]
     return SearchSpace(list(variables.values()))
-
-
-def _check_objective(cfg: Config) -> None:
-    """Cheap checks that the objective accepts its options and matches the space."""
-    from llmhpo.objectives import build_objective
-
-    if cfg.objective in ("function", "sleep"):
-        objective = build_objective(cfg.objective, cfg.objective_options)
-        expected = objective.space().names
-        if cfg.space.names != expected:
-            raise ConfigError(
-                f"[space] for a {cfg.objective} objective must define {expected} (got {cfg.space.names}); "
-                "remove [space] to use the function's own bounds"
-            )
-    else:
-        from llmhpo.objectives.finetune.config import FinetuneConfig
-
-        FinetuneConfig.from_sections(cfg.finetune, cfg.objective_options, cfg.space)

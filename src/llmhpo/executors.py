@@ -68,6 +68,8 @@ def run_objective(objective: Any, key: Hashable, params: dict[str, Any]) -> Outc
     except Exception as e:  # a trial's crash is a trial state, not the study's crash
         tb = traceback.format_exc(limit=8)
         out = Outcome(key, None, {"traceback": tb}, {}, f"{type(e).__name__}: {e}", worker)
+    except SystemExit as e:  # sys.exit() in the objective ends its trial, not the driver
+        out = Outcome(key, None, {}, {}, f"the objective called sys.exit({e.code!r})", worker)
     out.timings.setdefault("trial", time.time() - start)
     out.worker.update(start=start, end=time.time())
     return out
@@ -97,10 +99,6 @@ class InlineExecutor:
 
     def submit(self, key: Hashable, params: dict[str, Any]) -> None:
         self._jobs.append((key, params))
-
-    @property
-    def running(self) -> int:
-        return len(self._jobs)
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._jobs:
@@ -132,10 +130,6 @@ class ProcessExecutor:
                 queue.put(d)
         return cf.ProcessPoolExecutor(self.slots, mp_context=ctx, initializer=_init_worker,
                                       initargs=(self._factory, queue))
-
-    @property
-    def running(self) -> int:
-        return len(self._futures)
 
     def submit(self, key: Hashable, params: dict[str, Any]) -> None:
         self._futures[self._pool.submit(_worker_call, key, params)] = key

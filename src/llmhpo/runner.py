@@ -10,19 +10,19 @@ evaluated again; one with no trial at all is submitted.
 
 from __future__ import annotations
 
-import functools
-import math
+import multiprocessing as mp
+import re
 import signal
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from llmhpo.config import Config
-from llmhpo.executors import Outcome, make_executor
-from llmhpo.objectives import build_objective
+from llmhpo.executors import make_executor
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
 from llmhpo.study import Study
 
@@ -36,18 +36,15 @@ class RunSummary:
     best_value: float | None
     best_params: dict[str, Any] | None
     best_number: int | None
-    stopped: str  # why the loop ended
+    stopped: str  # why the loop ended: budget, wall_time, optimizer exhausted, repeated failures
     seconds: float
-    history: list[float | None] = field(default_factory=list)  # values in completion order
+    #: the reason of the failures that stopped the study (stopped == "repeated failures")
+    failure: str | None = None
 
 
 def objective_factory(config: Config) -> Callable[[], Any]:
     """A picklable factory that builds the study's objective inside a worker."""
-    if config.objective == "finetune":
-        from llmhpo.objectives.finetune import FinetuneObjective
-
-        return functools.partial(FinetuneObjective.from_config_dict, config.to_dict())
-    return functools.partial(build_objective, config.objective, dict(config.objective_options))
+    return config.kind.factory(config.objective)
 
 
 def build_optimizer(config: Config) -> Optimizer:
@@ -57,34 +54,90 @@ def build_optimizer(config: Config) -> Optimizer:
                           config.budget.trials, config.optimizer_options)
 
 
-class _Progress:
-    """A rich progress bar: trials done, failures, best so far."""
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    def __init__(self, enabled: bool, total: int, done: int, direction: str, name: str):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("fail {task.fields[failed]}"), TextColumn("best {task.fields[best]}"),
-                          TimeElapsedColumn())
-        self.p.start()
-        self.task = self.p.add_task(name, total=total, completed=done, failed=0, best="-")
+class _Reporter:
+    """What a run prints. ``bar``: a rich progress bar (trials done, failures, best so far)
+    with one line per finished trial above it; ``lines``: one plain, flushed line per trial
+    start and end, for logs of batch jobs (nohup, Slurm); ``quiet``: nothing."""
 
-    def update(self, done: int, failed: int, best: float | None) -> None:
-        if self.enabled:
-            self.p.update(self.task, completed=done, failed=failed, best="-" if best is None else f"{best:.6g}")
+    def __init__(self, mode: str, total: int, done: int, failed: int, best: float | None, name: str):
+        self.mode, self.total = mode, total
+        self.done, self.failed = done, failed
+        if mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("fail {task.fields[failed]}"), TextColumn("best {task.fields[best]}"),
+                              TimeElapsedColumn())
+            self.p.start()
+            self.task = self.p.add_task(name, total=total, completed=min(done, total), failed=failed,
+                                        best="-" if best is None else f"{best:.6g}")
+
+    def _line(self, text: str) -> None:
+        if self.mode == "bar":
+            from rich.markup import escape
+
+            self.p.console.print(escape(text), highlight=False, soft_wrap=True)
+        elif self.mode == "lines":
+            print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", flush=True)
+
+    def started(self, number: int, params: dict[str, Any]) -> None:
+        if self.mode == "lines":
+            self._line(f"trial {number} started: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+
+    def finished(self, number: int, value: float | None, error: str | None, seconds: float,
+                 best: Any) -> None:
+        self.done += 1
+        self.failed += value is None
+        count = f"[{self.done}/{self.total} done, {self.failed} failed]"
+        if value is None:
+            self._line(f"trial {number} failed after {seconds:.1f} s: {error} {count}")
+        else:
+            b = "" if best is None else f" (best {best.value:.6g}, trial {best.number})"
+            self._line(f"trial {number} done in {seconds:.1f} s: value {value:.6g}{b} {count}")
+        if self.mode == "bar":
+            self.p.update(self.task, completed=min(self.done, self.total), failed=self.failed,
+                          best="-" if best is None else f"{best.value:.6g}")
+
+    def note(self, text: str) -> None:
+        self._line(text)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.mode == "bar":
             self.p.stop()
 
 
-def run(config: Config, *, overwrite: bool = False, progress: bool = True,
-        objective_factory_override: Callable[[], Any] | None = None,
-        on_trial: Callable[[int, Outcome], None] | None = None) -> RunSummary:
-    """Run (or resume) the study described by ``config`` until its budget is spent."""
+def _output_mode(progress: bool | None) -> str:
+    if progress is None:
+        return "bar" if sys.stdout.isatty() else "lines"
+    return "bar" if progress else "lines"
+
+
+def _same_cause(reason: str) -> str:
+    """Failure reasons that differ only in numbers (a step, a value) have the same cause."""
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", reason)
+
+
+def _in_spawned_worker_import() -> bool:
+    """True while a spawned worker process re-imports the user's script (multiprocessing's
+    own test for it): a study started from there would fight the driver's."""
+    return bool(getattr(mp.current_process(), "_inheriting", False))
+
+
+def run(config: Config, *, overwrite: bool = False, progress: bool | None = None,
+        quiet: bool = False) -> RunSummary:
+    """Run (or resume) the study described by ``config`` until its budget is spent.
+
+    progress: True for a progress bar, False for one line per trial start and end, None to
+    choose by whether stdout is a terminal; quiet: print nothing. The run also stops when
+    ``config.runner.max_repeated_failures`` trials in a row fail for the same reason.
+    """
+    if _in_spawned_worker_import():
+        raise SystemExit("llmhpo: a worker process imported the script that starts the study and reached the "
+                         "call again; put the call under `if __name__ == \"__main__\":`")
     t_start = time.time()
     study = Study.open(config, overwrite=overwrite)
     optimizer = build_optimizer(config)
@@ -127,19 +180,22 @@ def run(config: Config, *, overwrite: bool = False, progress: bool = True,
 
     complete, failed = counted()
     budget = config.budget.trials
-    executor = make_executor(objective_factory_override or objective_factory(config), config.runner.workers,
-                             config.runner.executor, config.runner.devices)
-    running: dict[int, tuple[Candidate, int]] = {}  # candidate id -> (candidate, trial id)
-    history: list[float | None] = []
+    executor = make_executor(objective_factory(config), config.runner.workers, config.runner.executor,
+                             config.runner.devices)
+    running: dict[int, tuple[Candidate, int, int]] = {}  # candidate id -> (candidate, trial id, number)
     best = study.best()
-    bar = _Progress(progress, budget, min(complete + failed, budget), config.study.direction, config.study.name)
-    bar.update(complete + failed, failed, best.value if best else None)
+    report = _Reporter("quiet" if quiet else _output_mode(progress), budget, complete + failed, failed, 
+                       best.value if best else None, config.study.name)
+    streak: list[str] = []  # causes of the latest consecutive failures
+    failure: str | None = None
 
     def submit(cand: Candidate) -> None:
         params = config.space.decode(cand.x)
         extra = {"warm_start": cand.info["warm_start"]} if "warm_start" in cand.info else {}
         tid = study.create_trial(cand, params, extra)
-        running[cand.id] = (cand, tid)
+        number = study.trial_number(tid)
+        running[cand.id] = (cand, tid, number)
+        report.started(number, params)
         executor.submit(cand.id, params)
 
     stopped = "budget"
@@ -176,7 +232,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool = True,
             if config.budget.wall_time is not None and not out_of_time:
                 timeout = max(0.05, config.budget.wall_time - (time.time() - t_start))
             for outcome in executor.wait(timeout=timeout):
-                cand, tid = running.pop(outcome.key)
+                cand, tid, number = running.pop(outcome.key)
                 value = outcome.value
                 study.finish_trial(tid, value, outcome.metrics, outcome.timings, outcome.error,
                                    {"worker": outcome.worker} if outcome.worker else None)
@@ -184,13 +240,21 @@ def run(config: Config, *, overwrite: bool = False, progress: bool = True,
                 study.save_optimizer_state(optimizer.state_dict())
                 if value is None:
                     failed += 1
+                    streak.append(_same_cause(outcome.error or ""))
                 else:
                     complete += 1
-                history.append(value)
-                best = study.best()
-                bar.update(complete + failed, failed, best.value if best else None)
-                if on_trial is not None:
-                    on_trial(complete + failed, outcome)
+                    streak.clear()
+                if value is not None:
+                    best = study.best()
+                report.finished(number, value, outcome.error, outcome.timings.get("trial", 0.0), best)
+                n = config.runner.max_repeated_failures
+                if n and len(streak) >= n and len(set(streak[-n:])) == 1:
+                    failure = outcome.error
+                    stopped = "repeated failures"
+                    report.note(f"stopping: {n} trials in a row failed with: {failure} "
+                                "(set [runner] max_repeated_failures = 0 to go on regardless)")
+            if failure is not None:
+                break
     except KeyboardInterrupt:
         stopped = "interrupted"
         raise
@@ -198,17 +262,15 @@ def run(config: Config, *, overwrite: bool = False, progress: bool = True,
         if main_thread:
             signal.signal(signal.SIGTERM, old_handler)
         executor.close()
-        bar.close()
+        # trials stopped here (interrupt, wall time, failures) rerun on resume
+        for _, tid, _ in running.values():
+            study.mark_interrupted(tid)
+        report.close()
     best = study.best()
     return RunSummary(config.study.name, config.study.storage, complete, failed,
                       best.value if best else None, best.params if best else None,
-                      best.number if best else None, stopped, time.time() - t_start, history)
+                      best.number if best else None, stopped, time.time() - t_start, failure)
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def best_regret(values: list[float | None], f_min: float) -> float:
-    ok = [v for v in values if v is not None and math.isfinite(v)]
-    return (min(ok) - f_min) if ok else math.inf

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -23,8 +24,10 @@ from optuna.trial import FrozenTrial, TrialState
 from llmhpo import __version__
 from llmhpo.config import Config, search_part
 from llmhpo.errors import StudyError
-from llmhpo.optimizers import Candidate
 from llmhpo.space import Categorical, Float, SearchSpace
+
+if TYPE_CHECKING:  # the optimisers (and torch) are not needed to read a study
+    from llmhpo.optimizers import Candidate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -103,7 +106,7 @@ class Study:
             storage.set_study_system_attr(study._study_id, HASH_KEY, config.search_hash())
             study.set_user_attr("llmhpo_version", __version__)
             study.set_user_attr("optimizer", config.optimizer)
-            study.set_user_attr("objective", config.objective)
+            study.set_user_attr("objective", config.objective.kind)
         else:
             study = optuna.load_study(study_name=name, storage=storage)
             # budget and workers may change between runs: keep the latest
@@ -112,7 +115,12 @@ class Study:
 
     @classmethod
     def load(cls, storage_url: str, name: str | None = None) -> "Study":
-        """Open an existing study for reading (status, best, report)."""
+        """Open an existing study for reading (status, best, report); creates nothing."""
+        if storage_url.startswith("sqlite:///") and storage_url != "sqlite:///:memory:":
+            path = Path(storage_url[len("sqlite:///"):])
+            if not path.is_file() or path.stat().st_size == 0:
+                raise StudyError(f"no study in {path}: the file does not exist or is empty; "
+                                 "run `llmhpo run STUDY.toml` first, or check the path")
         storage = open_storage(storage_url)
         names = [s.study_name for s in storage.get_all_studies()]
         if not names:
@@ -139,7 +147,7 @@ class Study:
         return None if raw is None else json.loads(raw)
 
     # ------------------------------------------------------------------ trials
-    def create_trial(self, candidate: Candidate, params: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
+    def create_trial(self, candidate: "Candidate", params: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
         """A RUNNING trial for ``candidate``, params and attributes written in one transaction
         (a crash never leaves a trial without its candidate); returns its storage id."""
         attrs = {"x": [float(v) for v in candidate.x], "candidate_id": candidate.id,
@@ -147,6 +155,9 @@ class Study:
         template = optuna.trial.create_trial(state=TrialState.RUNNING, params=dict(params),
                                              distributions={k: self._dists[k] for k in params}, user_attrs=attrs)
         return self.storage.create_new_trial(self.study_id, template_trial=template)
+
+    def trial_number(self, trial_id: int) -> int:
+        return self.storage.get_trial_number_from_id(trial_id)
 
     def finish_trial(self, trial_id: int, value: float | None, metrics: dict[str, Any] | None = None,
                      timings: dict[str, float] | None = None, error: str | None = None,

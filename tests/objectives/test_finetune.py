@@ -12,7 +12,6 @@ from llmhpo.objectives.finetune import FinetuneObjective
 from llmhpo.objectives.finetune.config import FinetuneConfig
 from llmhpo.objectives.finetune.data import IGNORE, tokenize
 from llmhpo.objectives.finetune.tasks import alpaca_prompt
-from llmhpo.space import paper_space
 
 PARAMS = {"learning_rate": 1e-2, "lora_rank": 4, "lora_alpha": 16, "lora_dropout": 0.1, "weight_decay": 0.01}
 
@@ -25,7 +24,7 @@ def make(tiny_llama, tmp_path, **train):
         "eval": {"tasks": ["llmhpo_add", "llmhpo_general"], "objective": "llmhpo_add/acc", "limit": 8,
                  "n_questions": 20},
     }
-    return FinetuneObjective(FinetuneConfig.from_sections(sections, {}, paper_space(), "t"))
+    return FinetuneObjective(FinetuneConfig.from_sections(sections, "t"))
 
 
 def weights_hash(model) -> str:
@@ -137,7 +136,7 @@ def test_local_jsonl_dataset_with_input(tiny_llama, tmp_path):
          "train": {"max_steps": 2, "batch_size": 4, "max_seq_len": 256, "output_dir": str(tmp_path),
                    "save_adapters": False},
          "eval": {"tasks": ["llmhpo_add"], "objective": "llmhpo_add/acc", "limit": 4, "n_questions": 20}},
-        {}, paper_space(), "t")
+        "t")
     r = obj(PARAMS)
     assert r.metrics["train_steps"] == 2 and "adapter_dir" not in r.metrics
 
@@ -151,7 +150,6 @@ def test_local_jsonl_dataset_with_input(tiny_llama, tmp_path):
 ])
 def test_preflight_names_the_fix(tiny_llama, tmp_path, monkeypatch, sections, message):
     from llmhpo.config import Config
-    from llmhpo.objectives.finetune import preflight
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -161,7 +159,7 @@ def test_preflight_names_the_fix(tiny_llama, tmp_path, monkeypatch, sections, me
         raw[k] = {**raw.get(k, {}), **v}
     cfg = Config.from_dict(raw, default_name="t")
     with pytest.raises(ObjectiveSetupError) as e:
-        preflight(cfg)
+        cfg.kind.preflight(cfg.objective, cfg.space)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -170,10 +168,10 @@ def test_finetune_config_errors():
     from llmhpo.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"\[train\] has an unknown key 'lr'"):
-        FinetuneConfig.from_sections({"train": {"lr": 1e-3}}, {}, paper_space())
+        FinetuneConfig.from_sections({"train": {"lr": 1e-3}})
     with pytest.raises(ConfigError, match=r"objective task 'hellaswag' is not in \[eval\] tasks"):
-        FinetuneConfig.from_sections({"eval": {"objective": "hellaswag/acc_norm"}}, {}, paper_space())
+        FinetuneConfig.from_sections({"eval": {"objective": "hellaswag/acc_norm"}})
     from llmhpo.space import Float, SearchSpace
 
     with pytest.raises(ConfigError, match=r"\[space\] momentum is not a training knob"):
-        FinetuneConfig.from_sections({}, {}, SearchSpace([Float("momentum", 0, 1)]))
+        FinetuneConfig.from_sections({}).check(SearchSpace([Float("momentum", 0, 1)]))

@@ -91,14 +91,13 @@ def test_smollm2_sensible_learning_rate_beats_extremes(tmp_path):
     pytest.importorskip("transformers")
     from llmhpo.objectives.finetune import FinetuneObjective
     from llmhpo.objectives.finetune.config import FinetuneConfig
-    from llmhpo.space import paper_space
 
     cfg = FinetuneConfig.from_sections(
         {"data": {"dataset": "builtin:add", "max_examples": 400, "val_examples": 16},
          "train": {"max_steps": 12, "batch_size": 8, "max_seq_len": 64, "output_dir": str(tmp_path),
                    "save_adapters": False},
          "eval": {"tasks": ["llmhpo_add"], "objective": "llmhpo_add/acc", "limit": 40}},
-        {}, paper_space(), "smol")
+        "smol")
     obj = FinetuneObjective(cfg)
     base = dict(lora_rank=8, lora_alpha=16, lora_dropout=0.05, weight_decay=0.01)
     scores = {}

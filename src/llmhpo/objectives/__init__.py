@@ -1,16 +1,20 @@
-"""Objectives: plain callables ``params -> Result`` that run inside a worker.
+"""Objectives: what one trial computes, and the one registry of objective kinds.
 
-An objective knows nothing of optimisers or storage. ``build_objective`` turns the
-``[objective]`` part of a study config into one; heavy state (a base model, a task index)
-lives in the objective object, which each worker builds once and reuses across trials.
+An objective is a plain callable ``params -> Result`` that runs inside a worker; it knows
+nothing of optimisers or storage. Each kind (``function``, ``sleep``, ``python``,
+``finetune``) is one :class:`ObjectiveKind` that owns the TOML tables it reads and their
+parsing into a frozen spec, its default search space and direction, the checks made before
+the first trial, how a worker builds the objective, and what ``best --export`` writes.
+Nothing outside this package asks which kind a study uses.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
 
 from llmhpo.errors import ConfigError, TrialFailed
 
@@ -30,77 +34,91 @@ class Result:
             raise TrialFailed(f"objective value is {self.value}")
 
 
-class FunctionObjective:
-    """A benchmark function on its native box (params x0..x{d-1})."""
+@dataclass(frozen=True)
+class ParseContext:
+    """What a kind needs to parse its tables. base_dir: relative paths in the config are
+    relative to it (the TOML file's folder, or the current directory)."""
 
-    def __init__(self, name: str, dim: int | None = None, noise: float = 0.0, seed: int = 0):
-        from llmhpo.objectives.functions import get_function
+    base_dir: Path
+    study_name: str
 
-        self.function = get_function(name, dim)
-        self.noise = noise
-        import numpy as np
-
-        self._rng = np.random.default_rng(seed)
-
-    def space(self):
-        from llmhpo.space import Float, SearchSpace
-
-        return SearchSpace([Float(f"x{i}", float(lo), float(hi)) for i, (lo, hi) in enumerate(self.function.bounds)])
-
-    def __call__(self, params: Mapping[str, Any]) -> Result:
-        x = [params[f"x{i}"] for i in range(self.function.dim)]
-        v = self.function(x)
-        if self.noise:
-            v += self.noise * float(self._rng.standard_normal())
-        return Result(v, {"regret": self.function(x) - self.function.f_min})
+    def path(self, value: str) -> str:
+        """An absolute path for a path written in the config."""
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (self.base_dir / p).resolve())
 
 
-class SleepObjective:
-    """Sleeps ``seconds`` then returns a benchmark function's value: a stand-in for a slow
-    trial, used to test parallel runs, wall-time budgets and crash recovery.
-    ``log``: a file that gets one line per finished evaluation."""
+class ObjectiveKind:
+    """One kind of objective. Subclasses set ``name`` (the ``[objective] type``), ``tables``
+    (top-level TOML tables they own besides ``[objective]``) and ``default_direction``, and
+    implement ``parse`` and ``factory``; the rest has defaults."""
 
-    def __init__(self, seconds: float = 1.0, function: str = "branin", dim: int | None = None, log: str | None = None,
-                 fail_above: float | None = None):
-        self.inner = FunctionObjective(function, dim)
-        self.seconds, self.log, self.fail_above = seconds, log, fail_above
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]] = ()
+    default_direction: ClassVar[str] = "minimize"
 
-    def space(self):
-        return self.inner.space()
+    def parse(self, objective: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]], ctx: ParseContext):
+        """The kind's spec from ``[objective]`` (without ``type``) and its own tables: a frozen,
+        picklable dataclass with a class attribute ``kind`` (this kind's name) and a method
+        ``to_tables()`` giving it back as TOML tables (``objective`` and the kind's own).
+        Cheap and side-effect free (no model, no import of user code): stored studies are
+        re-read with it. Raises ConfigError naming the key and the fix."""
+        raise NotImplementedError
 
-    def __call__(self, params):
-        t0 = time.time()
-        time.sleep(self.seconds)
-        r = self.inner(params)
-        if self.fail_above is not None and r.value > self.fail_above:
-            raise TrialFailed(f"value {r.value:.3g} above fail_above={self.fail_above}")
-        if self.log:
-            import json
-            import os
+    def default_space(self, spec):
+        """The SearchSpace used when the config has no ``[space]``; None when one is required."""
+        return None
 
-            with open(self.log, "a") as fh:
-                fh.write(json.dumps({"pid": os.getpid(), "params": dict(params), "value": r.value}) + "\n")
-        r.timings["sleep"] = time.time() - t0
-        return r
+    def check_space(self, spec, space) -> None:
+        """ConfigError when the space does not fit the objective."""
+
+    def preflight(self, spec, space, devices: tuple[str, ...] = ()) -> list[str]:
+        """Everything that would make every trial fail, checked once before the first trial
+        (may load models, data, user code). Returns lines describing what was found."""
+        return []
+
+    def factory(self, spec) -> Callable[[], Callable[[dict[str, Any]], Result]]:
+        """A picklable zero-argument callable that builds the objective inside a worker."""
+        raise NotImplementedError
+
+    def describe(self, spec) -> str:
+        """A few words for `status` and reports."""
+        return self.name
+
+    def export(self, spec, record, out: Path, merge: bool = False) -> Path:
+        """Write the best trial to ``out`` (``best --export``): its value and params as JSON."""
+        import json
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "best.json").write_text(json.dumps(
+            {"trial": record.number, "value": record.value, "params": record.params,
+             "metrics": {k: v for k, v in (record.attrs.get("metrics") or {}).items() if k != "traceback"}},
+            indent=1, default=str))
+        return out
 
 
-def _finetune(**options):
-    from llmhpo.objectives.finetune import FinetuneObjective
-
-    return FinetuneObjective(**options)
-
-
-OBJECTIVES: dict[str, Callable[..., Any]] = {
-    "function": FunctionObjective,
-    "sleep": SleepObjective,
-    "finetune": _finetune,
+# type -> "module:Class"; a kind's module is imported when a study uses it (finetune's
+# stays light: torch, transformers and lm-eval load inside its workers only)
+_KINDS = {
+    "function": "llmhpo.objectives.synthetic:FunctionKind",
+    "sleep": "llmhpo.objectives.synthetic:SleepKind",
+    "python": "llmhpo.objectives.python:PythonKind",
+    "finetune": "llmhpo.objectives.finetune.kind:FinetuneKind",
 }
+OBJECTIVE_TYPES = tuple(_KINDS)
 
 
-def build_objective(kind: str, options: Mapping[str, Any]):
-    if kind not in OBJECTIVES:
-        raise ConfigError(f"[objective] type = {kind!r} is unknown; use one of: {', '.join(OBJECTIVES)}")
-    try:
-        return OBJECTIVES[kind](**dict(options))
-    except TypeError as e:
-        raise ConfigError(f"[objective] type = {kind!r}: {e}") from e
+def get_kind(name: str) -> ObjectiveKind:
+    """The kind registered for ``[objective] type = name``."""
+    if name not in _KINDS:
+        raise ConfigError(f"[objective] type = {name!r} is unknown; use one of: {', '.join(_KINDS)}")
+    module, cls = _KINDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def all_tables() -> dict[str, str]:
+    """Every kind-owned top-level table -> the kind that owns it."""
+    return {t: name for name in _KINDS for t in get_kind(name).tables}
+
+
+__all__ = ["OBJECTIVE_TYPES", "ObjectiveKind", "ParseContext", "Result", "all_tables", "get_kind"]

@@ -23,6 +23,8 @@ from llmhpo.objectives.finetune.config import FinetuneConfig
 
 
 class FinetuneObjective:
+    """One worker's fine-tuning objective. config: with absolute paths (``FinetuneConfig.resolved``)."""
+
     def __init__(self, config: FinetuneConfig, device: str | None = None):
         self.cfg = config
         self.device = device
@@ -33,14 +35,6 @@ class FinetuneObjective:
         self._records = None
         self.load_seconds = 0.0
         self.task_index_seconds = 0.0
-
-    @classmethod
-    def from_config_dict(cls, config: dict[str, Any]) -> "FinetuneObjective":
-        """Build from ``Config.to_dict()`` (what a worker process receives)."""
-        from llmhpo.config import Config
-
-        cfg = Config.from_dict(config, default_name=config["study"]["name"])
-        return cls(FinetuneConfig.from_sections(cfg.finetune, cfg.objective_options, cfg.space, cfg.study.name))
 
     # ------------------------------------------------------------------ set-up (once per worker)
     def setup(self) -> None:
@@ -175,8 +169,14 @@ class FinetuneObjective:
         return Result(value, metrics, timings)
 
     def _save_adapter(self, peft_model, params: dict[str, Any], knobs: dict[str, Any]) -> str:
+        from llmhpo.objectives.finetune.model import portable_name
+
         key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
         folder = Path(self.cfg.train.output_dir) / self.cfg.study_name / "adapters" / key
+        # the adapter names the model the user gave (a hub id loads anywhere), not the
+        # local folder it was loaded from
+        for pc in peft_model.peft_config.values():
+            pc.base_model_name_or_path = portable_name(self.cfg.model)
         peft_model.save_pretrained(folder)
         (folder / "llmhpo_trial.json").write_text(json.dumps(
             {"params": params, "knobs": knobs, "model": self.cfg.model.name,
@@ -192,51 +192,4 @@ class FinetuneObjective:
         return evaluate(self.model, self.tokenizer, self._tm, self.cfg.eval)
 
 
-def preflight(config, verbose: bool = False) -> list[str]:
-    """Check, before the first trial, that the model, data, tasks and devices can be had.
-
-    Raises ObjectiveSetupError with one line naming the fix. Converts a GGUF model and
-    writes the builtin tasks once, here, rather than in every worker.
-    """
-    import os
-
-    from llmhpo.objectives.finetune import model as model_lib
-    from llmhpo.objectives.finetune.data import load_records, split
-    from llmhpo.objectives.finetune.evaluate import check_tasks, task_manager
-
-    fc = FinetuneConfig.from_sections(config.finetune, config.objective_options, config.space, config.study.name)
-    lines = []
-    where, gguf = model_lib.resolve(fc.model)
-    if not Path(where).is_dir():  # a hub id: its config must be reachable (cache or network)
-        try:
-            from transformers import AutoConfig
-
-            AutoConfig.from_pretrained(where, revision=fc.model.revision, **({"gguf_file": gguf} if gguf else {}))
-        except Exception as e:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            hint = ("no network (HF_HUB_OFFLINE=1): set [model] name to a local folder or GGUF file"
-                    if offline else f"check the id, your network and access to gated models ({type(e).__name__})")
-            raise ObjectiveSetupError(f"cannot load model {fc.model.name!r}: {hint}") from e
-    lines.append(f"model: {fc.model.name} -> {where}")
-    train, val = split(load_records(fc.data), fc.data)
-    lines.append(f"data: {fc.data.dataset}: {len(train)} training and {len(val)} held-out examples")
-    tm = task_manager(fc.eval)
-    check_tasks(tm, fc.eval)
-    lines.append(f"tasks: {', '.join(fc.eval.tasks)} (objective {fc.eval.objective}, limit {fc.eval.limit})")
-    if config.runner.devices:
-        import torch
-
-        n = torch.cuda.device_count()
-        for d in config.runner.devices:
-            if not d.isdigit() or int(d) >= n:
-                raise ObjectiveSetupError(f"[runner] devices lists GPU {d!r} but this machine has {n} GPU(s); "
-                                          f"use ids 0..{max(n - 1, 0)} or remove devices")
-        lines.append(f"devices: GPUs {', '.join(config.runner.devices)}")
-    else:
-        import torch
-
-        lines.append(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
-    return lines if verbose else []
-
-
-__all__ = ["FinetuneConfig", "FinetuneObjective", "preflight"]
+__all__ = ["FinetuneConfig", "FinetuneObjective"]

@@ -7,8 +7,9 @@ epochs, scheduler, max_seq_len, ...). A knob fixed in [train] and also in [space
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
 
 from llmhpo.errors import ConfigError
 
@@ -64,7 +65,8 @@ class TrainConfig:
 class EvalConfig:
     tasks: tuple[str, ...] = ("llmhpo_add", "llmhpo_general")
     objective: str = "llmhpo_add/acc"  # task/metric
-    limit: int | float | None = 100  # per task
+    #: per task: a number of examples, a fraction of the task (0 < limit < 1), or None for all
+    limit: int | float | None = None
     batch_size: int = 8
     num_fewshot: int | None = None
     include_path: tuple[str, ...] = ()  # folders of the user's own lm-eval YAML tasks
@@ -74,35 +76,36 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    kind: ClassVar[str] = "finetune"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     study_name: str = "study"
+    #: relative paths (model, dataset, include_path, output_dir) are relative to this folder
+    base_dir: str = field(default=".", compare=False)
 
     @classmethod
-    def from_sections(cls, sections: Mapping[str, Mapping[str, Any]], objective_options: Mapping[str, Any],
-                      space, study_name: str = "study") -> "FinetuneConfig":
-        if objective_options:
-            key = next(iter(objective_options))
-            raise ConfigError(f"[objective] has an unknown key '{key}' for type \"finetune\"; "
-                              "put settings in [model], [data], [train] or [eval]")
+    def from_sections(cls, sections: Mapping[str, Mapping[str, Any]], study_name: str = "study",
+                      base_dir: str | Path = ".") -> "FinetuneConfig":
+        """Build from the [model], [data], [train] and [eval] tables; ConfigError on a bad key."""
         cfg = cls(
             _build("model", ModelConfig, sections.get("model", {})),
             _build("data", DataConfig, sections.get("data", {})),
             _build("train", TrainConfig, sections.get("train", {})),
             _build("eval", EvalConfig, sections.get("eval", {})),
             study_name,
+            str(base_dir),
         )
-        cfg.check(space)
+        cfg.check()
         return cfg
 
-    def check(self, space) -> None:
-        train_keys = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
-        for name in space.names:
-            if name not in train_keys:
-                raise ConfigError(f"[space] {name} is not a training knob; searchable names are: "
-                                  f"{', '.join(sorted(train_keys))}")
+    def check(self, space=None) -> None:
+        if space is not None:
+            for name in space.names:
+                if name not in SEARCHABLE:
+                    raise ConfigError(f"[space] {name} is not a training knob; searchable names are: "
+                                      f"{', '.join(sorted(SEARCHABLE))}")
         if self.data.template not in ("alpaca", "chat"):
             raise ConfigError(f"[data] template = {self.data.template!r} must be \"alpaca\" or \"chat\"")
         if self.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -112,6 +115,12 @@ class FinetuneConfig:
         task = self.eval.objective.split("/")[0]
         if task not in self.eval.tasks:
             raise ConfigError(f"[eval] objective task '{task}' is not in [eval] tasks {list(self.eval.tasks)}; add it")
+        limit = self.eval.limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                  or (isinstance(limit, int) and limit < 1)
+                                  or (isinstance(limit, float) and not 0 < limit < 1)):
+            raise ConfigError(f"[eval] limit = {limit!r} must be a number of examples (an integer >= 1), a fraction "
+                              "of each task (0 < limit < 1), or left out for the whole task")
         if self.data.val_examples < 0 or (self.data.max_examples is not None and self.data.max_examples < 1):
             raise ConfigError("[data] val_examples must be >= 0 and max_examples >= 1")
         for key in ("batch_size", "grad_accum", "max_seq_len"):
@@ -120,8 +129,38 @@ class FinetuneConfig:
         if self.train.max_steps < 0 or (self.train.max_steps == 0 and self.train.epochs <= 0):
             raise ConfigError("[train] needs max_steps > 0, or max_steps = 0 and epochs > 0")
 
+    def resolved(self) -> "FinetuneConfig":
+        """A copy whose local paths are absolute (what workers, preflight and export use)."""
+        base = Path(self.base_dir)
+
+        def path(p: str) -> str:
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else (base / q).resolve())
+
+        def local(name: str, suffixes: tuple[str, ...]) -> bool:
+            # a hub id such as "org/name" stays one unless a file or folder of that name is here
+            return (name.startswith((".", "/", "~")) or Path(name).suffix in suffixes
+                    or (":" not in name and (base / name).exists()))
+
+        model, data = self.model, self.data
+        if not model.name.startswith("builtin:") and local(model.name, (".gguf",)):
+            model = replace(model, name=path(model.name))
+        if not data.dataset.startswith("builtin:") and local(data.dataset, (".json", ".jsonl")):
+            data = replace(data, dataset=path(data.dataset))
+        return replace(self, model=model, data=data,
+                       train=replace(self.train, output_dir=path(self.train.output_dir)),
+                       eval=replace(self.eval, include_path=tuple(path(p) for p in self.eval.include_path)))
+
+    def to_tables(self) -> dict[str, dict[str, Any]]:
+        """The four tables as written (relative paths stay relative: a moved study resumes)."""
+        d = asdict(self)
+        return {"objective": {}, **{k: d[k] for k in ("model", "data", "train", "eval")}}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
 
 
 def _build(section: str, cls, table: Mapping[str, Any]):
@@ -147,6 +186,8 @@ def _build(section: str, cls, table: Mapping[str, Any]):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"[{section}] {key} = {value!r} must be a number")
             value = float(value)
+        elif key == "limit":
+            value = None if value == "all" else value  # checked in FinetuneConfig.check
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"[{section}] {key} = {value!r} must be a string")

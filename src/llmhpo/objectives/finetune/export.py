@@ -1,5 +1,5 @@
-"""``llmhpo best --export DIR``: the best trial's adapter and its config, optionally merged
-into the base model."""
+"""``best --export DIR`` for a fine-tuning study: the best trial's adapter, its config and
+metrics, optionally the base model with the adapter merged in."""
 
 from __future__ import annotations
 
@@ -8,37 +8,35 @@ import shutil
 from pathlib import Path
 
 from llmhpo.errors import LlmhpoError
+from llmhpo.objectives.finetune.config import FinetuneConfig
 
 
-def export_best(study, record, out: Path, merge: bool = False) -> Path:
-    cfg = study.config
-    if cfg.objective != "finetune":
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "best.json").write_text(json.dumps({"value": record.value, "params": record.params}, indent=1))
-        return out
-    src = (record.attrs.get("metrics") or {}).get("adapter_dir")
+def export_best(cfg: FinetuneConfig, record, out: Path, merge: bool = False) -> Path:
+    """cfg: with absolute paths. record: the study's best trial (number, value, params, attrs)."""
+    from llmhpo.objectives.finetune.model import portable_name
+
+    metrics = record.attrs.get("metrics") or {}
+    src = metrics.get("adapter_dir")
     if not src or not Path(src).is_dir():
         raise LlmhpoError(f"trial {record.number} has no saved adapter ({src or 'none recorded'}); "
                           "set [train] save_adapters = true and run it again")
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     adapter = out / "adapter"
     if adapter.exists():
         shutil.rmtree(adapter)
     shutil.copytree(src, adapter)
     (out / "best.json").write_text(json.dumps(
-        {"study": cfg.study.name, "trial": record.number, "value": record.value, "objective": cfg.to_dict()["eval"]
-         if "eval" in cfg.to_dict() else None, "params": record.params,
-         "metrics": {k: v for k, v in (record.attrs.get("metrics") or {}).items() if k != "train_loss_curve"}},
+        {"study": cfg.study_name, "trial": record.number, "value": record.value, "objective": cfg.eval.objective,
+         "base_model": portable_name(cfg.model), "params": record.params,
+         "metrics": {k: v for k, v in metrics.items() if k not in ("train_loss_curve", "traceback")}},
         indent=1, default=str))
-    (out / "study.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
     if merge:
         from peft import PeftModel
 
-        from llmhpo.objectives.finetune import FinetuneConfig
         from llmhpo.objectives.finetune import model as model_lib
 
-        fc = FinetuneConfig.from_sections(cfg.finetune, cfg.objective_options, cfg.space, cfg.study.name)
-        base, tok = model_lib.load(fc.model, "cpu")
+        base, tok = model_lib.load(cfg.model, "cpu")
         merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
         merged.save_pretrained(out / "merged")
         tok.save_pretrained(out / "merged")

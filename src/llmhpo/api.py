@@ -1,0 +1,97 @@
+"""The Python API: optimise your own function the way ``study.optimize(f)`` does in
+Optuna, with any of llmhpo's optimisers, stored and resumable, in parallel processes."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from llmhpo.config import Config
+from llmhpo.errors import ConfigError
+from llmhpo.runner import RunSummary, run
+from llmhpo.space import SearchSpace, Variable
+
+
+def optimize(
+    objective: Callable[..., Any],
+    space: Mapping[str, Mapping[str, Any]] | Iterable[Variable] | SearchSpace,
+    *,
+    trials: int,
+    optimizer: str = "bo",
+    optimizer_options: Mapping[str, Any] | None = None,
+    direction: str = "minimize",
+    metric: str | None = None,
+    workers: int = 1,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    wall_time: float | str | None = None,
+    warm_start: Iterable[Mapping[str, Any]] = (),
+    max_repeated_failures: int = 3,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    quiet: bool = False,
+) -> RunSummary:
+    """Minimise (or maximise) ``objective(**params)`` over ``space`` in ``trials`` trials.
+
+    objective: a function of the space's variables as keyword arguments, returning a number,
+        a dict of numbers (``metric`` names the objective; the rest are stored as metrics)
+        or a :class:`llmhpo.objectives.Result`; raise :class:`llmhpo.TrialFailed` to fail a
+        trial with a reason. With ``workers > 1`` it runs in spawned processes: define it at
+        the top level of a module and start the study under ``if __name__ == "__main__":``.
+    space: ``[Float("lr", 1e-5, 1e-1, log=True), Int("rank", 2, 32)]``, a SearchSpace, or
+        TOML-style tables ``{"lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}``.
+    storage: an Optuna storage URL (``"sqlite:///study.db"``) to keep every trial and resume
+        by calling again with the same arguments; None keeps the study in memory.
+    Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
+    """
+    if not callable(objective):
+        raise ConfigError(f"objective must be a function, got {type(objective).__name__}")
+    module = getattr(objective, "__module__", None) or "__main__"
+    qualname = getattr(objective, "__qualname__", None) or getattr(objective, "__name__", "objective")
+    name = study_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", qualname)
+    if workers > 1:
+        _check_spawn_safe(objective, module)
+    # stored to name the objective in `status`; a lambda's or closure's name is made readable
+    target = f"{module}:{re.sub(r'[^A-Za-z0-9_.]', '_', qualname).strip('_.') or 'objective'}"
+    variables = space.variables if isinstance(space, SearchSpace) else space
+    tables = ({k: dict(v) for k, v in variables.items()} if isinstance(variables, Mapping)
+              else {v.name: {k: val for k, val in d.items() if k != "name"}
+                    for v, d in zip(variables, SearchSpace(list(variables)).to_dict())})
+    raw: dict[str, Any] = {
+        "study": {"name": name, "direction": direction, "seed": seed,
+                  **({"storage": storage} if storage else {})},
+        "budget": {"trials": trials, **({"wall_time": wall_time} if wall_time is not None else {})},
+        "runner": {"workers": workers, "max_repeated_failures": max_repeated_failures},
+        "optimizer": {"name": optimizer, **dict(optimizer_options or {})},
+        "objective": {"type": "python", "target": target, **({"metric": metric} if metric else {})},
+        "space": tables,
+        "warm_start": [dict(w) for w in warm_start],
+    }
+    cfg = Config.from_dict(raw, default_name=name, base_dir=Path.cwd())
+    cfg = replace(cfg, objective=replace(cfg.objective, function=objective))
+    if storage is None:
+        cfg = replace(cfg, study=replace(cfg.study, storage=None))
+    cfg.kind.preflight(cfg.objective, cfg.space)  # the function takes the space's names
+    return run(cfg, overwrite=overwrite, progress=progress, quiet=quiet)
+
+
+def _check_spawn_safe(objective: Callable[..., Any], module: str) -> None:
+    """Worker processes are spawned: they import the objective by name, and re-run the
+    script that defines it up to its ``if __name__ == "__main__":`` guard."""
+    try:
+        pickle.dumps(objective)
+    except Exception as e:
+        raise ConfigError(f"with workers > 1 the objective must be a function defined at the top level of a module "
+                          f"(worker processes import it by name); {getattr(objective, '__qualname__', objective)!r} "
+                          f"cannot be sent to them ({type(e).__name__}); or use workers = 1") from None
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if module == "__main__" and path and Path(path).is_file():
+        if not re.search(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", Path(path).read_text(), re.M):
+            raise ConfigError(f"{path} starts the study at its top level: each worker process re-runs the script "
+                              "and would start it again; put the call under `if __name__ == \"__main__\":`")
