@@ -137,3 +137,90 @@ def test_report_study_example_is_table_3_1_with_hellaswag_objective():
     assert cfg.space.names == ["learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "weight_decay"]
     assert cfg.objective.eval.objective == "hellaswag/acc_norm" and "mmlu" in cfg.objective.eval.tasks
     assert cfg.budget.trials == 50 and cfg.objective.model.name == "meta-llama/Llama-3.2-1B"
+
+
+SLEEP_FAIL = """
+[study]
+name = "f"
+[budget]
+trials = 20
+[optimizer]
+name = "random"
+[objective]
+type = "sleep"
+seconds = 0.0
+fail_above = -1000.0
+"""
+
+
+def test_run_where_every_trial_fails_stops_early_with_the_reason_and_exit_1(tmp_path):
+    (tmp_path / "f.toml").write_text(SLEEP_FAIL)
+    r = llmhpo("run", "f.toml", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "0 complete, 3 failed" in r.stdout
+    assert "stopping: 3 trials in a row failed with: value" in r.stdout
+    assert r.stderr.startswith("error: value") and "above fail_above=-1000.0" in r.stderr
+    # configurable: 0 never stops, and a study with no complete trial still exits 1
+    (tmp_path / "f.toml").write_text(SLEEP_FAIL.replace("trials = 20", "trials = 5\n[runner]\nmax_repeated_failures = 0")
+                                     .replace('name = "f"', 'name = "g"'))
+    r = llmhpo("run", "f.toml", cwd=tmp_path)
+    assert r.returncode == 1 and "0 complete, 5 failed" in r.stdout and "no trial completed" in r.stderr
+
+
+def test_without_a_terminal_run_prints_one_line_per_trial_start_and_end(tmp_path):
+    (tmp_path / "s.toml").write_text(GOOD.replace("trials = 5", "trials = 3"))
+    r = llmhpo("run", "s.toml", cwd=tmp_path)  # stdout is a pipe, as under nohup or Slurm
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    started = [ln for ln in lines if " started: x0=" in ln]
+    done = [ln for ln in lines if " done in " in ln and "value" in ln]
+    assert len(started) == 3 and len(done) == 3, r.stdout
+    assert len(lines) == 3 + 3 + 2  # and the two summary lines, nothing else
+    assert r.stderr == ""
+
+
+def test_status_and_best_on_a_missing_study_say_so_and_create_nothing(tmp_path):
+    (tmp_path / "s.toml").write_text(GOOD)
+    (tmp_path / "elsewhere").mkdir()
+    for args in (["status", "../s.toml"], ["best", "../s.toml"], ["status", "sqlite:///nothing.db"]):
+        r = llmhpo(*args, cwd=tmp_path / "elsewhere")
+        assert r.returncode == 2 and "no study in" in r.stderr and "llmhpo run" in r.stderr, r.stderr
+    assert not list(tmp_path.rglob("*.db"))
+    (tmp_path / "s.db").write_bytes(b"")  # an empty file is no study either
+    r = llmhpo("status", "s.toml", cwd=tmp_path)
+    assert r.returncode == 2 and "does not exist or is empty" in r.stderr
+
+
+def test_relative_paths_are_relative_to_the_toml_folder(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "s.toml").write_text(GOOD.replace('seed = 1', 'seed = 1\nstorage = "dbs/s.db"'))
+    (tmp_path / "conf" / "dbs").mkdir()
+    assert llmhpo("run", "conf/s.toml", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "conf" / "dbs" / "s.db").exists() and not (tmp_path / "dbs").exists()
+    r = llmhpo("status", "s.toml", cwd=tmp_path / "conf")
+    assert r.returncode == 0 and "5 complete" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "[budget] trials = 0 must be at least 1"),
+    (["--workers", "0"], "[runner] workers = 0 must be at least 1"),
+    (["--workers", "2"], "[runner] executor = \"inline\" runs one trial at a time"),
+])
+def test_command_line_overrides_are_validated_like_the_file(tmp_path, args, message):
+    (tmp_path / "s.toml").write_text(GOOD + '[runner]\nexecutor = "inline"\n')
+    r = llmhpo("run", "s.toml", *args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_help_keeps_toml_table_names():
+    r = llmhpo("run", "--help", cwd=Path.cwd())
+    assert "Override [budget] trials." in " ".join(r.stdout.split())
+    assert "Override [runner] workers." in " ".join(r.stdout.split())
+
+
+def test_check_rejects_unknown_optuna_sampler_options(tmp_path):
+    (tmp_path / "s.toml").write_text(GOOD.replace('name = "random"', 'name = "optuna_tpe"\nn_startup = 5'))
+    r = llmhpo("check", "s.toml", cwd=tmp_path)
+    assert r.returncode == 2 and "optimizer 'optuna_tpe' has no option 'n_startup'" in r.stderr
+    assert "n_startup_trials" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,131 @@
+"""The package's shape: layers import downwards only, no import circle, nothing outside
+``objectives/`` asks which objective kind a study uses, and reading a study needs no torch."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "llmhpo"
+
+# cli -> api/demo -> runner/bench/report -> study -> config -> optimizers/objectives/executors -> space/errors
+LAYERS = {
+    "errors": 0, "_json": 0,
+    "space": 1,
+    "optimizers": 2, "objectives": 2, "executors": 2,
+    "config": 3,
+    "study": 4,
+    "runner": 5, "report": 5,
+    "bench": 6, "api": 6, "demo": 6,
+    "cli": 7,
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every llmhpo module ``name`` imports, at its top or inside functions."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("llmhpo")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("llmhpo"):
+                continue
+            for a in node.names:  # `from pkg import submodule` is an import of the submodule
+                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    return {m for m in out if m != name}
+
+
+def unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_layers_import_downwards_only():
+    mods = modules()
+    assert set(LAYERS) >= {unit(m) for m in mods if unit(m)}, "a new top-level module needs a layer here"
+    bad = []
+    for name, path in mods.items():
+        if name == "llmhpo":
+            continue  # the package root re-exports; checked below
+        for target in imports(name, path, set(mods)):
+            a, b = unit(name), unit(target)
+            if a != b and b and LAYERS[b] >= LAYERS[a]:
+                bad.append(f"{name} -> {target}")
+    assert not bad, "upward or sideways imports: " + ", ".join(sorted(bad))
+
+
+def test_no_import_circle():
+    mods = modules()
+    graph = {name: imports(name, path, set(mods)) for name, path in mods.items() if name != "llmhpo"}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(n, stack):
+        state[n] = 1
+        for m in graph.get(n, ()):
+            if state.get(m) == 1:
+                cycles.append(" -> ".join(stack[stack.index(m):] + [m]))
+            elif m not in state:
+                visit(m, stack + [m])
+        state[n] = 2
+
+    for n in graph:
+        if n not in state:
+            visit(n, [n])
+    assert not cycles, cycles
+
+
+def test_no_objective_kind_branch_outside_objectives():
+    kinds = ("finetune", "function", "sleep", "python")
+    bad = []
+    for name, path in modules().items():
+        if unit(name) in ("objectives", "demo"):  # the demo is the finetune demo by definition
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(
+                isinstance(c, ast.Constant) and c.value in kinds for c in [node.left, *node.comparators]
+            ):
+                bad.append(f"{name}:{node.lineno}")
+    assert not bad, "objective-kind checks outside objectives/: " + ", ".join(bad)
+
+
+def test_reading_a_study_imports_no_torch(tmp_path):
+    (tmp_path / "s.toml").write_text('[budget]\ntrials = 3\n[optimizer]\nname = "bo"\n[objective]\ntype = "function"\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-m", "llmhpo.cli", "run", "s.toml", "--no-progress"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    code = ("import sys\nfrom llmhpo.cli import app\n"
+            "for cmd in (['status', 's.toml'], ['best', 's.db'], ['check', 's.toml']):\n"
+            "    try:\n        app(cmd)\n    except SystemExit as e:\n        assert not e.code, e.code\n"
+            "print('TORCH', 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "TORCH False" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["llmhpo", "llmhpo.space", "llmhpo.config", "llmhpo.study"])
+def test_light_modules_import_without_torch(name):
+    code = f"import sys, {name}\nprint('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.stdout.strip() == "False", r.stderr
