@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from llmhpo.objectives.finetune import FinetuneObjective  # noqa: E402
-from llmhpo.objectives.finetune.demo import demo_config  # noqa: E402
+from llmhpo.demo import demo_config  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 PARAMS = {"learning_rate": 1e-3, "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.05, "weight_decay": 0.01}
@@ -24,8 +24,8 @@ def main(trials: int) -> None:
     cfg = demo_config(Path("/tmp/llmhpo-trial-split"), trials, 1)
     out = {}
     for mode in ("cached", "reloaded"):
-        obj = FinetuneObjective.from_config_dict(cfg.to_dict())
-        obj.cfg = replace(obj.cfg, model=replace(obj.cfg.model, reload_each_trial=(mode == "reloaded")))
+        spec = cfg.objective.resolved()
+        obj = FinetuneObjective(replace(spec, model=replace(spec.model, reload_each_trial=(mode == "reloaded"))))
         t0 = time.time()
         obj.setup()
         first_setup = time.time() - t0

@@ -175,3 +175,35 @@ def test_finetune_config_errors():
 
     with pytest.raises(ConfigError, match=r"\[space\] momentum is not a training knob"):
         FinetuneConfig.from_sections({}).check(SearchSpace([Float("momentum", 0, 1)]))
+
+
+def test_eval_limit_is_a_count_a_fraction_or_the_whole_task():
+    from llmhpo.errors import ConfigError
+
+    assert FinetuneConfig.from_sections({}).eval.limit is None  # no limit: the whole task
+    assert FinetuneConfig.from_sections({"eval": {"limit": "all"}}).eval.limit is None
+    assert FinetuneConfig.from_sections({"eval": {"limit": 0.5}}).eval.limit == 0.5
+    assert FinetuneConfig.from_sections({"eval": {"limit": 40}}).eval.limit == 40
+    for bad in (0, 1.5, -3, "half", True):
+        with pytest.raises(ConfigError, match=r"\[eval\] limit"):
+            FinetuneConfig.from_sections({"eval": {"limit": bad}})
+
+
+def test_adapters_name_the_model_another_machine_can_load():
+    from llmhpo.objectives.finetune.config import ModelConfig
+    from llmhpo.objectives.finetune.model import portable_name
+
+    assert portable_name(ModelConfig()) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert portable_name(ModelConfig(name="meta-llama/Llama-3.2-1B")) == "meta-llama/Llama-3.2-1B"
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    cfg = FinetuneConfig.from_sections(
+        {"model": {"name": "models/m"}, "data": {"dataset": "d.jsonl"},
+         "train": {"output_dir": "runs"}, "eval": {"include_path": ["tasks"]}}, "s", tmp_path).resolved()
+    assert cfg.model.name == str(tmp_path / "models" / "m") and cfg.data.dataset == str(tmp_path / "d.jsonl")
+    assert cfg.train.output_dir == str(tmp_path / "runs") and cfg.eval.include_path == (str(tmp_path / "tasks"),)
+    hub = FinetuneConfig.from_sections({"model": {"name": "meta-llama/Llama-3.2-1B"},
+                                        "data": {"dataset": "tatsu-lab/alpaca"}}, "s", tmp_path).resolved()
+    assert hub.model.name == "meta-llama/Llama-3.2-1B" and hub.data.dataset == "tatsu-lab/alpaca"

@@ -65,7 +65,8 @@ def test_finetune_study_check_run_best_export_merge(tiny_llama, tmp_path):
     assert {"train", "eval", "model_load"} <= set(t.user_attrs["timings"])
     r = cli("best", "ft.toml", "--export", "best", "--merge", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "best" / "adapter" / "adapter_config.json").exists()
+    adapter_cfg = json.loads((tmp_path / "best" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tiny_llama)  # the model given, not a cache folder
     assert (tmp_path / "best" / "merged" / "config.json").exists()
     info = json.loads((tmp_path / "best" / "best.json").read_text())
     assert info["value"] == max(t.value for t in st.trials if t.value is not None)
