@@ -11,7 +11,8 @@ import numpy as np
 def encode(obj: Any) -> Any:
     """Turn ``obj`` into plain JSON types; arrays become ``{"__ndarray__": ..., "dtype": ...}``."""
     if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+        # the shape too: an empty (0, d) array would come back as (0,)
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype), "shape": list(obj.shape)}
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
@@ -27,7 +28,8 @@ def decode(obj: Any) -> Any:
     """Inverse of :func:`encode`."""
     if isinstance(obj, dict):
         if "__ndarray__" in obj:
-            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+            a = np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+            return a.reshape(obj["shape"]) if "shape" in obj else a
         if "__float__" in obj:
             return float(obj["__float__"])
         return {k: decode(v) for k, v in obj.items()}

@@ -10,6 +10,13 @@ from llmhpo.optimizers import OPTIMIZERS, make_optimizer
 
 NAMES = list(OPTIMIZERS)
 FAST = {"bo": {"n_init": 4, "num_restarts": 2, "raw_samples": 32}}
+#: slow per ask: fewer evaluations where a test can afford it
+MODEL_BASED = {"bo", "bamsoo", "optuna_gp"}
+
+
+def n_evals(name, n):
+    """n, or fewer for the model-based optimisers (slow) and the grid (25 points in 2-D)."""
+    return min(n, 16) if name in MODEL_BASED else min(n, 20) if name == "grid" else n
 
 
 def make(name, seed=0, dim=2, budget=30):
@@ -30,12 +37,48 @@ def drive(opt, f, n_evals, batch=1, fail_every=0):
     return np.array(told)
 
 
+class Corner:
+    """f(x) = x_1 + ... + x_d on the unit cube: its minimum is the corner 0, so optimisers
+    are driven against the faces of the box, where steps overshoot."""
+
+    def __init__(self, dim):
+        self.dim = dim
+
+    def from_unit(self, u):
+        return u
+
+    def __call__(self, x):
+        return float(np.sum(x))
+
+
+def record_own_points(opt):
+    """Make ``opt`` keep the points its own ``_ask`` returns, as returned: ``ask`` clips
+    them into the box, which would hide any bug that throws points out of it."""
+    raw = []
+    own_ask = opt._ask
+
+    def spy(n):
+        out = own_ask(n)
+        raw.extend(np.array(x, dtype=float) for x, _ in out)
+        return out
+
+    opt._ask = spy
+    return raw
+
+
+@pytest.mark.parametrize("objective", ["branin", "corner"])
 @pytest.mark.parametrize("name", NAMES)
-def test_points_in_unit_cube(name):
-    f = get_function("branin")
-    X = drive(make(name), f, 16, batch=2)
-    assert X.shape[1] == 2
-    assert np.all((X >= 0) & (X <= 1))
+def test_points_in_unit_cube(name, objective):
+    """Every point an optimiser proposes is in [0, 1]^d before ``ask`` clips it."""
+    f = get_function("branin") if objective == "branin" else Corner(2)
+    opt = make(name)
+    raw = record_own_points(opt)
+    X = drive(opt, f, n_evals(name, 40), batch=2)
+    assert len(raw) == len(X)
+    for x in raw:
+        assert x.shape == (2,), f"{name} proposed a point of shape {x.shape}"
+        assert np.all((x >= 0) & (x <= 1)), f"{name} proposed {x}, outside [0, 1]^2"
+    np.testing.assert_array_equal(X, np.array(raw))  # nothing had to be clipped
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -110,11 +153,35 @@ def test_tell_unknown_candidate_is_an_error(name):
         opt.tell(c, 1.0)
 
 
+@pytest.mark.parametrize("own_evals", [0, 6])
 @pytest.mark.parametrize("name", NAMES)
-def test_registered_warm_start_points(name):
-    opt = make(name)
-    c = opt.register(np.array([0.5, 0.5]), {"warm_start": 0})
-    assert c.info["external"]
-    opt.tell(c, 3.0)
-    assert opt.best[1] == 3.0
-    assert opt.ask(1) or opt.pending
+def test_registered_warm_start_points(name, own_evals):
+    """A registered point, once told, is part of what the optimiser knows: no longer
+    pending, the incumbent, kept through save/restore (with an identical continuation),
+    and never proposed again."""
+    f = get_function("branin")
+    x0 = np.array([0.2137, 0.6821])  # on no grid or partition lattice
+    a = make(name, seed=4)
+    drive(a, f, own_evals)
+    c = a.register(x0, {"warm_start": 0})
+    assert c.info["external"] and c.id in a.pending
+    a.tell(c, -1.0)  # better than any value of branin (its minimum is 0.398)
+    assert c.id not in a.pending
+    x_best, v_best = a.best
+    assert v_best == -1.0
+    np.testing.assert_array_equal(x_best, x0)
+
+    state = json.loads(json.dumps(a.state_dict()))  # through real JSON text
+    b = make(name, seed=99)  # another seed: everything must come from the state
+    b.load_state_dict(state)
+    assert c.id not in b.pending
+    x_best, v_best = b.best
+    assert v_best == -1.0
+    np.testing.assert_array_equal(x_best, x0)
+
+    n_next = 8 if name in MODEL_BASED else n_evals(name, 30) - own_evals
+    xa, xb = drive(a, f, n_next), drive(b, f, n_next)
+    np.testing.assert_allclose(xa, xb, rtol=0, atol=1e-12)
+    dist = np.linalg.norm(xa - x0, axis=1)
+    assert dist.min() > 1e-9, f"{name} proposed the registered point again (ask {int(dist.argmin())})"
+    assert a.best[1] == -1.0

@@ -1,55 +1,99 @@
 """The optimisers, all behind one protocol (``ask(n)`` / ``tell(candidate, value)``), and
-the one table that names them."""
+the one table that names them.
+
+``_IMPLEMENTATIONS`` maps each name to the module and class that implement it; a module is
+imported only when its optimiser is used (``OPTIMIZERS[name]``), so that importing this
+package, listing the names and checking a config stay fast (no torch, no scipy.stats).
+"""
 
 from __future__ import annotations
 
-import inspect
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from llmhpo.errors import ConfigError
-from llmhpo.optimizers.annealing import SimulatedAnnealing
 from llmhpo.optimizers.base import Candidate, Optimizer
-from llmhpo.optimizers.bayesian import BayesianOptimization
-from llmhpo.optimizers.genetic import GeneticAlgorithm
-from llmhpo.optimizers.local_search import IteratedLocalSearch
-from llmhpo.optimizers.optuna_based import OptunaCMAES, OptunaGP, OptunaTPE
-from llmhpo.optimizers.partition import DIRECT, SOO, BaMSOO, FractalDecomposition
-from llmhpo.optimizers.sampling import GridSearch, LatinHypercube, RandomSearch, Sobol
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls
-    for cls in (
-        RandomSearch, GridSearch, LatinHypercube, Sobol,
-        SimulatedAnnealing, GeneticAlgorithm, IteratedLocalSearch,
-        BayesianOptimization,
-        SOO, BaMSOO, DIRECT, FractalDecomposition,
-        OptunaTPE, OptunaCMAES, OptunaGP,
-    )
+_P = "llmhpo.optimizers."
+
+#: name -> (module, class), in the order the names are listed
+_IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
+    "random": (_P + "sampling", "RandomSearch"),
+    "grid": (_P + "sampling", "GridSearch"),
+    "lhs": (_P + "sampling", "LatinHypercube"),
+    "sobol": (_P + "sampling", "Sobol"),
+    "annealing": (_P + "annealing", "SimulatedAnnealing"),
+    "genetic": (_P + "genetic", "GeneticAlgorithm"),
+    "local_search": (_P + "local_search", "IteratedLocalSearch"),
+    "bo": (_P + "bayesian", "BayesianOptimization"),
+    "soo": (_P + "partition.soo", "SOO"),
+    "bamsoo": (_P + "partition.bamsoo", "BaMSOO"),
+    "direct": (_P + "partition.direct", "DIRECT"),
+    "fda": (_P + "partition.fda", "FractalDecomposition"),
+    "optuna_tpe": (_P + "optuna_based", "OptunaTPE"),
+    "optuna_cmaes": (_P + "optuna_based", "OptunaCMAES"),
+    "optuna_gp": (_P + "optuna_based", "OptunaGP"),
 }
+
+
+class _Registry(Mapping[str, type[Optimizer]]):
+    """Read-only name -> optimiser class. Names, ``in`` and ``len`` need no import;
+    ``registry[name]`` imports that one implementation (``values``/``items`` import all)."""
+
+    def __init__(self, table: Mapping[str, tuple[str, str]]):
+        self._table = dict(table)
+        self._classes: dict[str, type[Optimizer]] = {}
+
+    def __getitem__(self, name: str) -> type[Optimizer]:
+        cls = self._classes.get(name)
+        if cls is None:
+            module, attr = self._table[name]  # KeyError for an unknown name
+            cls = getattr(importlib.import_module(module), attr)
+            if cls.name != name:
+                raise RuntimeError(f"{module}.{attr} is named {cls.name!r}, registered as {name!r}")
+            self._classes[name] = cls
+        return cls
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return f"OPTIMIZERS({', '.join(self._table)})"
+
+
+OPTIMIZERS: Mapping[str, type[Optimizer]] = _Registry(_IMPLEMENTATIONS)
 
 
 def optimizer_options(name: str) -> dict[str, Any]:
     """The options an optimiser accepts, with their defaults."""
-    cls = OPTIMIZERS[name]
-    params = inspect.signature(cls.__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in ("self", "dim", "rng", "budget")
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return OPTIMIZERS[name].options()
 
 
 def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
-    """Raise ConfigError for an unknown optimiser or option, before anything runs."""
+    """Raise ConfigError for an unknown optimiser, option or (where cheap to find) option
+    value, before anything runs. Imports the one implementation, which must stay light."""
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(OPTIMIZERS[name].__init__).parameters.values()):
-        return  # Optuna samplers take their own keyword arguments, checked at construction
-    allowed = optimizer_options(name)
+    cls = OPTIMIZERS[name]
+    allowed = cls.options()
     for key in options or {}:
         if key not in allowed:
             raise ConfigError(
                 f"optimizer '{name}' has no option '{key}'; its options are: {', '.join(allowed) or 'none'}"
             )
+    try:
+        cls.check_values(dict(options or {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"optimizer '{name}': bad options {options}: {e}") from e
 
 
 def make_optimizer(name: str, dim: int, rng: np.random.Generator, budget: int | None = None,

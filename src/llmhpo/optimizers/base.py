@@ -8,7 +8,9 @@ attributes that make up their state in ``_state_attrs`` so that ``state_dict`` /
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,8 +49,6 @@ class Optimizer:
     name: ClassVar[str] = "base"
     #: False for optimisers whose sequence does not depend on the seed.
     stochastic: ClassVar[bool] = True
-    #: True when warm-start observations are used (model-based optimisers).
-    uses_observations: ClassVar[bool] = False
     _state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, rng: np.random.Generator | None = None, budget: int | None = None):
@@ -62,6 +62,21 @@ class Optimizer:
         self.X: list[np.ndarray] = []
         self.y: list[float | None] = []
         self._next_id = 0
+
+    # ---------------------------------------------------------------- options
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """The options the optimiser accepts (keyword arguments beyond dim, rng and budget),
+        with their defaults. Must not import anything heavy: configs are checked with it."""
+        params = inspect.signature(cls.__init__).parameters
+        return {k: p.default for k, p in params.items() if k not in ("self", "dim", "rng", "budget")
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    @classmethod
+    def check_values(cls, options: Mapping[str, Any]) -> None:
+        """Raise TypeError or ValueError for a bad option value that can be found cheaply,
+        without a dimension and before anything runs. The names are checked already; the
+        constructor checks the rest. Default: nothing."""
 
     # ---------------------------------------------------------------- protocol
     def ask(self, n: int = 1) -> list[Candidate]:

@@ -5,6 +5,8 @@ BoTorch ``SingleTaskGP`` (inputs in [0, 1]^d, outputs standardised) and
 ``LogExpectedImprovement`` (Ament et al. 2023). A batch ``ask(q)`` optimises
 ``qLogExpectedImprovement`` jointly over q points with the still-running candidates as
 ``X_pending``, so parallel workers get distinct, informative points.
+
+torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
 
 from __future__ import annotations
@@ -12,16 +14,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
-from scipy.stats import qmc
 
-from llmhpo.optimizers._gp import DTYPE, fit_gp, seeded_torch
+from llmhpo.optimizers._gp import dtype, fit_gp, seeded_torch
 from llmhpo.optimizers.base import Optimizer
 
 
 class BayesianOptimization(Optimizer):
     name = "bo"
-    uses_observations = True
     _state_attrs = ("design", "n_design_asked")
 
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 8,
@@ -30,6 +29,8 @@ class BayesianOptimization(Optimizer):
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
         self.n_init, self.num_restarts, self.raw_samples = n_init, num_restarts, raw_samples
+        from scipy.stats import qmc
+
         self.design = qmc.LatinHypercube(d=dim, seed=self._seed()).random(n_init)
         self.n_design_asked = 0
 
@@ -51,17 +52,19 @@ class BayesianOptimization(Optimizer):
         return out + [(x, {"phase": "model"}) for x in self._acquire(X, y, q, pending)]
 
     def _acquire(self, X, y, q, pending):
+        import torch
         from botorch.acquisition import LogExpectedImprovement, qLogExpectedImprovement
         from botorch.optim import optimize_acqf
 
         with seeded_torch(self._seed()):
             model = fit_gp(X, -y)  # BoTorch maximises
             best_f = float((-y).max())
-            bounds = torch.stack([torch.zeros(self.dim, dtype=DTYPE), torch.ones(self.dim, dtype=DTYPE)])
+            dt = dtype()
+            bounds = torch.stack([torch.zeros(self.dim, dtype=dt), torch.ones(self.dim, dtype=dt)])
             if q == 1 and not pending:
                 acqf = LogExpectedImprovement(model, best_f=best_f)
             else:
-                X_pending = torch.as_tensor(np.asarray(pending), dtype=DTYPE) if pending else None
+                X_pending = torch.as_tensor(np.asarray(pending), dtype=dt) if pending else None
                 acqf = qLogExpectedImprovement(model, best_f=best_f, X_pending=X_pending)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # L-BFGS-B restarts are retried by BoTorch itself

@@ -27,6 +27,11 @@ class GeneticAlgorithm(Optimizer):
         self.population = np.empty((0, dim))
         self.fitness = np.empty(0)
 
+    def _after_load(self):
+        # an empty (0, d) population comes back from JSON as shape (0,): give it its shape back
+        self.population = np.asarray(self.population, dtype=float).reshape(-1, self.dim)
+        self.fitness = np.asarray(self.fitness, dtype=float).reshape(-1)
+
     def _select(self) -> np.ndarray:
         idx = self.rng.integers(0, len(self.fitness), size=self.k)
         return self.population[idx[np.argmin(self.fitness[idx])]]

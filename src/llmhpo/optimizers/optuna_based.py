@@ -6,11 +6,18 @@ in [0, 1] through Optuna's own ask/tell. Its state is the list of those trials (
 Optuna's system attributes such as CMA-ES's generation state) and the number of asks:
 the sampler is re-created at every ask with a seed drawn from (seed, ask number), which
 makes the sequence reproducible and the state plain JSON.
+
+The options of a wrapper are the keyword arguments of its sampler's constructor, less
+``seed`` (llmhpo sets it): ``check_values`` checks them against that signature, their
+simple types against its annotations, and builds the sampler once, before anything runs.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import optuna
@@ -23,12 +30,39 @@ from llmhpo.optimizers.base import Optimizer
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+#: annotation -> the Python types a value may have (bool is never taken for a number)
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+    "dict": (dict,), "list": (list,), "None": (type(None),),
+}
+
+
+def _type_problem(annotation: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit a string annotation such as ``'int | None'`` (None if it
+    does, or if the annotation names something other than the simple types)."""
+    if not isinstance(annotation, str):
+        return None
+    alternatives = [a.strip().split("[", 1)[0] for a in annotation.split("|")]
+    if not all(a in _SIMPLE_TYPES for a in alternatives):
+        return None  # a callable, a sampler, ...: not checked here
+    for a in alternatives:
+        if isinstance(value, _SIMPLE_TYPES[a]) and not (isinstance(value, bool) and a in ("int", "float")):
+            return None
+    return f"must be {' or '.join(a for a in alternatives if a != 'None')}, got {value!r}"
+
+
 class _OptunaOptimizer(Optimizer):
-    uses_observations = True
     _state_attrs = ("trials", "seed_base", "n_asks")
+    #: the sampler's class name in optuna.samplers
+    sampler: ClassVar[str] = ""
+    #: llmhpo's own defaults for some sampler arguments; options override them
+    sampler_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, dim, rng=None, budget=None, **sampler_options):
         super().__init__(dim, rng, budget)
+        unknown = sorted(set(sampler_options) - set(self.options()))
+        if unknown:
+            raise TypeError(f"{self.name} has no option {unknown[0]!r}; its options are: {', '.join(self.options())}")
         self.sampler_options = sampler_options
         self.seed_base = self._seed()
         self.n_asks = 0
@@ -37,8 +71,35 @@ class _OptunaOptimizer(Optimizer):
         self._dists = {f"x{i}": FloatDistribution(0.0, 1.0) for i in range(dim)}
         self._study = self._new_study()
 
+    # ------------------------------------------------------------- options
+    @classmethod
+    def _sampler_class(cls) -> type[optuna.samplers.BaseSampler]:
+        return getattr(optuna.samplers, cls.sampler)
+
+    @classmethod
+    def _sampler_params(cls) -> dict[str, inspect.Parameter]:
+        params = inspect.signature(cls._sampler_class().__init__).parameters
+        return {k: p for k, p in params.items()
+                if k not in ("self", "seed") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """The sampler's keyword arguments less ``seed``, with llmhpo's defaults."""
+        return {k: cls.sampler_defaults.get(k, p.default) for k, p in cls._sampler_params().items()}
+
+    @classmethod
+    def check_values(cls, options: Mapping[str, Any]) -> None:
+        params = cls._sampler_params()
+        for key, value in options.items():
+            problem = _type_problem(params[key].annotation, value)
+            if problem:
+                raise TypeError(f"{key} {problem}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental / deprecated arguments: warned at run time
+            cls._sampler_class()(seed=0, **{**cls.sampler_defaults, **options})
+
     def _make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        raise NotImplementedError
+        return self._sampler_class()(seed=seed, **{**self.sampler_defaults, **self.sampler_options})
 
     def _new_study(self) -> optuna.Study:
         return optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0))
@@ -102,25 +163,21 @@ class OptunaTPE(_OptunaOptimizer):
     """Optuna's TPESampler (multivariate, 10 startup trials unless set)."""
 
     name = "optuna_tpe"
-
-    def _make_sampler(self, seed):
-        opts = {"multivariate": True, "n_startup_trials": 10, **self.sampler_options}
-        return optuna.samplers.TPESampler(seed=seed, **opts)
+    sampler = "TPESampler"
+    sampler_defaults = {"multivariate": True, "n_startup_trials": 10}
 
 
 class OptunaCMAES(_OptunaOptimizer):
     """Optuna's CmaEsSampler (needs the ``cmaes`` package)."""
 
     name = "optuna_cmaes"
-
-    def _make_sampler(self, seed):
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **self.sampler_options)
+    sampler = "CmaEsSampler"
+    sampler_defaults = {"warn_independent_sampling": False}
 
 
 class OptunaGP(_OptunaOptimizer):
     """Optuna's GPSampler (10 startup trials unless set)."""
 
     name = "optuna_gp"
-
-    def _make_sampler(self, seed):
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **self.sampler_options)
+    sampler = "GPSampler"
+    sampler_defaults = {"warn_independent_sampling": False}

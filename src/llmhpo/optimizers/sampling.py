@@ -1,11 +1,12 @@
-"""Exploratory samplers (report 2.2.4): random, grid, Latin hypercube and Sobol sequences."""
+"""Exploratory samplers (report 2.2.4): random, grid, Latin hypercube and Sobol sequences.
+
+scipy.stats (qmc), slow to import, is imported when a design is first drawn."""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
-from scipy.stats import qmc
 
 from llmhpo.optimizers.base import Optimizer
 
@@ -71,6 +72,8 @@ class LatinHypercube(Optimizer):
         out = []
         for _ in range(n):
             if self.index >= len(self.design):
+                from scipy.stats import qmc
+
                 self.design = qmc.LatinHypercube(d=self.dim, seed=self._seed()).random(self.size)
                 self.index = 0
             out.append((self.design[self.index].copy(), {}))
@@ -91,6 +94,8 @@ class Sobol(Optimizer):
         self._after_load()
 
     def _after_load(self):
+        from scipy.stats import qmc
+
         self._engine = qmc.Sobol(d=self.dim, scramble=True, seed=self.sobol_seed)
         if self.drawn:
             self._engine.fast_forward(self.drawn)

@@ -19,7 +19,6 @@ from llmhpo.optimizers.partition.soo import SOO
 
 class BaMSOO(SOO):
     name = "bamsoo"
-    uses_observations = True
     _state_attrs = SOO._state_attrs + ("n_skipped", "silent_sweeps")
     #: sweeps in a row that the GP scored entirely; after that many, one sweep is evaluated
     #: for real, so that a pessimistic GP cannot grow the tree without end between evaluations

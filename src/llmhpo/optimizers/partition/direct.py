@@ -111,7 +111,3 @@ class DIRECT(SweepOptimizer):
                     self.rects.append({"c": np.asarray(c), "l": levels.copy(), "f": f})
             r["l"] = levels
         self.dividing = []
-
-    @property
-    def n_rectangles(self) -> int:
-        return len(self.rects)
