@@ -68,9 +68,10 @@ class FinetuneKind(ObjectiveKind):
         train, val = split(load_records(fc.data), fc.data)
         lines.append(f"data: {fc.data.dataset}: {len(train)} training and {len(val)} held-out examples")
         tm = task_manager(fc.eval)
-        check_tasks(tm, fc.eval)
+        found = check_tasks(tm, fc.eval)  # data loads, the objective metric is reported
         limit = "all" if fc.eval.limit is None else fc.eval.limit
         lines.append(f"tasks: {', '.join(fc.eval.tasks)} (objective {fc.eval.objective}, limit {limit})")
+        lines.append(f"metrics: {found}")
         import torch
 
         if devices:
