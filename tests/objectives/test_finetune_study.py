@@ -52,9 +52,13 @@ def test_finetune_study_check_run_best_export_merge(tiny_llama, tmp_path):
     r = cli("check", "ft.toml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "ready" in r.stdout and "tasks: llmhpo_add" in r.stdout
-    r = cli("run", "ft.toml", "--no-progress", cwd=tmp_path)
+    r = cli("run", "ft.toml", cwd=tmp_path)  # no terminal: one line per trial start and end, nothing else
     assert r.returncode == 0, r.stderr
     assert "3 complete" in r.stdout
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3 + 3 + 2, r.stdout
+    assert all(" started: " in ln or " done in " in ln for ln in lines[:-2]), r.stdout
+    assert "fatal:" not in r.stdout + r.stderr and "it/s" not in r.stdout + r.stderr
     import optuna
 
     st = optuna.load_study(study_name="ft", storage=f"sqlite:///{tmp_path / 'ft.db'}")
@@ -84,6 +88,29 @@ def test_missing_model_is_reported_before_the_first_trial(tmp_path):
     assert r.stderr.strip().startswith("error:") and "no such folder" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "ft.db").exists()
+
+
+def test_check_rejects_configs_where_every_trial_would_fail(tiny_llama, tmp_path):
+    """A metric the task does not report, and a task whose data file is missing."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "my_mc.yaml").write_text(
+        "task: my_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: missing.jsonl\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{c}}'\n"
+        "doc_to_target: '{{a}}'\nmetric_list:\n  - metric: acc\n")
+    base = STUDY.format(model=tiny_llama, out=tmp_path / "runs")
+    cases = {
+        "typo": (base.replace('objective = "llmhpo_add/acc"', 'objective = "llmhpo_add/accuracy"'),
+                 "task llmhpo_add reports acc, acc_norm; use one of llmhpo_add/acc"),
+        "data": (base.replace('tasks = ["llmhpo_add"]', f'tasks = ["my_mc"]\ninclude_path = ["{tmp_path / "tasks"}"]')
+                 .replace('objective = "llmhpo_add/acc"', 'objective = "my_mc/acc"'), "missing.jsonl"),
+    }
+    for case, (text, message) in cases.items():
+        (tmp_path / "ft.toml").write_text(text)
+        for cmd in ("check", "run"):
+            r = cli(cmd, "ft.toml", cwd=tmp_path)
+            assert r.returncode == 2 and message in r.stderr, (case, cmd, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "ft.db").exists()
 
 
 @pytest.mark.slow
