@@ -139,7 +139,7 @@ def test_report_study_example_is_table_3_1_with_hellaswag_objective():
     assert cfg.budget.trials == 50 and cfg.objective.model.name == "meta-llama/Llama-3.2-1B"
 
 
-SLEEP_FAIL = """
+FAILING = """
 [study]
 name = "f"
 [budget]
@@ -147,24 +147,37 @@ trials = 20
 [optimizer]
 name = "random"
 [objective]
-type = "sleep"
-seconds = 0.0
-fail_above = -1000.0
+type = "python"
+target = "bad.py:f"
+[space.x]
+type = "float"
+low = 0.0
+high = 1.0
 """
 
 
 def test_run_where_every_trial_fails_stops_early_with_the_reason_and_exit_1(tmp_path):
-    (tmp_path / "f.toml").write_text(SLEEP_FAIL)
+    (tmp_path / "bad.py").write_text("def f(x):\n    raise FileNotFoundError('data/train.jsonl is missing')\n")
+    (tmp_path / "f.toml").write_text(FAILING)
     r = llmhpo("run", "f.toml", cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "0 complete, 3 failed" in r.stdout
-    assert "stopping: 3 trials in a row failed with: value" in r.stdout
-    assert r.stderr.startswith("error: value") and "above fail_above=-1000.0" in r.stderr
+    reason = "FileNotFoundError: data/train.jsonl is missing (bad.py:2 in f)"
+    assert r.stdout.count(f"failed after") == 3 and r.stdout.count(reason) == 4  # 3 trials + the stop
+    assert r.stderr.strip() == f"error: {reason}"
     # configurable: 0 never stops, and a study with no complete trial still exits 1
-    (tmp_path / "f.toml").write_text(SLEEP_FAIL.replace("trials = 20", "trials = 5\n[runner]\nmax_repeated_failures = 0")
+    (tmp_path / "f.toml").write_text(FAILING.replace("trials = 20", "trials = 5\n[runner]\nmax_repeated_failures = 0")
                                      .replace('name = "f"', 'name = "g"'))
     r = llmhpo("run", "f.toml", cwd=tmp_path)
     assert r.returncode == 1 and "0 complete, 5 failed" in r.stdout and "no trial completed" in r.stderr
+
+
+def test_failures_that_depend_on_the_params_do_not_stop_the_study(tmp_path):
+    (tmp_path / "s.toml").write_text(GOOD.replace('type = "function"', 'type = "sleep"\nseconds = 0.0\nfail_above = 20.0')
+                                     .replace('name = "branin"', 'function = "branin"').replace("trials = 5", "trials = 12"))
+    r = llmhpo("run", "s.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stopped by budget" in r.stdout
 
 
 def test_without_a_terminal_run_prints_one_line_per_trial_start_and_end(tmp_path):

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llmhpo"
 LAYERS = {
     "errors": 0, "_json": 0,
     "space": 1,
-    "optimizers": 2, "objectives": 2, "executors": 2,
+    "optimizers": 2, "objectives": 2, "executors": 2, "schedulers": 2,
     "config": 3,
     "study": 4,
     "runner": 5, "report": 5,

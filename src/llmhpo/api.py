@@ -58,10 +58,12 @@ def optimize(
         _check_spawn_safe(objective, module)
     # stored to name the objective in `status`; a lambda's or closure's name is made readable
     target = f"{module}:{re.sub(r'[^A-Za-z0-9_.]', '_', qualname).strip('_.') or 'objective'}"
-    variables = space.variables if isinstance(space, SearchSpace) else space
-    tables = ({k: dict(v) for k, v in variables.items()} if isinstance(variables, Mapping)
-              else {v.name: {k: val for k, val in d.items() if k != "name"}
-                    for v, d in zip(variables, SearchSpace(list(variables)).to_dict())})
+    if isinstance(space, Mapping):  # {name: Variable} or TOML-style {name: {type = ..., ...}}
+        space = SearchSpace([replace(v, name=k) if not isinstance(v, Mapping) else
+                             SearchSpace.from_dict({k: v}).variables[0] for k, v in space.items()])
+    elif not isinstance(space, SearchSpace):
+        space = SearchSpace(list(space))
+    tables = {d.pop("name"): d for d in space.to_dict()}
     raw: dict[str, Any] = {
         "study": {"name": name, "direction": direction, "seed": seed,
                   **({"storage": storage} if storage else {})},
@@ -76,7 +78,6 @@ def optimize(
     cfg = replace(cfg, objective=replace(cfg.objective, function=objective))
     if storage is None:
         cfg = replace(cfg, study=replace(cfg.study, storage=None))
-    cfg.kind.preflight(cfg.objective, cfg.space)  # the function takes the space's names
     return run(cfg, overwrite=overwrite, progress=progress, quiet=quiet)
 
 
@@ -91,7 +92,11 @@ def _check_spawn_safe(objective: Callable[..., Any], module: str) -> None:
                           f"cannot be sent to them ({type(e).__name__}); or use workers = 1") from None
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if module == "__main__" and path and Path(path).is_file():
+    if module == "__main__" and not (path and Path(path).is_file()):
+        raise ConfigError("with workers > 1 the objective must live in a .py file (worker processes import it "
+                          "from there); a function typed into python -c, stdin or a notebook cannot be sent to "
+                          "them: move it to a module, or use workers = 1")
+    if module == "__main__":
         if not re.search(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", Path(path).read_text(), re.M):
             raise ConfigError(f"{path} starts the study at its top level: each worker process re-runs the script "
                               "and would start it again; put the call under `if __name__ == \"__main__\":`")

@@ -49,7 +49,7 @@ def run_one(function: str, optimizer: str, budget: int, seed: int, dim: int | No
     torch.set_num_threads(1)
     cfg = function_config(function, optimizer, budget, seed, dim)
     t0 = time.time()
-    summary = run(cfg, quiet=True)
+    summary = run(cfg, quiet=True, preflight=False)
     f = get_function(function, dim)
     regret = (summary.best_value - f.f_min) if summary.best_value is not None else float("inf")
     return BenchRow(function, optimizer, seed, max(regret, 0.0), summary.complete + summary.failed, time.time() - t0)

@@ -92,7 +92,6 @@ def run(
         overrides["runner"] = {"workers": workers}
     try:
         cfg = load_config(config, overrides)
-        cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices)
         summary = run_study(cfg, overwrite=overwrite, progress=progress)
     except LlmhpoError as e:
         _fail(e)

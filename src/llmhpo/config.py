@@ -24,7 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 from llmhpo.space import SearchSpace, preset
 
-_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start"}
+_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity"}
 
 
 def _expect(section: str, table: Mapping[str, Any], key: str, types: tuple, default: Any = None,
@@ -78,8 +78,29 @@ class StudyConfig:
 
 @dataclass(frozen=True)
 class Budget:
-    trials: int
+    trials: int  # finished trials; with [fidelity]: full-fidelity trials' worth of resource (0: unset)
     wall_time: float | None = None  # seconds
+    resource: float | None = None  # with [fidelity]: total resource units (e.g. training steps)
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Multi-fidelity: configurations climb rungs of ``resource`` from ``min`` to ``max``
+    (factor ``eta``), and the ``scheduler`` (asha | sh | hyperband) decides which go on."""
+
+    min: float
+    max: float
+    resource: str = "steps"  # the objective's resource: max_steps, epochs, steps, ...
+    eta: int = 3
+    scheduler: str = "asha"
+    #: checkpoints kept beyond those that can still be promoted (0: only those)
+    keep_checkpoints: int = 2
+    checkpoint_dir: str = "llmhpo-runs"  # relative to the TOML's folder
+
+    def rungs(self) -> list[float]:
+        from llmhpo.schedulers import rungs
+
+        return rungs(self.min, self.max, self.eta, integer=self.resource != "epochs")
 
 
 @dataclass(frozen=True)
@@ -102,8 +123,16 @@ class Config:
     objective: Any
     space: SearchSpace
     warm_start: tuple[dict[str, Any], ...] = ()
-    source: str | None = None  # the TOML file it came from
     base_dir: str = "."  # relative paths in the config are relative to this folder
+    fidelity: FidelityConfig | None = None
+
+    def resource_budget(self) -> float | None:
+        """With [fidelity]: the total resource the study may spend."""
+        if self.fidelity is None:
+            return None
+        if self.budget.resource is not None:
+            return self.budget.resource
+        return self.budget.trials * self.fidelity.max
 
     @property
     def kind(self) -> ObjectiveKind:
@@ -115,7 +144,8 @@ class Config:
         return {
             "study": {"name": self.study.name, "storage": self.study.storage,
                       "direction": self.study.direction, "seed": self.study.seed},
-            "budget": {"trials": self.budget.trials, "wall_time": self.budget.wall_time},
+            "budget": {"trials": self.budget.trials, "wall_time": self.budget.wall_time,
+                       "resource": self.budget.resource},
             "runner": {"workers": self.runner.workers, "executor": self.runner.executor,
                        "devices": list(self.runner.devices),
                        "max_repeated_failures": self.runner.max_repeated_failures},
@@ -124,13 +154,14 @@ class Config:
             "space": {v.pop("name"): v for v in self.space.to_dict()},
             "warm_start": [dict(w) for w in self.warm_start],
             "base_dir": self.base_dir,
+            **({"fidelity": dict(vars(self.fidelity))} if self.fidelity else {}),
             **tables,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], default_name: str = "study", base_dir: str | Path = ".") -> "Config":
         """Validate a config given as nested dicts (TOML tables); relative paths are relative to ``base_dir``."""
-        return _parse(raw, default_name, None, Path(base_dir))
+        return _parse(raw, default_name, Path(base_dir))
 
     def search_hash(self) -> str:
         """Hash of what defines the search (space, optimiser, objective, seed, direction).
@@ -166,10 +197,12 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
         if not isinstance(raw.get(table, {}), Mapping):
             continue  # reported by _parse
         raw[table] = {**raw.get(table, {}), **values}
-    return _parse(raw, path.stem, str(path), path.parent.resolve())
+    if "base_dir" in raw:
+        raise ConfigError("[top level] has an unknown key 'base_dir'; relative paths are relative to the TOML's folder")
+    return _parse(raw, path.stem, path.parent.resolve())
 
 
-def _parse(raw: Mapping[str, Any], default_name: str, source: str | None, base_dir: Path) -> Config:
+def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     owned = all_tables()  # kind-owned tables such as [model] -> "finetune"
     _no_unknown("top level", raw, _SECTIONS | set(owned) | {"base_dir"})
     if isinstance(raw.get("base_dir"), str):  # a stored study's config: the folder of its TOML
@@ -207,12 +240,18 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None, base_d
     if "budget" not in raw:
         raise ConfigError("the section [budget] is missing; add e.g. [budget] trials = 50")
     bd = raw["budget"]
-    _no_unknown("budget", bd, {"trials", "wall_time"})
-    trials = _expect("budget", bd, "trials", (int,), required=True)
-    if trials < 1:
+    _no_unknown("budget", bd, {"trials", "wall_time", "resource"})
+    resource = _expect("budget", bd, "resource", (int, float), None)
+    if resource is not None and "fidelity" not in raw:
+        raise ConfigError("[budget] resource needs a [fidelity] table (the resource it counts); "
+                          "use trials without one")
+    if resource is not None and resource <= 0:
+        raise ConfigError(f"[budget] resource = {resource} must be positive")
+    trials = _expect("budget", bd, "trials", (int,), 0 if resource is not None else None, required=resource is None)
+    if trials < 1 and resource is None:
         raise ConfigError(f"[budget] trials = {trials} must be at least 1")
     wall = parse_duration(bd["wall_time"], "[budget] wall_time") if "wall_time" in bd else None
-    budget = Budget(trials, wall)
+    budget = Budget(trials, wall, None if resource is None else float(resource))
 
     # [runner]
     rn = raw.get("runner", {})
@@ -263,8 +302,43 @@ def _parse(raw: Mapping[str, Any], default_name: str, source: str | None, base_d
         except ConfigError as e:
             raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
 
-    return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), source,
-                  str(base_dir))
+    fidelity = _fidelity(raw["fidelity"], kind, spec) if "fidelity" in raw else None
+    return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), str(base_dir),
+                  fidelity)
+
+
+def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfig:
+    from llmhpo.schedulers import SCHEDULERS
+
+    _no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir"})
+    supported = kind.fidelity_resources(spec)
+    if not supported:
+        raise ConfigError(f"[fidelity]: a {kind.name} objective has no resource to grow; remove [fidelity]")
+    resource = _expect("fidelity", fd, "resource", (str,), supported[0])
+    if resource not in supported:
+        raise ConfigError(f"[fidelity] resource = {resource!r} is not one a {kind.name} objective grows; "
+                          f"use one of: {', '.join(supported)}")
+    r_min = _expect("fidelity", fd, "min", (int, float), required=True)
+    r_max = _expect("fidelity", fd, "max", (int, float), required=True)
+    eta = _expect("fidelity", fd, "eta", (int,), 3)
+    if eta < 2:
+        raise ConfigError(f"[fidelity] eta = {eta} must be at least 2")
+    if not 0 < r_min < r_max:
+        raise ConfigError(f"[fidelity] min = {r_min} and max = {r_max} need 0 < min < max")
+    if r_max / r_min < eta:
+        raise ConfigError(f"[fidelity] max / min = {r_max / r_min:g} is below eta = {eta}: there would be one rung; "
+                          f"lower min to at most {r_max / eta:g} or lower eta")
+    scheduler = _expect("fidelity", fd, "scheduler", (str,), "asha")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"[fidelity] scheduler = {scheduler!r} is unknown; use one of: {', '.join(SCHEDULERS)}")
+    keep = _expect("fidelity", fd, "keep_checkpoints", (int,), 2)
+    if keep < 0:
+        raise ConfigError(f"[fidelity] keep_checkpoints = {keep} must be >= 0")
+    folder = _expect("fidelity", fd, "checkpoint_dir", (str,), "llmhpo-runs")
+    out = FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder)
+    if resource != "epochs" and any(r != int(r) for r in (r_min, r_max)):
+        raise ConfigError(f"[fidelity] min and max count {resource}: give whole numbers")
+    return out
 
 
 def _storage_url(storage: str, base_dir: Path) -> str:

@@ -53,7 +53,7 @@ def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = Fal
         study.optuna_study.set_user_attr("base_metrics", base)
     console.print(f"base model {metric} = {base[metric]:.3f}")
 
-    summary = run(cfg)
+    summary = run(cfg, preflight=False)  # done above
     best = Study.load(cfg.study.storage, cfg.study.name).best()
     console.print()
     console.print(f"base model   {metric} = {base[metric]:.3f}")

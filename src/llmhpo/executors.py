@@ -56,18 +56,21 @@ def _init_worker(factory: Callable[[], Any], devices: Any) -> None:
     _OBJECTIVE_FACTORY = factory
 
 
-def run_objective(objective: Any, key: Hashable, params: dict[str, Any]) -> Outcome:
-    """Call the objective; any exception becomes a failed Outcome with its reason."""
+def run_objective(objective: Any, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> Outcome:
+    """Call the objective (with ``fidelity`` when multi-fidelity); any exception becomes a
+    failed Outcome with its reason."""
     start = time.time()
     worker = {"pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
-        r = objective(params)
+        r = objective(params) if fidelity is None else objective(params, fidelity=fidelity)
         out = Outcome(key, r.value, dict(r.metrics), dict(r.timings), None, worker)
     except TrialFailed as e:
         out = Outcome(key, None, dict(getattr(e, "metrics", {}) or {}), {}, str(e), worker)
     except Exception as e:  # a trial's crash is a trial state, not the study's crash
         tb = traceback.format_exc(limit=8)
-        out = Outcome(key, None, {"traceback": tb}, {}, f"{type(e).__name__}: {e}", worker)
+        last = traceback.extract_tb(e.__traceback__)[-1]  # where it was raised, for the one-line reason
+        where = f" ({os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+        out = Outcome(key, None, {"traceback": tb}, {}, f"{type(e).__name__}: {e}{where}", worker)
     except SystemExit as e:  # sys.exit() in the objective ends its trial, not the driver
         out = Outcome(key, None, {}, {}, f"the objective called sys.exit({e.code!r})", worker)
     out.timings.setdefault("trial", time.time() - start)
@@ -75,7 +78,7 @@ def run_objective(objective: Any, key: Hashable, params: dict[str, Any]) -> Outc
     return out
 
 
-def _worker_call(key: Hashable, params: dict[str, Any]) -> Outcome:
+def _worker_call(key: Hashable, params: dict[str, Any], fidelity: Any = None) -> Outcome:
     global _OBJECTIVE
     if _OBJECTIVE is None:
         try:
@@ -83,7 +86,7 @@ def _worker_call(key: Hashable, params: dict[str, Any]) -> Outcome:
         except Exception as e:
             return Outcome(key, None, {"traceback": traceback.format_exc(limit=8)}, {},
                            f"objective set-up failed: {type(e).__name__}: {e}", {"pid": os.getpid()})
-    return run_objective(_OBJECTIVE, key, params)
+    return run_objective(_OBJECTIVE, key, params, fidelity)
 
 
 # ---------------------------------------------------------------- executors
@@ -95,18 +98,18 @@ class InlineExecutor:
     def __init__(self, factory: Callable[[], Any]):
         self._factory = factory
         self._objective = None
-        self._jobs: list[tuple[Hashable, dict]] = []
+        self._jobs: list[tuple[Hashable, dict, Any]] = []
 
-    def submit(self, key: Hashable, params: dict[str, Any]) -> None:
-        self._jobs.append((key, params))
+    def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
+        self._jobs.append((key, params, fidelity))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._jobs:
             return []
         if self._objective is None:
             self._objective = self._factory()
-        key, params = self._jobs.pop(0)
-        return [run_objective(self._objective, key, params)]
+        key, params, fidelity = self._jobs.pop(0)
+        return [run_objective(self._objective, key, params, fidelity)]
 
     def close(self) -> None:
         self._jobs.clear()
@@ -131,8 +134,8 @@ class ProcessExecutor:
         return cf.ProcessPoolExecutor(self.slots, mp_context=ctx, initializer=_init_worker,
                                       initargs=(self._factory, queue))
 
-    def submit(self, key: Hashable, params: dict[str, Any]) -> None:
-        self._futures[self._pool.submit(_worker_call, key, params)] = key
+    def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
+        self._futures[self._pool.submit(_worker_call, key, params, fidelity)] = key
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._futures:

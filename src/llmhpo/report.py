@@ -44,7 +44,10 @@ def write_report(study, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3), squeeze=False)
     for ax, n in zip(axes[0], names):
         v = cfg.space[n]
-        ax.scatter([r.params[n] for r in done], [r.value for r in done], s=12)
+        xs = [r.params[n] for r in done]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+            xs = [str(x) for x in xs]  # categoricals of mixed types: one column per choice
+        ax.scatter(xs, [r.value for r in done], s=12)
         if getattr(v, "log", False):
             ax.set_xscale("log")
         ax.set_xlabel(n)
@@ -54,7 +57,7 @@ def write_report(study, out: Path) -> Path:
     plt.close(fig)
 
     lines = [f"# Study {cfg.study.name}", "",
-             f"optimizer `{cfg.optimizer}`, objective `{cfg.objective}`, {cfg.study.direction}, "
+             f"optimizer `{cfg.optimizer}`, objective `{cfg.kind.describe(cfg.objective)}`, {cfg.study.direction}, "
              f"{len(done)} complete, {sum(r.state == 'FAIL' for r in recs)} failed", ""]
     b = study.best()
     if b:

@@ -11,7 +11,6 @@ evaluated again; one with no trial at all is submitted.
 from __future__ import annotations
 
 import multiprocessing as mp
-import re
 import signal
 import sys
 import threading
@@ -116,11 +115,6 @@ def _output_mode(progress: bool | None) -> str:
     return "bar" if progress else "lines"
 
 
-def _same_cause(reason: str) -> str:
-    """Failure reasons that differ only in numbers (a step, a value) have the same cause."""
-    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", reason)
-
-
 def _in_spawned_worker_import() -> bool:
     """True while a spawned worker process re-imports the user's script (multiprocessing's
     own test for it): a study started from there would fight the driver's."""
@@ -128,16 +122,20 @@ def _in_spawned_worker_import() -> bool:
 
 
 def run(config: Config, *, overwrite: bool = False, progress: bool | None = None,
-        quiet: bool = False) -> RunSummary:
+        quiet: bool = False, preflight: bool = True) -> RunSummary:
     """Run (or resume) the study described by ``config`` until its budget is spent.
 
     progress: True for a progress bar, False for one line per trial start and end, None to
     choose by whether stdout is a terminal; quiet: print nothing. The run also stops when
     ``config.runner.max_repeated_failures`` trials in a row fail for the same reason.
+    preflight: first check what the objective needs (model, data, tasks, user code), so that
+    a study in which every trial would fail stops before its first; raises LlmhpoError.
     """
     if _in_spawned_worker_import():
         raise SystemExit("llmhpo: a worker process imported the script that starts the study and reached the "
                          "call again; put the call under `if __name__ == \"__main__\":`")
+    if preflight:
+        config.kind.preflight(config.objective, config.space, config.runner.devices)
     t_start = time.time()
     study = Study.open(config, overwrite=overwrite)
     optimizer = build_optimizer(config)
@@ -231,6 +229,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
             timeout = None
             if config.budget.wall_time is not None and not out_of_time:
                 timeout = max(0.05, config.budget.wall_time - (time.time() - t_start))
+            pool_died = False
             for outcome in executor.wait(timeout=timeout):
                 cand, tid, number = running.pop(outcome.key)
                 value = outcome.value
@@ -240,7 +239,11 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
                 study.save_optimizer_state(optimizer.state_dict())
                 if value is None:
                     failed += 1
-                    streak.append(_same_cause(outcome.error or ""))
+                    # the jobs of a worker pool that lost a process all fail at once: one failure
+                    died = (outcome.error or "").startswith("worker process died")
+                    if not (died and pool_died):
+                        streak.append(outcome.error or "")
+                    pool_died = pool_died or died
                 else:
                     complete += 1
                     streak.clear()
@@ -248,7 +251,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
                     best = study.best()
                 report.finished(number, value, outcome.error, outcome.timings.get("trial", 0.0), best)
                 n = config.runner.max_repeated_failures
-                if n and len(streak) >= n and len(set(streak[-n:])) == 1:
+                if n and failure is None and len(streak) >= n and len(set(streak[-n:])) == 1:
                     failure = outcome.error
                     stopped = "repeated failures"
                     report.note(f"stopping: {n} trials in a row failed with: {failure} "

@@ -211,15 +211,19 @@ def _record(t: FrozenTrial) -> TrialRecord:
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     def fix(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
+        if v is None or isinstance(v, (bool, int, str)):
+            return v
+        if isinstance(v, float):
+            return v if math.isfinite(v) else str(v)
         if isinstance(v, dict):
             return {str(k): fix(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [fix(x) for x in v]
-        if hasattr(v, "item"):
-            return fix(v.item())
-        return v
+        if isinstance(v, (set, frozenset)):
+            return [fix(x) for x in sorted(v, key=str)]
+        if hasattr(v, "tolist"):  # numpy and torch scalars and arrays
+            return fix(v.tolist())
+        return str(v)  # anything else, readable rather than a crash of the run
 
     return fix(d)
 

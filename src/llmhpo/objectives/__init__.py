@@ -35,6 +35,20 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """What a multi-fidelity call asks of an objective: bring the configuration to
+    ``value`` units of ``resource`` in total (of at most ``max``), continuing from the
+    checkpoint in the folder ``checkpoint`` when there is one, and leave its own checkpoint
+    there for a later, larger value. An objective called with ``fidelity`` returns its score
+    at ``value``."""
+
+    resource: str
+    value: float
+    max: float
+    checkpoint: str
+
+
+@dataclass(frozen=True)
 class ParseContext:
     """What a kind needs to parse its tables. base_dir: relative paths in the config are
     relative to it (the TOML file's folder, or the current directory)."""
@@ -77,6 +91,11 @@ class ObjectiveKind:
         (may load models, data, user code). Returns lines describing what was found."""
         return []
 
+    def fidelity_resources(self, spec) -> tuple[str, ...]:
+        """The resources this objective can grow (``[fidelity] resource``), the default first;
+        empty when it cannot be run at several fidelities."""
+        return ()
+
     def factory(self, spec) -> Callable[[], Callable[[dict[str, Any]], Result]]:
         """A picklable zero-argument callable that builds the objective inside a worker."""
         raise NotImplementedError
@@ -88,6 +107,12 @@ class ObjectiveKind:
     def export(self, spec, record, out: Path, merge: bool = False) -> Path:
         """Write the best trial to ``out`` (``best --export``): its value and params as JSON."""
         import json
+
+        from llmhpo.errors import LlmhpoError
+
+        if merge:
+            raise LlmhpoError(f"--merge merges a fine-tuned adapter into its model; a {self.name} study has none: "
+                              "drop --merge")
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "best.json").write_text(json.dumps(
@@ -105,7 +130,6 @@ _KINDS = {
     "python": "llmhpo.objectives.python:PythonKind",
     "finetune": "llmhpo.objectives.finetune.kind:FinetuneKind",
 }
-OBJECTIVE_TYPES = tuple(_KINDS)
 
 
 def get_kind(name: str) -> ObjectiveKind:
@@ -121,4 +145,4 @@ def all_tables() -> dict[str, str]:
     return {t: name for name in _KINDS for t in get_kind(name).tables}
 
 
-__all__ = ["OBJECTIVE_TYPES", "ObjectiveKind", "ParseContext", "Result", "all_tables", "get_kind"]
+__all__ = ["Fidelity", "ObjectiveKind", "ParseContext", "Result", "all_tables", "get_kind"]

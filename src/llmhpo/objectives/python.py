@@ -60,7 +60,11 @@ def load_target(spec: PythonSpec) -> Callable[..., Any]:
                 loader = importlib.util.spec_from_file_location(name, module)
                 mod = importlib.util.module_from_spec(loader)
                 sys.modules[name] = mod  # before exec: a pickled function must find its module
-                loader.loader.exec_module(mod)
+                try:
+                    loader.loader.exec_module(mod)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
         else:
             if spec.path and spec.path not in sys.path:
                 sys.path.insert(0, spec.path)

@@ -156,10 +156,6 @@ class FinetuneConfig:
         d = asdict(self)
         return {"objective": {}, **{k: d[k] for k in ("model", "data", "train", "eval")}}
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
 
 

@@ -1,0 +1,217 @@
+"""Multi-fidelity schedulers: which configuration runs at which resource, and which goes on.
+
+The optimiser decides *what* to try (its ``ask``); a scheduler decides *how long*: each
+configuration climbs rungs of resource r_0 < r_1 < ... < r_K = max, with
+r_k = max * eta^(k - K) and K = floor(log_eta(max / min)), and only the best go on.
+
+- Successive halving (Jamieson & Talwalkar 2016): a bracket of eta^K configurations at r_0;
+  when a rung is complete, the best floor(n_k / eta) are promoted to the next rung.
+- Hyperband (Li et al. 2018, Algorithm 1): brackets s = K, K-1, ..., 0 in turn; bracket s
+  starts n = ceil((K + 1) / (s + 1) * eta^s) configurations at rung K - s and halves them
+  synchronously.
+- ASHA (Li et al. 2020, Algorithm 2): asynchronous; whenever a worker is free, promote a
+  configuration that is in the top floor(n_k / eta) of the n_k results of its rung and not
+  yet promoted (highest rung first), else start a new configuration at rung 0. No worker
+  waits for a rung to fill.
+
+Pure logic: no storage, no objective, no printing. Values are minimised (failures count as
++inf); the runner owns the bookkeeping and tells the scheduler what happened.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+SCHEDULERS = ("asha", "sh", "hyperband")
+
+
+def rungs(r_min: float, r_max: float, eta: int, integer: bool = True) -> list[float]:
+    """r_0 < ... < r_K = r_max, r_k = r_max * eta^(k - K), K = floor(log_eta(r_max / r_min))."""
+    K = int(math.floor(math.log(r_max / r_min) / math.log(eta) + 1e-9))
+    out = [r_max * eta ** (k - K) for k in range(K + 1)]
+    if integer:
+        out = [float(max(1, round(r))) for r in out]
+    return out
+
+
+@dataclass
+class Config:
+    """One configuration as the scheduler sees it. results: rung -> value (None: failed)."""
+
+    id: int
+    bracket: int
+    start_rung: int
+    results: dict[int, float | None] = field(default_factory=dict)
+    running: int | None = None  # the rung being computed
+    promoted: set[int] = field(default_factory=set)  # rungs from which it went on
+    stopped: bool = False  # failed, or left behind by a synchronous rung
+
+    @property
+    def top(self) -> int | None:
+        """The highest rung with a result."""
+        return max(self.results) if self.results else None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Start a new configuration (config_id None) in ``bracket`` at ``rung``, or continue
+    configuration ``config_id`` to ``rung``."""
+
+    rung: int
+    bracket: int
+    config_id: int | None = None
+
+
+def _score(v: float | None) -> float:
+    return math.inf if v is None else v
+
+
+class Scheduler:
+    """Base: rung arithmetic and the configurations' states. ``next_job`` says what a free
+    worker should do now (None: nothing until a running job finishes)."""
+
+    name = "base"
+
+    def __init__(self, rung_resources: list[float], eta: int):
+        self.r = list(rung_resources)
+        self.K = len(self.r) - 1
+        self.eta = eta
+        self.configs: dict[int, Config] = {}
+
+    # the runner's reports
+    def add(self, config_id: int, job: Job) -> Config:
+        c = Config(config_id, job.bracket, job.rung, running=job.rung)
+        self.configs[config_id] = c
+        return c
+
+    def started(self, config_id: int, rung: int) -> None:
+        c = self.configs[config_id]
+        if c.top is not None and rung > c.top:
+            c.promoted.add(c.top)
+        c.running = rung
+
+    def finished(self, config_id: int, rung: int, value: float | None) -> None:
+        """value: minimised; None for a failure (the configuration stops)."""
+        c = self.configs[config_id]
+        c.results[rung] = value
+        c.running = None
+        if value is None:
+            c.stopped = True
+
+    def waiting(self) -> list[Config]:
+        """Configurations that may still go on (not running, not stopped, below the top)."""
+        return [c for c in self.configs.values()
+                if c.running is None and not c.stopped and c.top is not None and c.top < self.K]
+
+    def next_job(self) -> Job | None:
+        raise NotImplementedError
+
+    def stop_waiting(self) -> list[int]:
+        """Configurations a synchronous scheduler has left behind: they stop (PRUNED)."""
+        return []
+
+
+class ASHA(Scheduler):
+    name = "asha"
+
+    def next_job(self) -> Job | None:
+        for k in range(self.K - 1, -1, -1):
+            at_k = [c for c in self.configs.values() if k in c.results]
+            n_top = len(at_k) // self.eta
+            if n_top == 0:
+                continue
+            ranked = sorted(at_k, key=lambda c: (_score(c.results[k]), c.id))[:n_top]
+            for c in ranked:
+                if c.results[k] is not None and k not in c.promoted and c.running is None and c.top == k:
+                    return Job(k + 1, 0, c.id)
+        return Job(0, 0)
+
+
+class Hyperband(Scheduler):
+    """Hyperband's brackets, each a synchronous successive halving; ``brackets`` restricts
+    the cycle (successive halving alone: ``[K]``). A bracket that waits for its rung to fill
+    lets the next bracket start, so workers are not left idle."""
+
+    name = "hyperband"
+
+    def __init__(self, rung_resources: list[float], eta: int, brackets: list[int] | None = None):
+        super().__init__(rung_resources, eta)
+        self.cycle = brackets if brackets is not None else list(range(self.K, -1, -1))
+        self.opened: list[int] = []  # bracket ids in order of opening; bracket id -> s
+        self.s_of: dict[int, int] = {}
+
+    def size(self, s: int) -> int:
+        """n: configurations that bracket s starts (Li et al. 2018, Algorithm 1)."""
+        return int(math.ceil((self.K + 1) / (s + 1) * self.eta ** s))
+
+    def rung_size(self, s: int, i: int) -> int:
+        """n_i = floor(n eta^-i): configurations that reach the bracket's i-th rung."""
+        return int(math.floor(self.size(s) * self.eta ** (-i)))
+
+    def _members(self, b: int) -> list[Config]:
+        return [c for c in self.configs.values() if c.bracket == b]
+
+    def add(self, config_id: int, job: Job) -> Config:
+        if job.bracket not in self.s_of:
+            self.s_of[job.bracket] = self.K - job.rung
+            self.opened.append(job.bracket)
+        return super().add(config_id, job)
+
+    def _bracket_job(self, b: int) -> Job | None:
+        s = self.s_of[b]
+        members = self._members(b)
+        start = self.K - s
+        if len(members) < self.size(s):
+            return Job(start, b)
+        for i in range(s):  # promotions, lowest rung first: synchronous within the bracket
+            k = start + i
+            at_k = [c for c in members if k in c.results]
+            if len(at_k) < self.rung_size(s, i) or any(c.running == k for c in members):
+                return None  # the rung is not complete yet
+            n_next = self.rung_size(s, i + 1)
+            ranked = sorted(at_k, key=lambda c: (_score(c.results[k]), c.id))[:n_next]
+            for c in ranked:
+                if c.results[k] is not None and k not in c.promoted and c.running is None:
+                    return Job(k + 1, b, c.id)
+        return None
+
+    def next_job(self) -> Job | None:
+        for b in self.opened:
+            job = self._bracket_job(b)
+            if job is not None:
+                return job
+        b = len(self.opened)  # a new bracket, the next in the cycle
+        s = self.cycle[b % len(self.cycle)]
+        return Job(self.K - s, b)
+
+    def stop_waiting(self) -> list[int]:
+        """Configurations whose rung is complete and that were not among the best of it."""
+        out = []
+        for b in self.opened:
+            s = self.s_of[b]
+            members = self._members(b)
+            start = self.K - s
+            if len(members) < self.size(s):
+                continue
+            for i in range(s):
+                k = start + i
+                at_k = [c for c in members if k in c.results]
+                if len(at_k) < self.rung_size(s, i) or any(c.running == k for c in members):
+                    break
+                best = {c.id for c in sorted(at_k, key=lambda c: (_score(c.results[k]), c.id))[:self.rung_size(s, i + 1)]}
+                for c in at_k:
+                    if c.id not in best and not c.stopped and c.top == k:
+                        c.stopped = True
+                        out.append(c.id)
+        return out
+
+
+def make_scheduler(name: str, rung_resources: list[float], eta: int) -> Scheduler:
+    if name == "asha":
+        return ASHA(rung_resources, eta)
+    if name == "hyperband":
+        return Hyperband(rung_resources, eta)
+    if name == "sh":
+        return Hyperband(rung_resources, eta, brackets=[len(rung_resources) - 1])
+    raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
