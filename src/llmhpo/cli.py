@@ -128,14 +128,25 @@ def status(
     best = st.best()
     _say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
          f"{cfg.study.direction}")
-    _say(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
-         f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
+    if cfg.fidelity is None:
+        _say(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
+             f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
+    else:
+        fd = cfg.fidelity
+        spent = sum(float(r.attrs.get("resource_spent", 0.0)) for r in st.records())
+        _say(f"{c['COMPLETE']} complete (top rung), {c['PRUNED']} pruned, {c['WAITING']} waiting, {c['FAIL']} failed, "
+             f"{c['RUNNING']} running, {c['interrupted']} interrupted")
+        _say(f"{fd.resource}: {spent:.6g} spent of {cfg.resource_budget():.6g}; rungs "
+             + ", ".join(_fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
     if best:
         _say(f"best value {best.value:.6g} (trial {best.number})")
     table = Table("trial", "state", "value", *cfg.space.names, "error")
     for r in st.records()[-last:]:
+        value = r.value
+        if value is None and r.intermediate:  # multi-fidelity: the score at its highest rung
+            value = r.intermediate[max(r.intermediate)]
         table.add_row(str(r.number), "INTERRUPTED" if r.interrupted else r.state,
-                      "" if r.value is None else f"{r.value:.6g}",
+                      "" if value is None else f"{value:.6g}" + (f" @{max(r.intermediate)}" if r.intermediate else ""),
                       *(escape(_fmt(r.params.get(n, ""))) for n in cfg.space.names),
                       escape(r.attrs.get("error") or ""))
     console.print(table)

@@ -314,8 +314,8 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfi
     supported = kind.fidelity_resources(spec)
     if not supported:
         raise ConfigError(f"[fidelity]: a {kind.name} objective has no resource to grow; remove [fidelity]")
-    resource = _expect("fidelity", fd, "resource", (str,), supported[0])
-    if resource not in supported:
+    resource = _expect("fidelity", fd, "resource", (str,), supported[0] if supported[0] != "*" else "steps")
+    if resource not in supported and "*" not in supported:
         raise ConfigError(f"[fidelity] resource = {resource!r} is not one a {kind.name} objective grows; "
                           f"use one of: {', '.join(supported)}")
     r_min = _expect("fidelity", fd, "min", (int, float), required=True)

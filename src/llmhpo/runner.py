@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -39,6 +40,7 @@ class RunSummary:
     seconds: float
     #: the reason of the failures that stopped the study (stopped == "repeated failures")
     failure: str | None = None
+    resource_spent: float | None = None  # with [fidelity]: resource units spent, all runs together
 
 
 def objective_factory(config: Config) -> Callable[[], Any]:
@@ -58,17 +60,22 @@ def _fmt(v: Any) -> str:
 
 
 class _Reporter:
-    """What a run prints. ``bar``: a rich progress bar (trials done, failures, best so far)
-    with one line per finished trial above it; ``lines``: one plain, flushed line per trial
-    start and end, for logs of batch jobs (nohup, Slurm); ``quiet``: nothing."""
+    """What a run prints. ``bar``: a rich progress bar (trials done, or resource spent with
+    [fidelity]; failures; best so far) with one line per finished job above it; ``lines``:
+    one plain, flushed line per job start and end, for logs of batch jobs (nohup, Slurm);
+    ``quiet``: nothing."""
 
-    def __init__(self, mode: str, total: int, done: int, failed: int, best: float | None, name: str):
-        self.mode, self.total = mode, total
+    def __init__(self, mode: str, total: float, done: float, failed: int, best: float | None, name: str,
+                 unit: str = "trials"):
+        self.mode, self.total, self.unit = mode, total, unit
         self.done, self.failed = done, failed
+        self.best = None
         if mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            count = MofNCompleteColumn() if unit == "trials" else TextColumn(
+                "{task.completed:.4g}/{task.total:.4g} " + unit)
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), count,
                               TextColumn("fail {task.fields[failed]}"), TextColumn("best {task.fields[best]}"),
                               TimeElapsedColumn())
             self.p.start()
@@ -83,20 +90,26 @@ class _Reporter:
         elif self.mode == "lines":
             print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", flush=True)
 
-    def started(self, number: int, params: dict[str, Any]) -> None:
+    def started(self, number: int, params: dict[str, Any], label: str = "") -> None:
         if self.mode == "lines":
-            self._line(f"trial {number} started: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+            what = f"trial {number}" + (f" {label}" if label else "")
+            self._line(f"{what} started: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
 
     def finished(self, number: int, value: float | None, error: str | None, seconds: float,
-                 best: Any) -> None:
-        self.done += 1
+                 best: Any, amount: float = 1, label: str = "", verdict: str = "") -> None:
+        self.done += amount
         self.failed += value is None
-        count = f"[{self.done}/{self.total} done, {self.failed} failed]"
+        self.best = best
+        done = f"{self.done:.4g}/{self.total:.4g} {self.unit}" if self.unit != "trials" else \
+            f"{self.done:.0f}/{self.total} done"
+        count = f"[{done}, {self.failed} failed]"
+        what = f"trial {number}" + (f" {label}" if label else "")
         if value is None:
-            self._line(f"trial {number} failed after {seconds:.1f} s: {error} {count}")
+            self._line(f"{what} failed after {seconds:.1f} s: {error} {count}")
         else:
             b = "" if best is None else f" (best {best.value:.6g}, trial {best.number})"
-            self._line(f"trial {number} done in {seconds:.1f} s: value {value:.6g}{b} {count}")
+            v = f", {verdict}" if verdict else ""
+            self._line(f"{what} done in {seconds:.1f} s: value {value:.6g}{v}{b} {count}")
         if self.mode == "bar":
             self.p.update(self.task, completed=min(self.done, self.total), failed=self.failed,
                           best="-" if best is None else f"{best.value:.6g}")
@@ -136,6 +149,8 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
                          "call again; put the call under `if __name__ == \"__main__\":`")
     if preflight:
         config.kind.preflight(config.objective, config.space, config.runner.devices)
+    if config.fidelity is not None:
+        return _run_multifidelity(config, overwrite, "quiet" if quiet else _output_mode(progress))
     t_start = time.time()
     study = Study.open(config, overwrite=overwrite)
     optimizer = build_optimizer(config)
@@ -277,3 +292,280 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------- multi-fidelity
+def _checkpoint_dir(config: Config, number: int) -> Path:
+    fd = config.fidelity
+    root = Path(fd.checkpoint_dir).expanduser()
+    if not root.is_absolute():
+        root = Path(config.base_dir) / root
+    return root / config.study.name / "checkpoints" / f"trial-{number}"
+
+
+def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary:
+    """The loop with a scheduler: each configuration is one trial that climbs rungs.
+
+    A job brings configuration c to rung k: its trial is RUNNING, the objective continues
+    from c's checkpoint and returns the score at r_k, stored as the trial's intermediate
+    value at step r_k. Then the trial is COMPLETE (top rung), PRUNED (left behind by a
+    synchronous rung, or waiting when the budget is spent), FAIL, or WAITING for a
+    promotion. The optimiser is told each configuration's score once, at the rung it
+    started at (rung 0 for ASHA and successive halving: every told value has the same
+    fidelity). The scheduler's state is rebuilt from the trials on resume.
+    """
+    from llmhpo.objectives import Fidelity
+    from llmhpo.schedulers import Job, make_scheduler
+
+    t_start = time.time()
+    fd = config.fidelity
+    r = fd.rungs()
+    integer = fd.resource != "epochs"
+    step_of = [int(v) if integer else k for k, v in enumerate(r)]
+    study = Study.open(config, overwrite=overwrite)
+    optimizer = build_optimizer(config)
+    state = study.optimizer_state()
+    if state is not None:
+        optimizer.load_state_dict(state)
+    sign = 1.0 if config.study.direction == "minimize" else -1.0
+    scheduler = make_scheduler(fd.scheduler, r, fd.eta)
+    budget = config.resource_budget()
+
+    # ---- rebuild the scheduler from storage
+    trials: dict[int, Any] = {}  # config id (trial id) -> record
+    spent = 0.0
+    requeue: list[Job] = []
+    by_candidate: dict[int, Any] = {}
+    for rec in study.records():
+        if "bracket" not in rec.attrs or rec.interrupted:
+            continue
+        trials[rec.trial_id] = rec
+        spent += float(rec.attrs.get("resource_spent", 0.0))
+        by_candidate[rec.candidate_id] = rec
+        c = scheduler.add(rec.trial_id, Job(int(rec.attrs["start_rung"]), int(rec.attrs["bracket"])))
+        c.running = None
+        for step, v in (rec.intermediate or {}).items():
+            c.results[step_of.index(int(step))] = sign * v
+        c.promoted = {k for k in c.results if k + 1 in c.results}
+        rung = int(rec.attrs.get("rung", c.start_rung))
+        if rec.state == "FAIL":
+            c.results[rung] = None
+            c.stopped = True
+        elif rec.state in ("PRUNED", "COMPLETE"):
+            c.stopped = rec.state == "PRUNED"
+        elif rec.state == "RUNNING":  # its job was cut short: run it again from its checkpoint
+            c.running = rung
+            if c.top is not None:
+                c.promoted.add(c.top)
+            requeue.append(Job(rung, c.bracket, rec.trial_id))
+    if hasattr(scheduler, "opened"):
+        scheduler.opened.sort()
+
+    # the optimiser hears each configuration once: at its start rung
+    told_by_config: dict[int, Candidate] = {}
+    fresh: list[Candidate] = []
+    for cand in list(optimizer.pending.values()):
+        rec = by_candidate.get(cand.id)
+        if rec is None:
+            fresh.append(cand)
+            continue
+        c = scheduler.configs[rec.trial_id]
+        if c.start_rung in c.results:
+            optimizer.tell(cand, c.results[c.start_rung])
+        else:
+            told_by_config[rec.trial_id] = cand
+    study.save_optimizer_state(optimizer.state_dict())
+    done_ws = {rec.attrs.get("warm_start") for rec in trials.values()}
+    done_ws |= {c.info.get("warm_start") for c in optimizer.pending.values()}
+    for i, params in enumerate(config.warm_start):
+        if i not in done_ws:
+            fresh.append(optimizer.register(config.space.encode(params, fill_defaults=True), {"warm_start": i}))
+    if fresh:
+        study.save_optimizer_state(optimizer.state_dict())
+
+    executor = make_executor(objective_factory(config), config.runner.workers, config.runner.executor,
+                             config.runner.devices)
+    running: dict[int, tuple[int, int, float]] = {}  # config id -> (rung, trial number, planned cost)
+    report = _Reporter(mode, budget, spent, 0, None, config.study.name, unit=fd.resource)
+    report.best = study.best()
+    counts = study.counts()
+    complete, failed = counts["COMPLETE"], counts["FAIL"]
+    streak: list[str] = []
+    failure: str | None = None
+    stopped = "budget"
+
+    def cost(cid: int | None, k: int) -> float:
+        if cid is None:
+            return r[k]
+        c = scheduler.configs[cid]
+        has_ckpt = c.top is not None and not trials[cid].attrs.get("checkpoint_deleted")
+        return r[k] - (r[c.top] if has_ckpt else 0.0)
+
+    def start(job: Job) -> bool:
+        """Submit ``job``; False when the optimiser has nothing to propose now."""
+        cid = job.config_id
+        if cid is None:
+            cands = [fresh.pop(0)] if fresh else optimizer.ask(1)
+            if not cands:
+                return False
+            cand = cands[0]
+            study.save_optimizer_state(optimizer.state_dict())
+            params = config.space.decode(cand.x)
+            extra = {"bracket": job.bracket, "start_rung": job.rung, "rung": job.rung, "resource_spent": 0.0}
+            if "warm_start" in cand.info:
+                extra["warm_start"] = cand.info["warm_start"]
+            tid = study.create_trial(cand, params, extra)
+            number = study.trial_number(tid)
+            trials[tid] = _Trial(number, params, extra)
+            scheduler.add(tid, job)
+            told_by_config[tid] = cand
+            cid = tid
+        else:
+            if cid not in running and scheduler.configs[cid].running != job.rung:
+                scheduler.started(cid, job.rung)
+            study.set_running(cid, job.rung)
+        rec = trials[cid]
+        planned = cost(job.config_id, job.rung)
+        running[cid] = (job.rung, rec.number, planned)
+        ckpt = _checkpoint_dir(config, rec.number)
+        if rec.attrs.get("checkpoint_deleted"):  # trains from the start, and leaves a checkpoint again
+            ckpt_start = "from the start"
+            rec.attrs["checkpoint_deleted"] = False
+            study.storage.set_trial_user_attr(cid, "checkpoint_deleted", False)
+        else:
+            ckpt_start = "" if job.rung == scheduler.configs[cid].start_rung else "continued"
+        report.started(rec.number, rec.params, f"rung {job.rung} ({_fmt(r[job.rung])} {fd.resource}"
+                       + (f", {ckpt_start}" if ckpt_start else "") + ")")
+        executor.submit(cid, rec.params, Fidelity(fd.resource, r[job.rung], r[-1], str(ckpt)))
+        return True
+
+    def collect_checkpoints() -> None:
+        """Delete the checkpoints no promotion can use: stopped and finished configurations,
+        and waiting ones ranked below the rung's promotion slots plus keep_checkpoints."""
+        import shutil
+
+        keep: set[int] = set()
+        for k in range(scheduler.K):
+            at_k = [c for c in scheduler.configs.values() if k in c.results]
+            waiting = sorted((c for c in at_k if c.top == k and not c.stopped and c.running is None
+                              and c.results[k] is not None), key=lambda c: (c.results[k], c.id))
+            keep |= {c.id for c in waiting[: len(at_k) // fd.eta + fd.keep_checkpoints]}
+        for cid, c in scheduler.configs.items():
+            if cid in running or c.running is not None or cid in keep:
+                continue
+            folder = _checkpoint_dir(config, trials[cid].number)
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                if not c.stopped and c.top is not None and c.top < scheduler.K:  # may still be promoted
+                    trials[cid].attrs["checkpoint_deleted"] = True
+                    study.storage.set_trial_user_attr(cid, "checkpoint_deleted", True)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if main_thread:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            out_of_time = config.budget.wall_time is not None and time.time() - t_start >= config.budget.wall_time
+            if out_of_time:
+                stopped = "wall_time"
+            idle = False
+            while len(running) < executor.slots and not out_of_time and failure is None:
+                job = requeue.pop(0) if requeue else scheduler.next_job()
+                if job is None:
+                    break
+                committed = spent + sum(p for _, _, p in running.values())
+                if committed + cost(job.config_id, job.rung) > budget + 1e-9:
+                    stopped = "budget"
+                    break
+                if not start(job):
+                    idle = True
+                    break
+            if not running:
+                if idle:
+                    stopped = "optimizer exhausted"
+                break
+            timeout = None
+            if config.budget.wall_time is not None and not out_of_time:
+                timeout = max(0.05, config.budget.wall_time - (time.time() - t_start))
+            pool_died = False
+            for outcome in executor.wait(timeout=timeout):
+                cid = outcome.key
+                rung, number, planned = running.pop(cid)
+                c = scheduler.configs[cid]
+                trained = float(outcome.metrics.get("resource_trained", planned))
+                spent += trained
+                rec = trials[cid]
+                rec.attrs["resource_spent"] = float(rec.attrs.get("resource_spent", 0.0)) + trained
+                value = outcome.value
+                scheduler.finished(cid, rung, None if value is None else sign * value)
+                attrs = {"rung": rung, "resource_spent": rec.attrs["resource_spent"],
+                         "metrics": outcome.metrics, "timings": outcome.timings,
+                         **({"worker": outcome.worker} if outcome.worker else {})}
+                study.report_rung(cid, step_of[rung], value, attrs)
+                if rung == c.start_rung and cid in told_by_config:
+                    optimizer.tell(told_by_config.pop(cid), None if value is None else sign * value)
+                    study.save_optimizer_state(optimizer.state_dict())
+                if value is None:
+                    study.finish_trial(cid, None, outcome.metrics, outcome.timings, outcome.error)
+                    failed += 1
+                    died = (outcome.error or "").startswith("worker process died")
+                    if not (died and pool_died):
+                        streak.append(outcome.error or "")
+                    pool_died = pool_died or died
+                    verdict = "failed"
+                elif rung == scheduler.K:
+                    study.finish_trial(cid, value, outcome.metrics, outcome.timings)
+                    complete += 1
+                    streak.clear()
+                    verdict = "complete"
+                else:
+                    study.set_waiting(cid)
+                    streak.clear()
+                    verdict = "waiting"
+                for pruned in scheduler.stop_waiting():
+                    study.prune(pruned)
+                collect_checkpoints()
+                best = study.best() if verdict == "complete" else report.best
+                report.finished(number, value, outcome.error, outcome.timings.get("trial", 0.0), best,
+                                amount=trained, label=f"rung {rung} ({_fmt(r[rung])} {fd.resource})",
+                                verdict=verdict if value is not None else "")
+                n = config.runner.max_repeated_failures
+                if n and failure is None and len(streak) >= n and len(set(streak[-n:])) == 1:
+                    failure, stopped = outcome.error, "repeated failures"
+                    report.note(f"stopping: {n} trials in a row failed with: {failure} "
+                                "(set [runner] max_repeated_failures = 0 to go on regardless)")
+            if failure is not None:
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_handler)
+        executor.close()
+        for cid, (rung, _, _) in running.items():  # cut short: RUNNING, run again on resume
+            study.storage.set_trial_user_attr(cid, "rung", rung)
+        report.close()
+    if stopped in ("budget", "optimizer exhausted"):
+        # the study is over: configurations still waiting for a promotion stop here
+        import shutil
+
+        for cid, c in scheduler.configs.items():
+            if not c.stopped and c.running is None and c.top is not None and c.top < scheduler.K \
+                    and c.results.get(c.top) is not None:
+                study.prune(cid)
+                shutil.rmtree(_checkpoint_dir(config, trials[cid].number), ignore_errors=True)
+    best = study.best()
+    return RunSummary(config.study.name, config.study.storage, complete, failed,
+                      best.value if best else None, best.params if best else None,
+                      best.number if best else None, stopped, time.time() - t_start, failure, spent)
+
+
+@dataclass
+class _Trial:
+    """What the multi-fidelity loop keeps of a trial it created."""
+
+    number: int
+    params: dict[str, Any]
+    attrs: dict[str, Any]

@@ -63,12 +63,13 @@ class TrialRecord:
 
     number: int
     trial_id: int
-    state: str  # COMPLETE | FAIL | RUNNING
+    state: str  # COMPLETE | FAIL | RUNNING; with [fidelity] also WAITING (may be promoted) | PRUNED
     value: float | None
     params: dict[str, Any]
     candidate_id: int | None
     interrupted: bool
     attrs: dict[str, Any]
+    intermediate: dict[int, float] | None = None  # multi-fidelity: step (resource) -> value
 
 
 class Study:
@@ -173,6 +174,27 @@ class Study:
         else:
             self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(value)])
 
+    # ------------------------------------------------------------------ multi-fidelity
+    def report_rung(self, trial_id: int, step: int, value: float | None, attrs: dict[str, Any]) -> None:
+        """One rung's result: the score as Optuna's intermediate value at ``step`` (so the
+        dashboard draws learning curves) and the rung's attributes."""
+        if value is not None:
+            self.storage.set_trial_intermediate_value(trial_id, int(step), float(value))
+        for k, v in _jsonable(attrs).items():
+            self.storage.set_trial_user_attr(trial_id, k, v)
+
+    def set_waiting(self, trial_id: int) -> None:
+        """Between rungs: the configuration waits to be promoted (Optuna's WAITING)."""
+        self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+
+    def set_running(self, trial_id: int, rung: int) -> None:
+        self.storage.set_trial_user_attr(trial_id, "rung", rung)
+        self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+
+    def prune(self, trial_id: int) -> None:
+        """Stopped by the scheduler: PRUNED, its last rung's score kept as an intermediate value."""
+        self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+
     def mark_interrupted(self, trial_id: int) -> None:
         """A trial left RUNNING by a crash: FAIL, flagged so it is neither counted nor told."""
         self.storage.set_trial_user_attr(trial_id, "interrupted", True)
@@ -193,7 +215,7 @@ class Study:
         return min(done, key=lambda r: (sign * r.value, r.number))
 
     def counts(self) -> dict[str, int]:
-        c = {"COMPLETE": 0, "FAIL": 0, "RUNNING": 0, "interrupted": 0}
+        c = {"COMPLETE": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "PRUNED": 0, "interrupted": 0}
         for r in self.records():
             if r.interrupted:
                 c["interrupted"] += 1
@@ -206,7 +228,7 @@ def _record(t: FrozenTrial) -> TrialRecord:
     ua = t.user_attrs
     value = t.value if t.state == TrialState.COMPLETE else None
     return TrialRecord(t.number, t._trial_id, t.state.name, value, dict(t.params), ua.get("candidate_id"),
-                       bool(ua.get("interrupted", False)), dict(ua))
+                       bool(ua.get("interrupted", False)), dict(ua), dict(t.intermediate_values))
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -93,7 +93,7 @@ class ObjectiveKind:
 
     def fidelity_resources(self, spec) -> tuple[str, ...]:
         """The resources this objective can grow (``[fidelity] resource``), the default first;
-        empty when it cannot be run at several fidelities."""
+        ``("*",)`` for any name; empty when it cannot be run at several fidelities."""
         return ()
 
     def factory(self, spec) -> Callable[[], Callable[[dict[str, Any]], Result]]:

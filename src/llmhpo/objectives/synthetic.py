@@ -1,6 +1,19 @@
 """Benchmark-function objectives: ``function`` (a function of ``functions.py`` on its box)
 and ``sleep`` (the same after a pause: a stand-in for a slow trial, used to test parallel
-runs, wall-time budgets, failures and crash recovery)."""
+runs, wall-time budgets, failures and crash recovery).
+
+With ``[fidelity]`` (resource ``steps``) both become a multi-fidelity benchmark whose final
+value is the function's, so the best final value is known, and whose learning curves
+cross as real ones do: at r of R steps,
+
+    y(x, r) = f(x) + B (1 - r / R)^p(x),   p(x) = 0.5 + 4.5 u_0(x),
+
+where u_0 is the first variable scaled to [0, 1] (a "learning speed": small u_0 learns
+slowly, so a configuration with the best final value can look poor early) and B is the
+median gap f - f_min over 256 fixed random points (the function's own scale). A
+configuration's progress is kept in its checkpoint folder, so a promoted one only
+computes (and, for ``sleep``, waits for) its extra steps.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +22,13 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from llmhpo.errors import ConfigError, TrialFailed
-from llmhpo.objectives import ObjectiveKind, ParseContext, Result
+from llmhpo.objectives import Fidelity, ObjectiveKind, ParseContext, Result
 from llmhpo.objectives.functions import get_function
 from llmhpo.space import Float, SearchSpace
 
@@ -51,16 +65,45 @@ class FunctionObjective:
         self.function = get_function(name, dim)
         self.noise = noise
         self._rng = np.random.default_rng(seed)
+        self._scale: float | None = None
+
+    def scale(self) -> float:
+        """B: the median gap f - f_min over 256 fixed random points of the box."""
+        if self._scale is None:
+            u = np.random.default_rng(12345).random((256, self.function.dim))
+            gaps = [self.function(self.function.from_unit(p)) - self.function.f_min for p in u]
+            self._scale = float(np.median(gaps))
+        return self._scale
+
+    def curve(self, x: list[float], fidelity: Fidelity) -> tuple[float, float]:
+        """(y(x, r), steps computed now): the learning-curve value at fidelity.value, going
+        on from the configuration's checkpoint."""
+        folder = Path(fidelity.checkpoint)
+        state = folder / "state.json"
+        before = json.loads(state.read_text())["steps"] if state.is_file() else 0.0
+        lo, hi = self.function.bounds[0]
+        u0 = min(max((x[0] - lo) / (hi - lo), 0.0), 1.0)
+        frac = min(fidelity.value / fidelity.max, 1.0)
+        y = self.function(x) + self.scale() * (1.0 - frac) ** (0.5 + 4.5 * u0)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"steps": fidelity.value}))
+        tmp.replace(state)  # atomic: a kill leaves the old or the new state, never half of one
+        return y, max(fidelity.value - before, 0.0)
 
     def space(self) -> SearchSpace:
         return SearchSpace([Float(f"x{i}", float(lo), float(hi)) for i, (lo, hi) in enumerate(self.function.bounds)])
 
-    def __call__(self, params: Mapping[str, Any]) -> Result:
+    def __call__(self, params: Mapping[str, Any], fidelity: Fidelity | None = None) -> Result:
         x = list(params.values())
-        v = self.function(x)
+        metrics: dict[str, Any] = {"regret": self.function(x) - self.function.f_min}
+        if fidelity is None:
+            v = self.function(x)
+        else:
+            v, metrics["resource_trained"] = self.curve(x, fidelity)
         if self.noise:
             v += self.noise * float(self._rng.standard_normal())
-        return Result(v, {"regret": self.function(x) - self.function.f_min})
+        return Result(v, metrics)
 
 
 class FunctionKind(ObjectiveKind):
@@ -82,6 +125,9 @@ class FunctionKind(ObjectiveKind):
         if space.dim != d:
             raise ConfigError(f"[space] defines {space.dim} variables but function '{spec.name}' takes {d}; "
                               "define one per argument, in order, or remove [space] to use its own box")
+
+    def fidelity_resources(self, spec) -> tuple[str, ...]:
+        return ("steps",)
 
     def factory(self, spec: FunctionSpec):
         return functools.partial(FunctionObjective, spec.name, spec.dim, spec.noise)
@@ -110,15 +156,23 @@ class SleepObjective:
         self.spec = spec
         self.inner = FunctionObjective(spec.function, spec.dim)
 
-    def __call__(self, params):
+    def __call__(self, params, fidelity: Fidelity | None = None):
         t0 = time.time()
-        time.sleep(self.spec.seconds)
-        r = self.inner(params)
+        if fidelity is not None:  # the work first, its checkpoint after (as training does)
+            done = Path(fidelity.checkpoint) / "state.json"
+            before = json.loads(done.read_text())["steps"] if done.is_file() else 0.0
+            time.sleep(self.spec.seconds * max(fidelity.value - before, 0.0) / fidelity.max)
+        else:
+            time.sleep(self.spec.seconds)
+        r = self.inner(params, fidelity)
         if self.spec.fail_above is not None and r.value > self.spec.fail_above:
             raise TrialFailed(f"value {r.value:.3g} above fail_above={self.spec.fail_above}")
         if self.spec.log:
             with open(self.spec.log, "a") as fh:
-                fh.write(json.dumps({"pid": os.getpid(), "params": dict(params), "value": r.value}) + "\n")
+                fh.write(json.dumps({"pid": os.getpid(), "params": dict(params), "value": r.value,
+                                     "start": t0, "end": time.time(),
+                                     **({"steps": fidelity.value, "trained": r.metrics["resource_trained"]}
+                                        if fidelity else {})}) + "\n")
         r.timings["sleep"] = time.time() - t0
         return r
 
