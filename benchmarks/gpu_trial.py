@@ -37,7 +37,7 @@ def one_trial(model, data, val, knobs, pad_id):
         torch.manual_seed(0)
         peft_model = get_peft_model(model, lora_config(knobs, ("q_proj", "k_proj", "v_proj", "o_proj")))
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        stats = train(peft_model, data, knobs, pad_id, "cuda", torch.bfloat16, 0)
+        stats, _ = train(peft_model, data, knobs, pad_id, "cuda", torch.bfloat16, 0)
     torch.cuda.synchronize()
     t = time.time()
     vl = validation_loss(peft_model, val, pad_id, "cuda", autocast_dtype=torch.bfloat16) if val else None

@@ -207,3 +207,39 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     hub = FinetuneConfig.from_sections({"model": {"name": "meta-llama/Llama-3.2-1B"},
                                         "data": {"dataset": "tatsu-lab/alpaca"}}, "s", tmp_path).resolved()
     assert hub.model.name == "meta-llama/Llama-3.2-1B" and hub.data.dataset == "tatsu-lab/alpaca"
+
+
+def test_rungs_4_12_36_end_with_the_weights_of_one_36_step_run(tiny_llama, tmp_path):
+    """Multi-fidelity continuation is exact: LoRA weights, AdamW moments, the schedule, the
+    data position and dropout's random stream all go on from the checkpoint."""
+    from llmhpo.objectives import Fidelity
+
+    obj = make(tiny_llama, tmp_path, scheduler="cosine", warmup_ratio=0.1, save_adapters=False)
+    params = dict(PARAMS, lora_dropout=0.1)  # dropout on: its random stream must continue too
+    straight = obj(params, fidelity=Fidelity("max_steps", 36, 36, str(tmp_path / "straight")))
+    trained = []
+    for r in (4, 12, 36):
+        res = obj(params, fidelity=Fidelity("max_steps", r, 36, str(tmp_path / "rungs")))
+        trained.append(res.metrics["steps_trained_now"])
+        assert res.metrics["resource_trained"] == trained[-1]
+    assert trained == [4, 8, 24]  # a promoted configuration trains only its extra steps
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "rungs" / "state.pt", weights_only=False)
+    assert a["adapter"].keys() == b["adapter"].keys() and a["adapter"]
+    for k in a["adapter"]:
+        torch.testing.assert_close(a["adapter"][k], b["adapter"][k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["train"]["losses"], b["train"]["losses"], rtol=1e-5)
+    assert res.value == straight.value
+    # the schedule spans the top rung: at rung 4 the learning rate is still near its peak
+    assert b["train"]["scheduler"]["last_epoch"] == 36
+
+
+def test_epochs_as_the_resource(tiny_llama, tmp_path):
+    from llmhpo.objectives import Fidelity
+
+    obj = make(tiny_llama, tmp_path, max_steps=0, save_adapters=False)
+    r1 = obj(PARAMS, fidelity=Fidelity("epochs", 0.1, 0.3, str(tmp_path / "e")))
+    r2 = obj(PARAMS, fidelity=Fidelity("epochs", 0.3, 0.3, str(tmp_path / "e")))
+    n = r1.metrics["train_steps"]
+    assert n >= 1 and r2.metrics["train_steps"] == pytest.approx(3 * n, abs=1)
+    assert r2.metrics["steps_trained_now"] == r2.metrics["train_steps"] - n

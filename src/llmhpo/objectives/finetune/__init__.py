@@ -11,9 +11,10 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import resource
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ class FinetuneObjective:
         # deprecation notices of the libraries, once per trial, would bury the study's output
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|lm_eval)")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(transformers|peft|lm_eval)")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars in every worker's output
 
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -100,12 +104,16 @@ class FinetuneObjective:
         k.update(params)
         return k
 
-    def __call__(self, params: dict[str, Any], inject_nan_at: int | None = None) -> Result:
+    def __call__(self, params: dict[str, Any], inject_nan_at: int | None = None, fidelity=None) -> Result:
+        """One trial; with ``fidelity`` (multi-fidelity), train up to fidelity.value steps (or
+        epochs) of a run whose schedule spans fidelity.max, going on from the checkpoint in
+        fidelity.checkpoint and leaving the new one there."""
         import torch
         from peft import get_peft_model
+        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
         from llmhpo.objectives.finetune.evaluate import evaluate, objective_value
-        from llmhpo.objectives.finetune.train import lora_config, train, validation_loss
+        from llmhpo.objectives.finetune.train import lora_config, total_steps, train, validation_loss
 
         timings: dict[str, float] = {}
         if self.cfg.model.reload_each_trial and self.model is not None:
@@ -118,6 +126,17 @@ class FinetuneObjective:
         timings["setup"] = time.time() - t0
         knobs = self.knobs(params)
         train_data, val_data = self._tokenized(int(knobs["max_seq_len"]))
+        until, resume, ckpt = None, None, None
+        if fidelity is not None:
+            if fidelity.resource == "epochs":  # the schedule spans the top rung's epochs
+                knobs.update(max_steps=0, epochs=fidelity.max)
+                until = total_steps(dict(knobs, epochs=fidelity.value), len(train_data))
+            else:
+                knobs["max_steps"] = int(fidelity.max)
+                until = int(fidelity.value)
+            ckpt = Path(fidelity.checkpoint) / "state.pt"
+            if ckpt.is_file():
+                resume = torch.load(ckpt, map_location="cpu", weights_only=False)
         on_cuda = self.device.startswith("cuda")
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -126,10 +145,24 @@ class FinetuneObjective:
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if on_cuda else []):
                 torch.manual_seed(int(knobs["seed"]))  # LoRA init and dropout: the same for every trial
                 peft_model = get_peft_model(self.model, lora_config(knobs, self.cfg.model.target_modules))
-                stats = train(peft_model, train_data, knobs, self.tokenizer.pad_token_id, self.device,
-                              self._autocast_dtype(), int(knobs["seed"]), inject_nan_at)
+                if resume is not None:
+                    set_peft_model_state_dict(peft_model, resume["adapter"])
+                start_step = 0 if resume is None else int(resume["train"]["step"])
+                stats, state = train(peft_model, train_data, knobs, self.tokenizer.pad_token_id, self.device,
+                                     self._autocast_dtype(), int(knobs["seed"]), inject_nan_at,
+                                     None if resume is None else resume["train"], until)
+            if ckpt is not None:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                tmp = ckpt.with_name(f"state.pt.tmp-{os.getpid()}")
+                torch.save({"adapter": get_peft_model_state_dict(peft_model), "train": state}, tmp)
+                os.replace(tmp, ckpt)  # atomic: a kill leaves the previous rung's checkpoint
             timings["train"] = stats.seconds
             metrics: dict[str, Any] = {"train_loss_curve": stats.losses, "train_steps": stats.steps,
+                                       "steps_trained_now": state["step"] - start_step,
+                                       **({"resource_trained": (state["step"] - start_step
+                                                                if fidelity.resource == "max_steps" else
+                                                                fidelity.value * (1 - start_step / max(until, 1)))}
+                                          if fidelity is not None else {}),
                                        "train_tokens": stats.tokens,
                                        "train_tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
                                        "final_train_loss": stats.losses[-1] if stats.losses else None}
@@ -139,7 +172,10 @@ class FinetuneObjective:
                                                       self.device, autocast_dtype=self._autocast_dtype())
             timings["val_loss"] = time.time() - t1
             t1 = time.time()
-            metrics.update(evaluate(peft_model, self.tokenizer, self._tm, self.cfg.eval))
+            eval_cfg = self.cfg.eval
+            if fidelity is not None and fidelity.value < fidelity.max and eval_cfg.low_rung_limit is not None:
+                eval_cfg = replace(eval_cfg, limit=eval_cfg.low_rung_limit)  # cheaper scoring below the top
+            metrics.update(evaluate(peft_model, self.tokenizer, self._tm, eval_cfg))
             timings["eval"] = time.time() - t1
             value = objective_value(metrics, self.cfg.eval.objective)
             if self.cfg.train.save_adapters:

@@ -71,6 +71,9 @@ class EvalConfig:
     num_fewshot: int | None = None
     include_path: tuple[str, ...] = ()  # folders of the user's own lm-eval YAML tasks
     val_loss: bool = True
+    #: with [fidelity]: the limit below the top rung (cheaper scoring while configurations are
+    #: sorted out); None: the same as limit
+    low_rung_limit: int | float | None = None
     n_questions: int = 200  # size of each builtin question set
 
 
@@ -115,12 +118,13 @@ class FinetuneConfig:
         task = self.eval.objective.split("/")[0]
         if task not in self.eval.tasks:
             raise ConfigError(f"[eval] objective task '{task}' is not in [eval] tasks {list(self.eval.tasks)}; add it")
-        limit = self.eval.limit
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
-                                  or (isinstance(limit, int) and limit < 1)
-                                  or (isinstance(limit, float) and not 0 < limit < 1)):
-            raise ConfigError(f"[eval] limit = {limit!r} must be a number of examples (an integer >= 1), a fraction "
-                              "of each task (0 < limit < 1), or left out for the whole task")
+        for key in ("limit", "low_rung_limit"):
+            limit = getattr(self.eval, key)
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                      or (isinstance(limit, int) and limit < 1)
+                                      or (isinstance(limit, float) and not 0 < limit < 1)):
+                raise ConfigError(f"[eval] {key} = {limit!r} must be a number of examples (an integer >= 1), a "
+                                  "fraction of each task (0 < limit < 1), or left out for the whole task")
         if self.data.val_examples < 0 or (self.data.max_examples is not None and self.data.max_examples < 1):
             raise ConfigError("[data] val_examples must be >= 0 and max_examples >= 1")
         for key in ("batch_size", "grad_accum", "max_seq_len"):
@@ -182,7 +186,7 @@ def _build(section: str, cls, table: Mapping[str, Any]):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"[{section}] {key} = {value!r} must be a number")
             value = float(value)
-        elif key == "limit":
+        elif key in ("limit", "low_rung_limit"):
             value = None if value == "all" else value  # checked in FinetuneConfig.check
         elif isinstance(default, str):
             if not isinstance(value, str):

@@ -85,6 +85,9 @@ class FinetuneKind(ObjectiveKind):
             lines.append(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
         return lines
 
+    def fidelity_resources(self, spec) -> tuple[str, ...]:
+        return ("max_steps", "epochs")
+
     def factory(self, spec: FinetuneConfig):
         return functools.partial(objective_for, spec)
 

@@ -1,6 +1,12 @@
 """LoRA training (report 3.2.1): AdamW with decoupled weight decay on the adapter weights
 only, gradient accumulation, a transformers learning-rate schedule, bf16 autocast on GPUs
-that support it. A NaN or infinite loss stops the trial as FAIL("diverged at step k")."""
+that support it. A NaN or infinite loss stops the trial as FAIL("diverged at step k").
+
+Training can stop at any step and continue later exactly (multi-fidelity rungs): the
+returned state holds the AdamW moments, the schedule's position, the data order and
+position, and the random streams (dropout), so 4 -> 12 -> 36 steps gives the weights of
+one 36-step run. The schedule always spans the full length (``max_steps``): a run stopped
+early has seen the start of that schedule, not a compressed one."""
 
 from __future__ import annotations
 
@@ -28,27 +34,50 @@ def lora_config(params: dict, target_modules):
                       bias="none", task_type="CAUSAL_LM")
 
 
+def total_steps(params: dict, n_examples: int) -> int:
+    """Optimiser steps of a full run: max_steps, or epochs over the data when max_steps is 0."""
+    steps = int(params["max_steps"])
+    if steps <= 0:
+        bs, accum = int(params["batch_size"]), int(params["grad_accum"])
+        steps = max(1, math.ceil(float(params["epochs"]) * n_examples / (bs * accum)))
+    return steps
+
+
 def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autocast_dtype=None,
-          seed: int = 0, inject_nan_at: int | None = None) -> TrainStats:
-    """Train ``model`` (a PeftModel) in place. params: the trial's training knobs."""
+          seed: int = 0, inject_nan_at: int | None = None, resume: dict | None = None,
+          until: int | None = None) -> tuple[TrainStats, dict]:
+    """Train ``model`` (a PeftModel) in place. params: the trial's training knobs.
+
+    resume: a state returned by an earlier call, to go on from its step; until: stop after
+    this step (default: the full length). Returns the stats of the steps run now (the loss
+    curve from step 1) and the state to continue from.
+    """
     import torch
     from transformers import get_scheduler
 
     bs, accum = int(params["batch_size"]), int(params["grad_accum"])
-    steps = int(params["max_steps"])
-    if steps <= 0:
-        steps = max(1, math.ceil(float(params["epochs"]) * len(data) / (bs * accum)))
+    steps = total_steps(params, len(data))
+    until = steps if until is None else min(until, steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=float(params["learning_rate"]), weight_decay=float(params["weight_decay"]))
     sched = get_scheduler(str(params["scheduler"]), opt, num_warmup_steps=int(float(params["warmup_ratio"]) * steps),
                           num_training_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=gen).tolist()
-    cursor = 0
+    cursor, first = 0, 1
     stats = TrainStats()
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["generator"])
+        order, cursor, first = list(resume["order"]), int(resume["cursor"]), int(resume["step"]) + 1
+        stats.losses = list(resume["losses"])
+        torch.set_rng_state(resume["rng"])
+        if "cuda_rng" in resume and torch.cuda.is_available():
+            torch.cuda.set_rng_state(resume["cuda_rng"])
     model.train()
     t0 = time.time()
-    for step in range(1, steps + 1):
+    for step in range(first, until + 1):
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(accum):
@@ -79,7 +108,12 @@ def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autoca
         stats.steps = step
     stats.seconds = time.time() - t0
     model.eval()
-    return stats
+    state = {"step": max(until, first - 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "generator": gen.get_state(), "order": order, "cursor": cursor, "losses": stats.losses,
+             "rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return stats, state
 
 
 def validation_loss(model, data: Tokenized, pad_id: int, device: str, batch_size: int = 16, autocast_dtype=None) -> float:
