@@ -186,3 +186,28 @@ def test_python_target_errors_name_the_fix(tmp_path):
     (tmp_path / "py.toml").write_text(TOML.replace("[space.lr]\ntype", "[spaces]\ntype"))
     with pytest.raises(ConfigError):
         load_config(tmp_path / "py.toml")
+
+
+def curve(lr, fidelity):
+    """A user's multi-fidelity function: continues from its own checkpoint file."""
+    import json
+    from pathlib import Path
+
+    state = Path(fidelity.checkpoint) / "steps.json"
+    before = json.loads(state.read_text()) if state.exists() else 0
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps(fidelity.value))
+    return {"loss": (lr - 0.3) ** 2 + 1.0 / fidelity.value, "resource_trained": fidelity.value - before}
+
+
+def test_api_multi_fidelity_with_the_users_own_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = llmhpo.optimize(curve, [Float("lr", 0, 1)], resource=200, metric="loss", optimizer="random",
+                        fidelity={"min": 1, "max": 27, "scheduler": "hyperband"}, storage="sqlite:///c.db", quiet=True)
+    assert s.stopped == "budget" and s.complete >= 1 and s.resource_spent <= 200
+    st = optuna.load_study(study_name="curve", storage="sqlite:///c.db")
+    assert {t.state.name for t in st.trials} <= {"COMPLETE", "PRUNED"}
+    assert sum(max(t.intermediate_values) for t in st.trials) == s.resource_spent  # nothing trained twice
+    with pytest.raises(ConfigError, match="takes no argument 'fidelity'"):
+        llmhpo.optimize(quadratic, [Float("x", 0, 1), Float("y", 0, 1)], resource=50, quiet=True,
+                        fidelity={"min": 1, "max": 9})

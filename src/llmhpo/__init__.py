@@ -13,16 +13,17 @@ def __getattr__(name: str):
         from llmhpo.api import optimize
 
         return optimize
-    if name == "Result":
-        from llmhpo.objectives import Result
+    if name in ("Result", "Fidelity"):
+        import llmhpo.objectives
 
-        return Result
+        return getattr(llmhpo.objectives, name)
     raise AttributeError(f"module 'llmhpo' has no attribute {name!r}")
 
 
 __all__ = [
     "Categorical",
     "ConfigError",
+    "Fidelity",
     "Float",
     "Int",
     "LlmhpoError",

@@ -20,7 +20,8 @@ def optimize(
     objective: Callable[..., Any],
     space: Mapping[str, Mapping[str, Any]] | Iterable[Variable] | SearchSpace,
     *,
-    trials: int,
+    trials: int = 0,
+    resource: float | None = None,
     optimizer: str = "bo",
     optimizer_options: Mapping[str, Any] | None = None,
     direction: str = "minimize",
@@ -32,11 +33,13 @@ def optimize(
     wall_time: float | str | None = None,
     warm_start: Iterable[Mapping[str, Any]] = (),
     max_repeated_failures: int = 3,
+    fidelity: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     quiet: bool = False,
 ) -> RunSummary:
-    """Minimise (or maximise) ``objective(**params)`` over ``space`` in ``trials`` trials.
+    """Minimise (or maximise) ``objective(**params)`` over ``space`` in ``trials`` trials
+    (with ``fidelity``: or a total ``resource``).
 
     objective: a function of the space's variables as keyword arguments, returning a number,
         a dict of numbers (``metric`` names the objective; the rest are stored as metrics)
@@ -45,6 +48,9 @@ def optimize(
         the top level of a module and start the study under ``if __name__ == "__main__":``.
     space: ``[Float("lr", 1e-5, 1e-1, log=True), Int("rank", 2, 32)]``, a SearchSpace, or
         TOML-style tables ``{"lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}``.
+    fidelity: the ``[fidelity]`` table, e.g. ``{"min": 1, "max": 27, "scheduler": "asha"}``: the
+        function is then also called with ``fidelity=llmhpo.Fidelity(resource, value, max,
+        checkpoint)`` and returns its score after ``value`` units of the resource.
     storage: an Optuna storage URL (``"sqlite:///study.db"``) to keep every trial and resume
         by calling again with the same arguments; None keeps the study in memory.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
@@ -67,12 +73,14 @@ def optimize(
     raw: dict[str, Any] = {
         "study": {"name": name, "direction": direction, "seed": seed,
                   **({"storage": storage} if storage else {})},
-        "budget": {"trials": trials, **({"wall_time": wall_time} if wall_time is not None else {})},
+        "budget": {**({"trials": trials} if trials else {}), **({"resource": resource} if resource else {}),
+                   **({"wall_time": wall_time} if wall_time is not None else {})},
         "runner": {"workers": workers, "max_repeated_failures": max_repeated_failures},
         "optimizer": {"name": optimizer, **dict(optimizer_options or {})},
         "objective": {"type": "python", "target": target, **({"metric": metric} if metric else {})},
         "space": tables,
         "warm_start": [dict(w) for w in warm_start],
+        **({"fidelity": dict(fidelity)} if fidelity else {}),
     }
     cfg = Config.from_dict(raw, default_name=name, base_dir=Path.cwd())
     cfg = replace(cfg, objective=replace(cfg.objective, function=objective))

@@ -214,7 +214,7 @@ def check(config: Path = typer.Argument(..., help="Study TOML file.")):
              f"{cfg.space.dim} variables, budget {cfg.budget.trials} trials, {cfg.runner.workers} worker(s)")
         _say(f"space: {cfg.space}")
         _say(f"study: {cfg.study.storage}")
-        for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices):
+        for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices, cfg.fidelity):
             _say(f"  {line}")
     except LlmhpoError as e:
         _fail(e)

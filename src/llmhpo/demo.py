@@ -40,7 +40,7 @@ def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = Fal
     cfg = demo_config(out, trials, workers)
     console.print(f"[bold]llmhpo demo[/]: {cfg.optimizer.upper()} over the report's search space "
                   f"({', '.join(cfg.space.names)}), {trials} trials")
-    for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices):
+    for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices, cfg.fidelity):
         console.print(f"  {escape(line)}", highlight=False)
 
     study = Study.open(cfg, overwrite=overwrite)

@@ -148,7 +148,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         raise SystemExit("llmhpo: a worker process imported the script that starts the study and reached the "
                          "call again; put the call under `if __name__ == \"__main__\":`")
     if preflight:
-        config.kind.preflight(config.objective, config.space, config.runner.devices)
+        config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
     if config.fidelity is not None:
         return _run_multifidelity(config, overwrite, "quiet" if quiet else _output_mode(progress))
     t_start = time.time()

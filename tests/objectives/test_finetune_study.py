@@ -90,6 +90,31 @@ def test_missing_model_is_reported_before_the_first_trial(tmp_path):
     assert not (tmp_path / "ft.db").exists()
 
 
+def test_multi_fidelity_finetune_study_through_the_cli(tiny_llama, tmp_path):
+    text = (STUDY.format(model=tiny_llama, out=tmp_path / "runs").replace("trials = 3", "resource = 60")
+            .replace("limit = 6", "limit = 6\nlow_rung_limit = 3")
+            + '[fidelity]\nresource = "max_steps"\nmin = 2\nmax = 18\nscheduler = "asha"\n')
+    (tmp_path / "ft.toml").write_text(text)
+    r = cli("run", "ft.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "rung 1 (6 max_steps, continued) started" in r.stdout
+    import optuna
+
+    st = optuna.load_study(study_name="ft", storage=f"sqlite:///{tmp_path / 'ft.db'}")
+    assert {t.state.name for t in st.trials} <= {"COMPLETE", "PRUNED"}
+    for t in st.trials:
+        assert set(t.intermediate_values) <= {2, 6, 18}
+        m = t.user_attrs["metrics"]
+        assert m["train_steps"] == max(t.intermediate_values)  # its curve covers every step once
+        assert len(m["train_loss_curve"]) == m["train_steps"]
+    assert sum(max(t.intermediate_values) for t in st.trials) <= 60
+    # checkpoints of configurations that can no longer be promoted are gone
+    left = list((tmp_path / "llmhpo-runs" / "ft" / "checkpoints").glob("*/state.pt"))
+    assert not left
+    r = cli("status", "ft.toml", cwd=tmp_path)
+    assert "max_steps: " in r.stdout and "spent of 60" in r.stdout
+
+
 def test_check_rejects_configs_where_every_trial_would_fail(tiny_llama, tmp_path):
     """A metric the task does not report, and a task whose data file is missing."""
     (tmp_path / "tasks").mkdir()

@@ -86,9 +86,10 @@ class ObjectiveKind:
     def check_space(self, spec, space) -> None:
         """ConfigError when the space does not fit the objective."""
 
-    def preflight(self, spec, space, devices: tuple[str, ...] = ()) -> list[str]:
+    def preflight(self, spec, space, devices: tuple[str, ...] = (), fidelity=None) -> list[str]:
         """Everything that would make every trial fail, checked once before the first trial
-        (may load models, data, user code). Returns lines describing what was found."""
+        (may load models, data, user code). fidelity: the study's FidelityConfig, if any.
+        Returns lines describing what was found."""
         return []
 
     def fidelity_resources(self, spec) -> tuple[str, ...]:

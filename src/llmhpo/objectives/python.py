@@ -98,6 +98,9 @@ def check_signature(fn: Callable[..., Any], names: list[str], where: str) -> Non
         return
     accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     extra = [n for n in names if n not in accepted]
+    if extra == ["fidelity"]:
+        raise ConfigError(f"{where} takes no argument 'fidelity': with [fidelity] it is called with "
+                          "fidelity=llmhpo.Fidelity(resource, value, max, checkpoint); add that parameter")
     if extra:
         raise ConfigError(f"{where} takes no argument '{extra[0]}' but the search space has it; "
                           f"add it to the function's parameters (it takes {sorted(accepted)}) or rename the variable")
@@ -115,9 +118,9 @@ class PythonObjective:
         self.spec = spec
         self.fn = load_target(spec)
 
-    def __call__(self, params: dict[str, Any]) -> Result:
+    def __call__(self, params: dict[str, Any], fidelity=None) -> Result:
         t0 = time.time()
-        out = self.fn(**params)
+        out = self.fn(**params) if fidelity is None else self.fn(**params, fidelity=fidelity)
         seconds = time.time() - t0
         if isinstance(out, Result):
             out.timings.setdefault("call", seconds)
@@ -166,10 +169,14 @@ class PythonKind(ObjectiveKind):
             raise ConfigError(f"[objective] metric = {metric!r} must be a string (the key of the returned dict)")
         return PythonSpec(target, metric, str(ctx.base_dir.resolve()))
 
-    def preflight(self, spec: PythonSpec, space, devices=()) -> list[str]:
+    def preflight(self, spec: PythonSpec, space, devices=(), fidelity=None) -> list[str]:
         fn = load_target(spec)
-        check_signature(fn, space.names, f"[objective] target {spec.target!r}")
+        # with [fidelity] the function also gets fidelity=llmhpo.Fidelity(...)
+        check_signature(fn, space.names + (["fidelity"] if fidelity else []), f"[objective] target {spec.target!r}")
         return [f"objective: {spec.target}" + (f" (metric {spec.metric})" if spec.metric else "")]
+
+    def fidelity_resources(self, spec) -> tuple[str, ...]:
+        return ("*",)  # the function grows whatever it names
 
     def factory(self, spec: PythonSpec):
         return functools.partial(PythonObjective, spec)

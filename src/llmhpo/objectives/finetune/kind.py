@@ -44,7 +44,7 @@ class FinetuneKind(ObjectiveKind):
     def check_space(self, spec: FinetuneConfig, space) -> None:
         spec.check(space)
 
-    def preflight(self, spec: FinetuneConfig, space, devices=()) -> list[str]:
+    def preflight(self, spec: FinetuneConfig, space, devices=(), fidelity=None) -> list[str]:
         """The model, data, tasks (and the objective metric) and GPUs can be had. Converts a
         GGUF model and writes the builtin tasks once, here, rather than in every worker."""
         from llmhpo.objectives.finetune import model as model_lib
