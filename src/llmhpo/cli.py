@@ -231,12 +231,26 @@ def bench(
     dim: Optional[int] = typer.Option(None, help="Dimension for functions defined in any dimension."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every run and the summary as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Also print the table as Markdown."),
+    scheduler: Optional[str] = typer.Option(
+        None, help="Multi-fidelity comparison: comma-separated schedulers (none, asha, sh, hyperband), each run "
+                   "with every optimiser on the functions' learning curves; --budget counts full-fidelity trials."),
+    optuna_pruners: str = typer.Option("hyperband,sh", help="With --scheduler: Optuna's TPE with these pruners "
+                                       "(hyperband, sh) in the same run; empty for none."),
+    fidelity: str = typer.Option("1:27:3", help="With --scheduler: MIN:MAX:ETA of the resource (steps)."),
+    noise: float = typer.Option(0.02, help="With --scheduler: noise std as a fraction of the function's scale."),
 ):
-    """Compare optimisers on benchmark functions: median/mean best regret and mean rank."""
+    """Compare optimisers on benchmark functions: median/mean best regret and mean rank.
+
+    With --scheduler, compare full-fidelity and multi-fidelity search on learning curves with
+    a known final optimum: the resource each method needs to reach the regret that full-fidelity
+    random search reaches with its whole budget."""
     from llmhpo.bench import markdown_table, run_bench, summarise
     from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
     from llmhpo.optimizers import OPTIMIZERS
 
+    if scheduler is not None:
+        return _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out, markdown, scheduler,
+                                    optuna_pruners, fidelity, noise)
     try:
         opts = list(OPTIMIZERS) if optimizers == "all" else [o.strip() for o in optimizers.split(",") if o.strip()]
         fns = FUNCTION_NAMES if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
@@ -266,6 +280,74 @@ def bench(
     if json_out:
         json_out.write_text(json.dumps({"budget": budget, "seeds": seeds, "summary": summary,
                                         "runs": [r.__dict__ for r in rows]}, indent=1))
+
+
+def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out, markdown, scheduler,
+                         optuna_pruners, fidelity, noise) -> None:
+    import dataclasses
+
+    from llmhpo.bench import mf_markdown, run_mf_bench, summarise_mf
+    from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
+    from llmhpo.objectives.synthetic import FunctionObjective
+    from llmhpo.optimizers import OPTIMIZERS
+    from llmhpo.schedulers import SCHEDULERS
+
+    try:
+        opts = ["random", "bo"] if optimizers == "all" else [o.strip() for o in optimizers.split(",") if o.strip()]
+        fns = ["branin", "hartmann6"] if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
+        scheds = [s.strip() for s in scheduler.split(",") if s.strip()]
+        for o in opts:
+            if o not in OPTIMIZERS:
+                raise ConfigError(f"unknown optimizer {o!r}; choose from: {', '.join(OPTIMIZERS)}")
+        for s in scheds:
+            if s != "none" and s not in SCHEDULERS:
+                raise ConfigError(f"--scheduler {s!r} is unknown; use none or one of: {', '.join(SCHEDULERS)}")
+        pruners = [p.strip() for p in optuna_pruners.split(",") if p.strip()]
+        for p in pruners:
+            if p not in ("hyperband", "sh"):
+                raise ConfigError(f"--optuna-pruners {p!r} is unknown; use hyperband and/or sh")
+        try:
+            parts = [float(v) for v in fidelity.split(":")]
+            r_min, r_max, eta = parts[0], parts[1], int(parts[2]) if len(parts) > 2 else 3
+        except (ValueError, IndexError):
+            raise ConfigError(f"--fidelity {fidelity!r} must be MIN:MAX[:ETA], e.g. 1:27:3") from None
+        if not 0 < r_min < r_max or eta < 2:
+            raise ConfigError(f"--fidelity {fidelity!r} needs 0 < MIN < MAX and ETA >= 2")
+        for f in fns:
+            get_function(f, None)
+        if budget < 1 or seeds < 1 or workers < 1 or noise < 0:
+            raise ConfigError("--budget, --seeds and --workers must be at least 1, --noise at least 0")
+    except LlmhpoError as e:
+        _fail(e)
+    methods = [o if s == "none" else f"{s}:{o}" for s in scheds for o in opts] + [f"optuna:{p}" for p in pruners]
+    if "random" not in methods:
+        methods.insert(0, "random")  # the reference every method is measured against
+    from rich.progress import Progress
+
+    rows = []
+    with Progress(console=err, transient=True) as p:
+        task = p.add_task("bench", total=len(fns) * len(methods) * seeds)
+        for f in fns:  # noise relative to each function's own scale
+            sigma = noise * FunctionObjective(f).scale()
+            rows += run_mf_bench(methods, [f], budget, seeds, r_min, r_max, eta, sigma, workers,
+                                 on_row=lambda r: p.advance(task))
+    summary = summarise_mf(rows)
+    table = Table("function", "method", "median final regret", "budget to reach random's best", "reached", "s/run",
+                  title=f"{budget} full-fidelity trials of resource, rungs {fidelity}, {seeds} seeds")
+    for s in summary:
+        frac = s["median_fraction_to_reach"]
+        table.add_row(s["function"], s["method"], f"{s['median_final_regret']:.3g}",
+                      "never" if frac != frac or frac == float("inf") else f"{frac:.0%}",
+                      f"{s['reached']}/{s['seeds']}", f"{s['mean_seconds']:.1f}")
+    console.print(table)
+    if markdown:
+        console.print(mf_markdown(summary, "random"), highlight=False, soft_wrap=True)
+        if "bo" in methods:
+            console.print(mf_markdown(summarise_mf(rows, "bo"), "bo"), highlight=False, soft_wrap=True)
+    if json_out:
+        json_out.write_text(json.dumps({"budget_trials": budget, "seeds": seeds, "fidelity": fidelity, "noise": noise,
+                                        "summary": summary, "runs": [dataclasses.asdict(r) for r in rows]},
+                                       indent=1, default=str))
 
 
 @app.command()

@@ -75,16 +75,20 @@ class FunctionObjective:
             self._scale = float(np.median(gaps))
         return self._scale
 
+    def curve_value(self, x: list[float], r: float, r_max: float) -> float:
+        """y(x, r) of the module docstring (noiseless)."""
+        lo, hi = self.function.bounds[0]
+        u0 = min(max((x[0] - lo) / (hi - lo), 0.0), 1.0)
+        frac = min(r / r_max, 1.0)
+        return self.function(x) + self.scale() * (1.0 - frac) ** (0.5 + 4.5 * u0)
+
     def curve(self, x: list[float], fidelity: Fidelity) -> tuple[float, float]:
         """(y(x, r), steps computed now): the learning-curve value at fidelity.value, going
         on from the configuration's checkpoint."""
         folder = Path(fidelity.checkpoint)
         state = folder / "state.json"
         before = json.loads(state.read_text())["steps"] if state.is_file() else 0.0
-        lo, hi = self.function.bounds[0]
-        u0 = min(max((x[0] - lo) / (hi - lo), 0.0), 1.0)
-        frac = min(fidelity.value / fidelity.max, 1.0)
-        y = self.function(x) + self.scale() * (1.0 - frac) ** (0.5 + 4.5 * u0)
+        y = self.curve_value(x, fidelity.value, fidelity.max)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps({"steps": fidelity.value}))
@@ -144,6 +148,7 @@ class SleepSpec:
     dim: int | None = None
     log: str | None = None  # a file that gets one JSON line per finished evaluation
     fail_above: float | None = None  # values above this fail the trial
+    noise: float = 0.0  # standard deviation of Gaussian noise added to each value
 
     def to_tables(self) -> dict[str, dict[str, Any]]:
         return {"objective": asdict(self)}
@@ -154,7 +159,7 @@ class SleepObjective:
 
     def __init__(self, spec: SleepSpec):
         self.spec = spec
-        self.inner = FunctionObjective(spec.function, spec.dim)
+        self.inner = FunctionObjective(spec.function, spec.dim, spec.noise)
 
     def __call__(self, params, fidelity: Fidelity | None = None):
         t0 = time.time()
@@ -179,7 +184,8 @@ class SleepObjective:
 
 class SleepKind(FunctionKind):
     name = "sleep"
-    _allowed = {"seconds": (int, float), "function": (str,), "dim": (int,), "log": (str,), "fail_above": (int, float)}
+    _allowed = {"seconds": (int, float), "function": (str,), "dim": (int,), "log": (str,), "fail_above": (int, float),
+                "noise": (int, float)}
 
     def parse(self, objective, tables, ctx: ParseContext) -> SleepSpec:
         spec = SleepSpec(**_options(self.name, objective, self._allowed))
@@ -187,7 +193,7 @@ class SleepKind(FunctionKind):
         if spec.seconds < 0:
             raise ConfigError(f"[objective] seconds = {spec.seconds} must be >= 0")
         if spec.log:
-            spec = SleepSpec(spec.seconds, spec.function, spec.dim, ctx.path(spec.log), spec.fail_above)
+            spec = SleepSpec(spec.seconds, spec.function, spec.dim, ctx.path(spec.log), spec.fail_above, spec.noise)
         return spec
 
     def default_space(self, spec: SleepSpec) -> SearchSpace:
