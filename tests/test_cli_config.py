@@ -124,7 +124,7 @@ def test_example_configs_are_valid():
     root = Path(__file__).resolve().parents[1]
     for path in sorted((root / "examples").glob("*.toml")):
         cfg = load_config(path)
-        assert cfg.budget.trials >= 1, path
+        assert cfg.budget.trials >= 1 or cfg.resource_budget(), path
     from importlib import resources
 
     packaged = resources.files("llmhpo").joinpath("demo.toml").read_text()
@@ -237,3 +237,19 @@ def test_check_rejects_unknown_optuna_sampler_options(tmp_path):
     r = llmhpo("check", "s.toml", cwd=tmp_path)
     assert r.returncode == 2 and "optimizer 'optuna_tpe' has no option 'n_startup'" in r.stderr
     assert "n_startup_trials" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_multi_fidelity_compares_schedulers_and_optuna_pruners(tmp_path):
+    r = llmhpo("bench", "--scheduler", "none,asha,hyperband", "--optimizers", "random", "--functions", "branin",
+               "--budget", "10", "--seeds", "2", "--fidelity", "1:9:3", "--json", "mf.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    data = json.loads((tmp_path / "mf.json").read_text())
+    methods = {s["method"] for s in data["summary"]}
+    assert methods == {"random", "asha:random", "hyperband:random", "optuna:hyperband", "optuna:sh"}
+    for run in data["runs"]:
+        spent = [s for s, _ in run["trace"]]
+        assert spent == sorted(spent) and (not spent or spent[-1] <= 90)
+    r = llmhpo("bench", "--scheduler", "asha,bohb", cwd=tmp_path)
+    assert r.returncode == 2 and "--scheduler 'bohb' is unknown" in r.stderr

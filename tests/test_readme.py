@@ -29,7 +29,8 @@ def test_readme_code_blocks_run_as_written(tmp_path):
         if lang == "toml":
             path = tmp_path / (named.group(1) if named else f"block{i}.toml")
             path.write_text(body)
-            load_config(path)
+            if "[objective]" in body:  # a whole study (others are additions to one, shown as such)
+                load_config(path)
         elif lang == "python":
             path = tmp_path / (named.group(1) if named else f"block{i}.py")
             path.write_text(body)
