@@ -334,7 +334,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
     # ---- rebuild the scheduler from storage
     trials: dict[int, Any] = {}  # config id (trial id) -> record
     spent = 0.0
-    requeue: list[Job] = []
+    requeue: list[Job] = []  # jobs cut short by the last run
     by_candidate: dict[int, Any] = {}
     for rec in study.records():
         if "bracket" not in rec.attrs or rec.interrupted:
@@ -360,6 +360,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
             requeue.append(Job(rung, c.bracket, rec.trial_id))
     if hasattr(scheduler, "opened"):
         scheduler.opened.sort()
+    requeue_all = list(requeue)
 
     # the optimiser hears each configuration once: at its start rung
     told_by_config: dict[int, Candidate] = {}
@@ -477,6 +478,8 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                 committed = spent + sum(p for _, _, p in running.values())
                 if committed + cost(job.config_id, job.rung) > budget + 1e-9:
                     stopped = "budget"
+                    if job in requeue_all:
+                        requeue.insert(0, job)
                     break
                 if not start(job):
                     idle = True
@@ -552,10 +555,13 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         import shutil
 
         for cid, c in scheduler.configs.items():
-            if not c.stopped and c.running is None and c.top is not None and c.top < scheduler.K \
+            cut_short = c.running is not None and cid not in running  # the budget left no room to rerun it
+            if not c.stopped and (c.running is None or cut_short) and c.top is not None and c.top < scheduler.K \
                     and c.results.get(c.top) is not None:
                 study.prune(cid)
                 shutil.rmtree(_checkpoint_dir(config, trials[cid].number), ignore_errors=True)
+            elif cut_short and c.top is None:
+                study.mark_interrupted(cid)
     best = study.best()
     return RunSummary(config.study.name, config.study.storage, complete, failed,
                       best.value if best else None, best.params if best else None,
