@@ -98,3 +98,29 @@ def test_asha_promotes_when_in_the_top_third_and_never_idles():
     assert asha2.next_job() == Job(1, 0, 1)
     for _ in range(50):  # ASHA always has something for a free worker
         assert ASHA(rungs(1, 9, 3), 3).next_job() is not None
+
+
+def test_rung_sizes_are_exact_integers():
+    hb = Hyperband(rungs(10, 10000, 3), 3)  # K = 6: 729 * 3^-6 must be 1, not 0.999...
+    assert [hb.rung_size(6, i) for i in range(7)] == [729, 243, 81, 27, 9, 3, 1]
+    sh = make_scheduler("sh", rungs(10, 10000, 3), 3)
+    jobs = drive(sh, lambda cid, k: float(cid), limit=729 + 243 + 81 + 27 + 9 + 3 + 1)
+    assert jobs[-1] == (0, 6)  # the best configuration reaches the top rung
+
+
+def test_failures_shrink_the_next_synchronous_rung_instead_of_hanging_it():
+    sh = make_scheduler("sh", rungs(1, 9, 3), 3)
+    # 7 of 9 fail at rung 0: the two that succeeded go on (rung 1 expects min(3, 2) results)
+    jobs = drive(sh, lambda cid, k: None if cid >= 2 and k == 0 else float(cid), limit=9 + 2 + 1)
+    assert sorted(jobs[9:11]) == [(0, 1), (1, 1)] and jobs[11] == (0, 2)
+
+
+def test_a_stopped_configuration_is_never_promoted():
+    for name in ("asha", "sh"):
+        s = make_scheduler(name, rungs(1, 9, 3), 3)
+        for cid in range(9):
+            s.add(cid, Job(0, 0))
+            s.finished(cid, 0, float(cid))
+        s.configs[0].stopped = True  # e.g. PRUNED when an earlier run's budget ran out
+        job = s.next_job()
+        assert job.config_id != 0 and (job.config_id == 1 or job.config_id is None), (name, job)

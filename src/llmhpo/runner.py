@@ -353,9 +353,18 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
             c.stopped = True
         elif rec.state in ("PRUNED", "COMPLETE"):
             c.stopped = rec.state == "PRUNED"
-        elif rec.state == "RUNNING":  # its job was cut short: run it again from its checkpoint
+        elif rec.state == "RUNNING" and rung in c.results:
+            # killed after the rung's score was stored, before its state: the rung is done
+            if rung == scheduler.K:
+                study.finish_trial(rec.trial_id, rec.intermediate[step_of[rung]])
+            else:
+                study.set_waiting(rec.trial_id)
+        elif rec.state == "RUNNING" or rec.attrs.get("cut_short_rung") is not None:
+            # its job was cut short (a kill, or the last run's stop): again from its checkpoint
+            if rec.attrs.get("cut_short_rung") is not None:
+                rung = int(rec.attrs["cut_short_rung"])
             c.running = rung
-            if c.top is not None:
+            if c.top is not None and c.top < rung:
                 c.promoted.add(c.top)
             requeue.append(Job(rung, c.bracket, rec.trial_id))
     if hasattr(scheduler, "opened"):
@@ -429,10 +438,15 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         planned = cost(job.config_id, job.rung)
         running[cid] = (job.rung, rec.number, planned)
         ckpt = _checkpoint_dir(config, rec.number)
-        if rec.attrs.get("checkpoint_deleted"):  # trains from the start, and leaves a checkpoint again
+        if job.config_id is None:  # a new configuration: nothing of an earlier study's trial of that number
+            import shutil
+
+            shutil.rmtree(ckpt, ignore_errors=True)
+        if rec.attrs.get("cut_short_rung") is not None:
+            rec.attrs["cut_short_rung"] = None
+            study.storage.set_trial_user_attr(cid, "cut_short_rung", None)
+        if rec.attrs.get("checkpoint_deleted"):  # trains from the start (the flag goes when it has finished)
             ckpt_start = "from the start"
-            rec.attrs["checkpoint_deleted"] = False
-            study.storage.set_trial_user_attr(cid, "checkpoint_deleted", False)
         else:
             ckpt_start = "" if job.rung == scheduler.configs[cid].start_rung else "continued"
         report.started(rec.number, rec.params, f"rung {job.rung} ({_fmt(r[job.rung])} {fd.resource}"
@@ -445,12 +459,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         and waiting ones ranked below the rung's promotion slots plus keep_checkpoints."""
         import shutil
 
-        keep: set[int] = set()
-        for k in range(scheduler.K):
-            at_k = [c for c in scheduler.configs.values() if k in c.results]
-            waiting = sorted((c for c in at_k if c.top == k and not c.stopped and c.running is None
-                              and c.results[k] is not None), key=lambda c: (c.results[k], c.id))
-            keep |= {c.id for c in waiting[: len(at_k) // fd.eta + fd.keep_checkpoints]}
+        keep = scheduler.keep_checkpoints(fd.keep_checkpoints)
         for cid, c in scheduler.configs.items():
             if cid in running or c.running is not None or cid in keep:
                 continue
@@ -500,6 +509,9 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                 spent += trained
                 rec = trials[cid]
                 rec.attrs["resource_spent"] = float(rec.attrs.get("resource_spent", 0.0)) + trained
+                if outcome.value is not None and rec.attrs.get("checkpoint_deleted"):
+                    rec.attrs["checkpoint_deleted"] = False  # it has a checkpoint again
+                    study.storage.set_trial_user_attr(cid, "checkpoint_deleted", False)
                 value = outcome.value
                 scheduler.finished(cid, rung, None if value is None else sign * value)
                 attrs = {"rung": rung, "resource_spent": rec.attrs["resource_spent"],
@@ -547,8 +559,9 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         if main_thread:
             signal.signal(signal.SIGTERM, old_handler)
         executor.close()
-        for cid, (rung, _, _) in running.items():  # cut short: RUNNING, run again on resume
-            study.storage.set_trial_user_attr(cid, "rung", rung)
+        for cid, (rung, _, _) in running.items():  # cut short: waits, and reruns this rung on resume
+            study.storage.set_trial_user_attr(cid, "cut_short_rung", rung)
+            study.set_waiting(cid)
         report.close()
     if stopped in ("budget", "optimizer exhausted"):
         # the study is over: configurations still waiting for a promotion stop here

@@ -111,6 +111,10 @@ class Scheduler:
         """Configurations a synchronous scheduler has left behind: they stop (PRUNED)."""
         return []
 
+    def keep_checkpoints(self, extra: int) -> set[int]:
+        """Configurations whose checkpoint a promotion may still use."""
+        raise NotImplementedError
+
 
 class ASHA(Scheduler):
     name = "asha"
@@ -123,9 +127,19 @@ class ASHA(Scheduler):
                 continue
             ranked = sorted(at_k, key=lambda c: (_score(c.results[k]), c.id))[:n_top]
             for c in ranked:
-                if c.results[k] is not None and k not in c.promoted and c.running is None and c.top == k:
+                if c.results[k] is not None and not c.stopped and c.running is None and c.top == k:
                     return Job(k + 1, 0, c.id)
         return Job(0, 0)
+
+    def keep_checkpoints(self, extra: int) -> set[int]:
+        """Waiting configurations within their rung's promotion slots, plus ``extra`` per rung."""
+        keep: set[int] = set()
+        for k in range(self.K):
+            at_k = [c for c in self.configs.values() if k in c.results]
+            waiting = sorted((c for c in at_k if c.top == k and not c.stopped and c.running is None
+                              and c.results[k] is not None), key=lambda c: (c.results[k], c.id))
+            keep |= {c.id for c in waiting[: len(at_k) // self.eta + extra]}
+        return keep
 
 
 class Hyperband(Scheduler):
@@ -142,12 +156,13 @@ class Hyperband(Scheduler):
         self.s_of: dict[int, int] = {}
 
     def size(self, s: int) -> int:
-        """n: configurations that bracket s starts (Li et al. 2018, Algorithm 1)."""
-        return int(math.ceil((self.K + 1) / (s + 1) * self.eta ** s))
+        """n: configurations that bracket s starts, ceil((K + 1) / (s + 1) * eta^s) (Li et al.
+        2018, Algorithm 1), in integers: no rounding error can leave the top rung empty."""
+        return -(-(self.K + 1) * self.eta ** s // (s + 1))
 
     def rung_size(self, s: int, i: int) -> int:
         """n_i = floor(n eta^-i): configurations that reach the bracket's i-th rung."""
-        return int(math.floor(self.size(s) * self.eta ** (-i)))
+        return self.size(s) // self.eta ** i
 
     def _members(self, b: int) -> list[Config]:
         return [c for c in self.configs.values() if c.bracket == b]
@@ -158,53 +173,52 @@ class Hyperband(Scheduler):
             self.opened.append(job.bracket)
         return super().add(config_id, job)
 
-    def _bracket_job(self, b: int) -> Job | None:
+    def _rungs(self, b: int):
+        """For each complete rung of bracket b, lowest first: (k, winners, losers). Winners are
+        the best min(n_{i+1}, eligible) results; eligible: succeeded, and not stopped before
+        they could go on (a failure or an earlier stop shrinks the next rung, never hangs it)."""
         s = self.s_of[b]
         members = self._members(b)
-        start = self.K - s
-        if len(members) < self.size(s):
-            return Job(start, b)
-        for i in range(s):  # promotions, lowest rung first: synchronous within the bracket
-            k = start + i
+        expected = self.size(s)
+        if len(members) < expected:
+            return
+        for i in range(s):
+            k = self.K - s + i
             at_k = [c for c in members if k in c.results]
-            if len(at_k) < self.rung_size(s, i) or any(c.running == k for c in members):
-                return None  # the rung is not complete yet
-            n_next = self.rung_size(s, i + 1)
-            ranked = sorted(at_k, key=lambda c: (_score(c.results[k]), c.id))[:n_next]
-            for c in ranked:
-                if c.results[k] is not None and k not in c.promoted and c.running is None:
-                    return Job(k + 1, b, c.id)
-        return None
+            if len(at_k) < expected or any(c.running == k for c in members):
+                return  # the rung is not complete yet
+            ok = [c for c in at_k if c.results[k] is not None and (not c.stopped or c.top > k)]
+            expected = min(self.rung_size(s, i + 1), len(ok))
+            ranked = sorted(ok, key=lambda c: (c.results[k], c.id))
+            yield k, ranked[:expected], ranked[expected:]
 
     def next_job(self) -> Job | None:
         for b in self.opened:
-            job = self._bracket_job(b)
-            if job is not None:
-                return job
-        b = len(self.opened)  # a new bracket, the next in the cycle
-        s = self.cycle[b % len(self.cycle)]
+            if len(self._members(b)) < self.size(self.s_of[b]):
+                return Job(self.K - self.s_of[b], b)
+            for k, winners, _ in self._rungs(b):  # promotions, lowest rung first
+                for c in winners:
+                    if c.top == k and c.running is None and not c.stopped:
+                        return Job(k + 1, b, c.id)
+        b = max(self.s_of, default=-1) + 1  # a new bracket, the next in the cycle
+        s = self.cycle[len(self.opened) % len(self.cycle)]
         return Job(self.K - s, b)
 
     def stop_waiting(self) -> list[int]:
         """Configurations whose rung is complete and that were not among the best of it."""
         out = []
         for b in self.opened:
-            s = self.s_of[b]
-            members = self._members(b)
-            start = self.K - s
-            if len(members) < self.size(s):
-                continue
-            for i in range(s):
-                k = start + i
-                at_k = [c for c in members if k in c.results]
-                if len(at_k) < self.rung_size(s, i) or any(c.running == k for c in members):
-                    break
-                best = {c.id for c in sorted(at_k, key=lambda c: (_score(c.results[k]), c.id))[:self.rung_size(s, i + 1)]}
-                for c in at_k:
-                    if c.id not in best and not c.stopped and c.top == k:
+            for k, _, losers in self._rungs(b):
+                for c in losers:
+                    if not c.stopped and c.top == k and c.running is None:
                         c.stopped = True
                         out.append(c.id)
         return out
+
+    def keep_checkpoints(self, extra: int) -> set[int]:
+        """Every waiting configuration: a synchronous rung stops its losers as soon as it is
+        complete (their checkpoints go then), and any other may still be promoted."""
+        return {c.id for c in self.waiting()}
 
 
 def make_scheduler(name: str, rung_resources: list[float], eta: int) -> Scheduler:
