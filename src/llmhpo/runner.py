@@ -128,6 +128,36 @@ def _output_mode(progress: bool | None) -> str:
     return "bar" if progress else "lines"
 
 
+class _FailureStreak:
+    """Stops a study after ``n`` trials in a row failed with exactly the same reason (0: never).
+    The jobs of a worker pool that lost a process all fail at once: one failure."""
+
+    def __init__(self, n: int):
+        self.n, self.reasons, self.reason = n, [], None
+        self._pool_died = False
+
+    def new_batch(self) -> None:
+        self._pool_died = False
+
+    def add(self, error: str | None) -> bool:
+        """Record one finished job (error None: it succeeded); True when the study must stop."""
+        if error is None:
+            self.reasons.clear()
+            return False
+        died = error.startswith("worker process died")
+        if not (died and self._pool_died):
+            self.reasons.append(error)
+        self._pool_died = self._pool_died or died
+        if self.n and self.reason is None and len(self.reasons) >= self.n and len(set(self.reasons[-self.n:])) == 1:
+            self.reason = error
+            return True
+        return False
+
+    def note(self) -> str:
+        return (f"stopping: {self.n} trials in a row failed with: {self.reason} "
+                "(set [runner] max_repeated_failures = 0 to go on regardless)")
+
+
 def _in_spawned_worker_import() -> bool:
     """True while a spawned worker process re-imports the user's script (multiprocessing's
     own test for it): a study started from there would fight the driver's."""
@@ -199,8 +229,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     best = study.best()
     report = _Reporter("quiet" if quiet else _output_mode(progress), budget, complete + failed, failed, 
                        best.value if best else None, config.study.name)
-    streak: list[str] = []  # causes of the latest consecutive failures
-    failure: str | None = None
+    streak = _FailureStreak(config.runner.max_repeated_failures)
 
     def submit(cand: Candidate) -> None:
         params = config.space.decode(cand.x)
@@ -244,7 +273,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
             timeout = None
             if config.budget.wall_time is not None and not out_of_time:
                 timeout = max(0.05, config.budget.wall_time - (time.time() - t_start))
-            pool_died = False
+            streak.new_batch()
             for outcome in executor.wait(timeout=timeout):
                 cand, tid, number = running.pop(outcome.key)
                 value = outcome.value
@@ -254,24 +283,14 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
                 study.save_optimizer_state(optimizer.state_dict())
                 if value is None:
                     failed += 1
-                    # the jobs of a worker pool that lost a process all fail at once: one failure
-                    died = (outcome.error or "").startswith("worker process died")
-                    if not (died and pool_died):
-                        streak.append(outcome.error or "")
-                    pool_died = pool_died or died
                 else:
                     complete += 1
-                    streak.clear()
-                if value is not None:
                     best = study.best()
                 report.finished(number, value, outcome.error, outcome.timings.get("trial", 0.0), best)
-                n = config.runner.max_repeated_failures
-                if n and failure is None and len(streak) >= n and len(set(streak[-n:])) == 1:
-                    failure = outcome.error
+                if streak.add(None if value is not None else outcome.error or ""):
                     stopped = "repeated failures"
-                    report.note(f"stopping: {n} trials in a row failed with: {failure} "
-                                "(set [runner] max_repeated_failures = 0 to go on regardless)")
-            if failure is not None:
+                    report.note(streak.note())
+            if streak.reason is not None:
                 break
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -287,7 +306,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     best = study.best()
     return RunSummary(config.study.name, config.study.storage, complete, failed,
                       best.value if best else None, best.params if best else None,
-                      best.number if best else None, stopped, time.time() - t_start, failure)
+                      best.number if best else None, stopped, time.time() - t_start, streak.reason)
 
 
 def _raise_interrupt(signum, frame):
@@ -400,8 +419,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
     report.best = study.best()
     counts = study.counts()
     complete, failed = counts["COMPLETE"], counts["FAIL"]
-    streak: list[str] = []
-    failure: str | None = None
+    streak = _FailureStreak(config.runner.max_repeated_failures)
     stopped = "budget"
 
     def cost(cid: int | None, k: int) -> float:
@@ -480,7 +498,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
             if out_of_time:
                 stopped = "wall_time"
             idle = False
-            while len(running) < executor.slots and not out_of_time and failure is None:
+            while len(running) < executor.slots and not out_of_time and streak.reason is None:
                 job = requeue.pop(0) if requeue else scheduler.next_job()
                 if job is None:
                     break
@@ -500,14 +518,16 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
             timeout = None
             if config.budget.wall_time is not None and not out_of_time:
                 timeout = max(0.05, config.budget.wall_time - (time.time() - t_start))
-            pool_died = False
+            streak.new_batch()
             for outcome in executor.wait(timeout=timeout):
                 cid = outcome.key
                 rung, number, planned = running.pop(cid)
                 c = scheduler.configs[cid]
-                trained = float(outcome.metrics.get("resource_trained", planned))
-                spent += trained
                 rec = trials[cid]
+                trained = float(outcome.metrics.get("resource_trained", planned))
+                if outcome.value is not None:  # a rerun after a kill finds the killed job's work done:
+                    trained = max(trained, r[rung] - float(rec.attrs.get("resource_spent", 0.0)))  # still spent
+                spent += trained
                 rec.attrs["resource_spent"] = float(rec.attrs.get("resource_spent", 0.0)) + trained
                 if outcome.value is not None and rec.attrs.get("checkpoint_deleted"):
                     rec.attrs["checkpoint_deleted"] = False  # it has a checkpoint again
@@ -524,19 +544,13 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                 if value is None:
                     study.finish_trial(cid, None, outcome.metrics, outcome.timings, outcome.error)
                     failed += 1
-                    died = (outcome.error or "").startswith("worker process died")
-                    if not (died and pool_died):
-                        streak.append(outcome.error or "")
-                    pool_died = pool_died or died
                     verdict = "failed"
                 elif rung == scheduler.K:
                     study.finish_trial(cid, value, outcome.metrics, outcome.timings)
                     complete += 1
-                    streak.clear()
                     verdict = "complete"
                 else:
                     study.set_waiting(cid)
-                    streak.clear()
                     verdict = "waiting"
                 for pruned in scheduler.stop_waiting():
                     study.prune(pruned)
@@ -545,12 +559,10 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                 report.finished(number, value, outcome.error, outcome.timings.get("trial", 0.0), best,
                                 amount=trained, label=f"rung {rung} ({_fmt(r[rung])} {fd.resource})",
                                 verdict=verdict if value is not None else "")
-                n = config.runner.max_repeated_failures
-                if n and failure is None and len(streak) >= n and len(set(streak[-n:])) == 1:
-                    failure, stopped = outcome.error, "repeated failures"
-                    report.note(f"stopping: {n} trials in a row failed with: {failure} "
-                                "(set [runner] max_repeated_failures = 0 to go on regardless)")
-            if failure is not None:
+                if streak.add(None if value is not None else outcome.error or ""):
+                    stopped = "repeated failures"
+                    report.note(streak.note())
+            if streak.reason is not None:
                 break
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -578,7 +590,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
     best = study.best()
     return RunSummary(config.study.name, config.study.storage, complete, failed,
                       best.value if best else None, best.params if best else None,
-                      best.number if best else None, stopped, time.time() - t_start, failure, spent)
+                      best.number if best else None, stopped, time.time() - t_start, streak.reason, spent)
 
 
 @dataclass
