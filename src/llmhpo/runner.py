@@ -331,8 +331,13 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
     synchronous rung, or waiting when the budget is spent), FAIL, or WAITING for a
     promotion. The optimiser is told each configuration's score once, at the rung it
     started at (rung 0 for ASHA and successive halving: every told value has the same
-    fidelity). The scheduler's state is rebuilt from the trials on resume.
+    fidelity). A model-based optimiser proposes each new configuration from the highest rung
+    with at least d + 2 scores, as BOHB does (Falkner, Klein & Hutter 2018): its
+    model is refitted there (``Optimizer.suggest``) and the point registered with it. The
+    scheduler's state is rebuilt from the trials on resume.
     """
+    import numpy as np
+
     from llmhpo.objectives import Fidelity
     from llmhpo.schedulers import Job, make_scheduler
 
@@ -352,6 +357,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
 
     # ---- rebuild the scheduler from storage
     trials: dict[int, Any] = {}  # config id (trial id) -> record
+    unit_x: dict[int, Any] = {}  # config id -> its point of [0, 1]^d
     spent = 0.0
     requeue: list[Job] = []  # jobs cut short by the last run
     by_candidate: dict[int, Any] = {}
@@ -359,6 +365,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         if "bracket" not in rec.attrs or rec.interrupted:
             continue
         trials[rec.trial_id] = rec
+        unit_x[rec.trial_id] = np.asarray(rec.attrs["x"], dtype=float)
         spent += float(rec.attrs.get("resource_spent", 0.0))
         by_candidate[rec.candidate_id] = rec
         c = scheduler.add(rec.trial_id, Job(int(rec.attrs["start_rung"]), int(rec.attrs["bracket"])))
@@ -433,16 +440,18 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         """Submit ``job``; False when the optimiser has nothing to propose now."""
         cid = job.config_id
         if cid is None:
-            cands = [fresh.pop(0)] if fresh else optimizer.ask(1)
+            cands = [fresh.pop(0)] if fresh else propose_from_model(job.rung) or optimizer.ask(1)
             if not cands:
                 return False
             cand = cands[0]
+            unit_x[None] = cand.x
             study.save_optimizer_state(optimizer.state_dict())
             params = config.space.decode(cand.x)
             extra = {"bracket": job.bracket, "start_rung": job.rung, "rung": job.rung, "resource_spent": 0.0}
             if "warm_start" in cand.info:
                 extra["warm_start"] = cand.info["warm_start"]
             tid = study.create_trial(cand, params, extra)
+            unit_x[tid] = unit_x.pop(None)
             number = study.trial_number(tid)
             trials[tid] = _Trial(number, params, extra)
             scheduler.add(tid, job)
@@ -471,6 +480,27 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                        + (f", {ckpt_start}" if ckpt_start else "") + ")")
         executor.submit(cid, rec.params, Fidelity(fd.resource, r[job.rung], r[-1], str(ckpt)))
         return True
+
+    def propose_from_model(start_rung: int) -> list[Candidate]:
+        """BOHB's proposal: the optimiser's model refitted on the highest rung with at least
+        d + 2 scores; [] when there is none, or when it is the rung every configuration starts
+        at (the optimiser's own history is exactly that rung's scores then)."""
+        n_min = config.space.dim + 2
+        for k in range(scheduler.K, -1, -1):
+            scored = [(cid, c.results[k]) for cid, c in scheduler.configs.items() if c.results.get(k) is not None]
+            if len(scored) >= n_min:
+                if k == 0 and fd.scheduler != "hyperband":
+                    return []
+                X = np.asarray([unit_x[cid] for cid, _ in scored])
+                y = np.asarray([v for _, v in scored])
+                pending = [unit_x[cid] for cid in running]
+                x = optimizer.suggest(X, y, pending)
+                if x is None:
+                    return []
+                cand = optimizer.register(x, {"model_rung": k})
+                study.save_optimizer_state(optimizer.state_dict())
+                return [cand]
+        return []
 
     def collect_checkpoints() -> None:
         """Delete the checkpoints no promotion can use: stopped and finished configurations,

@@ -161,6 +161,13 @@ class Optimizer:
     def _tell(self, candidate: Candidate, value: float | None) -> None:
         """Default: nothing beyond the history kept by the base class."""
 
+    def suggest(self, X: np.ndarray, y: np.ndarray, pending: list[np.ndarray]) -> np.ndarray | None:
+        """A point proposed by this optimiser's model fitted to other data (X: (n, d) points of
+        [0, 1]^d, y: (n,) values to minimise), leaving its own history alone; multi-fidelity
+        uses it to propose from the highest rung with enough scores (BOHB). None: not a
+        model-based optimiser (or too little data)."""
+        return None
+
     def _observe(self, candidate: Candidate, value: float | None) -> None:
         """A value for a registered (not proposed) point; ignored unless overridden."""
 

@@ -51,6 +51,11 @@ class BayesianOptimization(Optimizer):
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         return out + [(x, {"phase": "model"}) for x in self._acquire(X, y, q, pending)]
 
+    def suggest(self, X, y, pending):
+        if len(y) < 2:
+            return None
+        return self._acquire(np.asarray(X, dtype=float), np.asarray(y, dtype=float), 1, list(pending))[0]
+
     def _acquire(self, X, y, q, pending):
         import torch
         from botorch.acquisition import LogExpectedImprovement, qLogExpectedImprovement

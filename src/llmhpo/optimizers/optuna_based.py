@@ -53,6 +53,9 @@ def _type_problem(annotation: Any, value: Any) -> str | None:
 
 class _OptunaOptimizer(Optimizer):
     _state_attrs = ("trials", "seed_base", "n_asks")
+    #: whether its sampler is a model of the scores that can be refitted to other data (not CMA-ES,
+    #: whose state is its own evolution)
+    model_based: ClassVar[bool] = True
     #: the sampler's class name in optuna.samplers
     sampler: ClassVar[str] = ""
     #: llmhpo's own defaults for some sampler arguments; options override them
@@ -133,6 +136,19 @@ class _OptunaOptimizer(Optimizer):
             out.append((x, {"optuna_trial": trial.number}))
         return out
 
+    def suggest(self, X, y, pending):
+        if not self.model_based or len(y) < 2:
+            return None
+        study = self._new_study()  # a throw-away study with the other fidelity's scores
+        for x, v in zip(X, y):
+            study.add_trial(optuna.trial.create_trial(
+                value=float(v), params={f"x{i}": float(u) for i, u in enumerate(x)}, distributions=self._dists))
+        study.sampler = self._make_sampler(self._seed())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = study.ask(self._dists)
+        return np.array([trial.params[f"x{i}"] for i in range(self.dim)])
+
     def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
         storage = self._study._storage
         return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self._study._study_id, number))
@@ -171,6 +187,7 @@ class OptunaCMAES(_OptunaOptimizer):
     """Optuna's CmaEsSampler (needs the ``cmaes`` package)."""
 
     name = "optuna_cmaes"
+    model_based = False
     sampler = "CmaEsSampler"
     sampler_defaults = {"warn_independent_sampling": False}
 

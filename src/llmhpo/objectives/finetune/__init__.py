@@ -46,6 +46,8 @@ class FinetuneObjective:
         # deprecation notices of the libraries, once per trial, would bury the study's output
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|lm_eval)")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(transformers|peft|lm_eval)")
+        # saving an adapter that names the hub model, offline: peft cannot check its vocabulary
+        warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars in every worker's output
