@@ -214,6 +214,10 @@ def check(config: Path = typer.Argument(..., help="Study TOML file.")):
              f"{cfg.space.dim} variables, budget {cfg.budget.trials} trials, {cfg.runner.workers} worker(s)")
         _say(f"space: {cfg.space}")
         _say(f"study: {cfg.study.storage}")
+        if cfg.fidelity is not None:
+            fd = cfg.fidelity
+            _say(f"fidelity: {fd.resource} rungs " + ", ".join(_fmt(v) for v in fd.rungs())
+                 + f" ({fd.scheduler}, eta {fd.eta}); budget {cfg.resource_budget():.6g} {fd.resource}")
         for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices, cfg.fidelity):
             _say(f"  {line}")
     except LlmhpoError as e:
