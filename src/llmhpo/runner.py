@@ -331,9 +331,10 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
     synchronous rung, or waiting when the budget is spent), FAIL, or WAITING for a
     promotion. The optimiser is told each configuration's score once, at the rung it
     started at (rung 0 for ASHA and successive halving: every told value has the same
-    fidelity). A model-based optimiser proposes each new configuration from the highest rung
-    with at least d + 2 scores, as BOHB does (Falkner, Klein & Hutter 2018): its
-    model is refitted there (``Optimizer.suggest``) and the point registered with it. The
+    fidelity). Under Hyperband, whose told scores mix fidelities, a model-based optimiser
+    proposes each new configuration from the highest rung with at least d + 2 scores, as BOHB
+    does (Falkner, Klein & Hutter 2018): its model is refitted there (``Optimizer.suggest``)
+    and the point registered with it. The
     scheduler's state is rebuilt from the trials on resume.
     """
     import numpy as np
@@ -482,15 +483,17 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         return True
 
     def propose_from_model(start_rung: int) -> list[Candidate]:
-        """BOHB's proposal: the optimiser's model refitted on the highest rung with at least
-        d + 2 scores; [] when there is none, or when it is the rung every configuration starts
-        at (the optimiser's own history is exactly that rung's scores then)."""
+        """BOHB's proposal, for Hyperband (whose brackets start at different rungs, so the
+        optimiser's own history mixes fidelities): the optimiser's model refitted on the highest
+        rung with at least d + 2 scores; [] when there is none. With ASHA and SH every told
+        score is a rung-0 score, which the optimiser models directly (refitting on a higher
+        rung's few scores measured worse: docs/benchmarks.md)."""
+        if fd.scheduler != "hyperband":
+            return []
         n_min = config.space.dim + 2
         for k in range(scheduler.K, -1, -1):
             scored = [(cid, c.results[k]) for cid, c in scheduler.configs.items() if c.results.get(k) is not None]
             if len(scored) >= n_min:
-                if k == 0 and fd.scheduler != "hyperband":
-                    return []
                 X = np.asarray([unit_x[cid] for cid, _ in scored])
                 y = np.asarray([v for _, v in scored])
                 pending = [unit_x[cid] for cid in running]
