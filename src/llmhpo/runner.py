@@ -241,11 +241,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         executor.submit(cand.id, params)
 
     stopped = "budget"
-    # SIGTERM (a cluster's job end) stops like Ctrl-C: running trials stay RUNNING and rerun on resume
-    main_thread = threading.current_thread() is threading.main_thread()
-    old_handler = signal.getsignal(signal.SIGTERM) if main_thread else None
-    if main_thread:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         while True:
             finished = complete + failed
@@ -296,8 +292,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         stopped = "interrupted"
         raise
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old_handler)
+        restore_sigterm()
         executor.close()
         # trials stopped here (interrupt, wall time, failures) rerun on resume
         for _, tid, _ in running.values():
@@ -311,6 +306,16 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """SIGTERM (a cluster's job end) stops a run like Ctrl-C: running trials are marked to
+    rerun on resume. Only the main thread may install it; returns what puts it back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 # ---------------------------------------------------------------------------- multi-fidelity
@@ -521,10 +526,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                     trials[cid].attrs["checkpoint_deleted"] = True
                     study.storage.set_trial_user_attr(cid, "checkpoint_deleted", True)
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    old_handler = signal.getsignal(signal.SIGTERM) if main_thread else None
-    if main_thread:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         while True:
             out_of_time = config.budget.wall_time is not None and time.time() - t_start >= config.budget.wall_time
@@ -601,8 +603,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
         stopped = "interrupted"
         raise
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old_handler)
+        restore_sigterm()
         executor.close()
         for cid, (rung, _, _) in running.items():  # cut short: waits, and reruns this rung on resume
             study.storage.set_trial_user_attr(cid, "cut_short_rung", rung)
