@@ -17,6 +17,8 @@ from llmhpo.config import load_config
 from llmhpo.errors import ConfigError
 from llmhpo.runner import run
 
+from test_runner import study_tables_exist  # noqa: E402
+
 STUDY = """
 [study]
 name = "mf"
@@ -141,7 +143,7 @@ def test_sigkill_then_rerun_loses_and_repeats_nothing(tmp_path):
     deadline = time.time() + 90
     while time.time() < deadline:  # kill once some configuration has been promoted
         time.sleep(0.2)
-        if not db.exists():
+        if not study_tables_exist(db):
             continue
         try:
             st = optuna.load_study(study_name="mf", storage=f"sqlite:///{db}")

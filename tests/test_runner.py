@@ -32,6 +32,23 @@ log = "{log}"
 """
 
 
+def study_tables_exist(db) -> bool:
+    """Read-only: the driver has created its study. Opening the file with Optuna before that
+    would create Optuna's tables from this process too, racing the driver's own creation."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("select count(*) from trials").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
 def write(tmp_path, trials=8, optimizer="soo", seconds=0.3, workers=2, extra=""):
     p = tmp_path / "sleepy.toml"
     p.write_text(SLEEP.format(trials=trials, optimizer=optimizer, seconds=seconds, workers=workers,
@@ -119,7 +136,7 @@ def test_sigkill_then_rerun_gives_exact_budget_nothing_twice(tmp_path, optimizer
     # kill once some trials are complete and others are running
     while time.time() < deadline:
         time.sleep(0.2)
-        if db.exists():
+        if study_tables_exist(db):
             try:
                 st = optuna.load_study(study_name="sleepy", storage=f"sqlite:///{db}")
                 states = [t.state.name for t in st.trials]
