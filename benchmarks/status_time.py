@@ -37,7 +37,7 @@ def main() -> None:
         for _ in range(5):
             imports.append(import_seconds(["status", "s.toml"], d))
             t0 = time.time()
-            r = subprocess.run([sys.executable, "-m", "llmhpo.cli", "status", "s.toml"], cwd=d, capture_output=True,
+            subprocess.run([sys.executable, "-m", "llmhpo.cli", "status", "s.toml"], cwd=d, capture_output=True,
                                text=True, check=True)
             walls.append(time.time() - t0)
             torch = subprocess.run([sys.executable, "-c", "import sys; from llmhpo.cli import app\n"

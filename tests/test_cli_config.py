@@ -163,7 +163,7 @@ def test_run_where_every_trial_fails_stops_early_with_the_reason_and_exit_1(tmp_
     assert r.returncode == 1, r.stdout + r.stderr
     assert "0 complete, 3 failed" in r.stdout
     reason = "FileNotFoundError: data/train.jsonl is missing (bad.py:2 in f)"
-    assert r.stdout.count(f"failed after") == 3 and r.stdout.count(reason) == 4  # 3 trials + the stop
+    assert r.stdout.count("failed after") == 3 and r.stdout.count(reason) == 4  # 3 trials + the stop
     assert r.stderr.strip() == f"error: {reason}"
     # configurable: 0 never stops, and a study with no complete trial still exits 1
     (tmp_path / "f.toml").write_text(FAILING.replace("trials = 20", "trials = 5\n[runner]\nmax_repeated_failures = 0")

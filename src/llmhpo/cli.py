@@ -291,7 +291,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
     import dataclasses
 
     from llmhpo.bench import mf_markdown, run_mf_bench, summarise_mf
-    from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
+    from llmhpo.objectives.functions import get_function
     from llmhpo.objectives.synthetic import FunctionObjective
     from llmhpo.optimizers import OPTIMIZERS
     from llmhpo.schedulers import SCHEDULERS

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from llmhpo.optimizers._gp import fit_gp, posterior_mean_std, seeded_torch
 from llmhpo.optimizers.partition.soo import SOO
 
