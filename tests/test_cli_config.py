@@ -36,6 +36,14 @@ BAD = {
     "bad warm start": (GOOD + "[[warm_start]]\nx0 = 100.0\n", "[[warm_start]] number 1: parameter 'x0'=100.0"),
     "bad function": (GOOD.replace('name = "branin"', 'name = "braninn"'), "unknown function 'braninn'"),
     "workers": (GOOD + "[runner]\nworkers = 0\n", "[runner] workers = 0 must be at least 1"),
+    "auto workers without ray": (GOOD + '[runner]\nworkers = "auto"\n', "(\"auto\" is for executor = \"ray\")"),
+    "executor": (GOOD + '[runner]\nexecutor = "slurm"\n', "[runner] executor = 'slurm' must be"),
+    "devices with ray": (GOOD + '[runner]\nexecutor = "ray"\ndevices = ["0"]\n', "set gpus_per_trial"),
+    "address without ray": (GOOD + '[runner]\naddress = "auto"\n', "it needs executor = \"ray\""),
+    "gpus without ray": (GOOD + "[runner]\ngpus_per_trial = 1\n", "[runner] gpus_per_trial is a Ray resource request"),
+    "retries": (GOOD + "[runner]\nmax_retries = -1\n", "[runner] max_retries = -1 must be >= 0"),
+    "timeout": (GOOD + '[runner]\ntrial_timeout = "soon"\n', "[runner] trial_timeout = 'soon' must be seconds"),
+    "timeout inline": (GOOD + '[runner]\nexecutor = "inline"\ntrial_timeout = 60\n', "trial_timeout needs trials in worker"),
 }
 
 
@@ -253,3 +261,18 @@ def test_bench_multi_fidelity_compares_schedulers_and_optuna_pruners(tmp_path):
         assert spent == sorted(spent) and (not spent or spent[-1] <= 90)
     r = llmhpo("bench", "--scheduler", "asha,bohb", cwd=tmp_path)
     assert r.returncode == 2 and "--scheduler 'bohb' is unknown" in r.stderr
+
+
+def test_ray_runner_round_trips_through_the_stored_config(tmp_path):
+    from llmhpo.config import Config
+
+    p = tmp_path / "s.toml"
+    p.write_text(GOOD + '[runner]\nexecutor = "ray"\naddress = "auto"\ngpus_per_trial = 1\ntrial_timeout = "2h"\n')
+    cfg = load_config(p)
+    r = cfg.runner
+    assert (r.workers, r.address, r.gpus_per_trial, r.cpus_per_trial, r.trial_timeout, r.max_retries) == \
+        (0, "auto", 1.0, 1.0, 7200.0, 1)
+    assert Config.from_dict(cfg.to_dict(), base_dir=tmp_path).runner == r
+    plain = load_config(tmp_path / "s.toml").__class__.from_dict(
+        {**cfg.to_dict(), "runner": {"workers": 2}}, base_dir=tmp_path).runner
+    assert Config.from_dict({**cfg.to_dict(), "runner": plain.to_dict()}, base_dir=tmp_path).runner == plain

@@ -110,9 +110,13 @@ def test_asha_keeps_every_worker_busy(tmp_path, monkeypatch):
 
     class CountingExecutor:  # runs jobs inline, finishing them in a shuffled order
         slots = 3
+        retries = []
 
         def __init__(self, factory, *args):
             self.objective, self.jobs = factory(), []
+
+        def workers(self):
+            return [{"trial": key} for key, _, _ in self.jobs]
 
         def submit(self, key, params, fidelity=None):
             self.jobs.append((key, params, fidelity))

@@ -40,7 +40,8 @@ def study_tables_exist(db) -> bool:
     if not db.exists():
         return False
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        con = sqlite3.connect(db, timeout=1)  # not mode=ro: a read-only WAL reader in this process
+        # can leave the file's shared memory mapped read-only for the connections that follow
         try:
             return con.execute("select count(*) from trials").fetchone() is not None
         finally:

@@ -33,6 +33,7 @@ def optimize(
     wall_time: float | str | None = None,
     warm_start: Iterable[Mapping[str, Any]] = (),
     max_repeated_failures: int = 3,
+    runner: Mapping[str, Any] | None = None,
     fidelity: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -53,6 +54,8 @@ def optimize(
         checkpoint)`` and returns its score after ``value`` units of the resource.
     storage: an Optuna storage URL (``"sqlite:///study.db"``) to keep every trial and resume
         by calling again with the same arguments; None keeps the study in memory.
+    runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
+        "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
     """
     if not callable(objective):
@@ -60,7 +63,8 @@ def optimize(
     module = getattr(objective, "__module__", None) or "__main__"
     qualname = getattr(objective, "__qualname__", None) or getattr(objective, "__name__", "objective")
     name = study_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", qualname)
-    if workers > 1:
+    runner = dict(runner or {})
+    if workers > 1 or runner.get("executor") in ("process", "ray") or "trial_timeout" in runner:
         _check_spawn_safe(objective, module)
     # stored to name the objective in `status`; a lambda's or closure's name is made readable
     target = f"{module}:{re.sub(r'[^A-Za-z0-9_.]', '_', qualname).strip('_.') or 'objective'}"
@@ -75,7 +79,7 @@ def optimize(
                   **({"storage": storage} if storage else {})},
         "budget": {**({"trials": trials} if trials else {}), **({"resource": resource} if resource else {}),
                    **({"wall_time": wall_time} if wall_time is not None else {})},
-        "runner": {"workers": workers, "max_repeated_failures": max_repeated_failures},
+        "runner": {"workers": workers, "max_repeated_failures": max_repeated_failures, **runner},
         "optimizer": {"name": optimizer, **dict(optimizer_options or {})},
         "objective": {"type": "python", "target": target, **({"metric": metric} if metric else {})},
         "space": tables,

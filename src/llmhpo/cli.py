@@ -78,11 +78,17 @@ def run(
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress",
         help="A progress bar, or one line per trial start and end. Default: a bar on a terminal, lines otherwise."),
+    wait: bool = typer.Option(False, "--wait", help="If another driver runs this study, wait for it to end, "
+                                                    "then resume (for queued cluster jobs); default: refuse."),
 ):
     """Run a study, or resume it: completed trials are kept, interrupted ones run again.
 
+    One driver runs a study at a time: a second is refused (or waits, with --wait).
     Exits 1 when the study stopped on repeated identical failures or has no complete trial."""
+    import time
+
     from llmhpo.config import load_config
+    from llmhpo.lease import HEARTBEAT_EVERY, DriverBusy
     from llmhpo.runner import run as run_study
 
     overrides: dict = {}
@@ -92,7 +98,18 @@ def run(
         overrides["runner"] = {"workers": workers}
     try:
         cfg = load_config(config, overrides)
-        summary = run_study(cfg, overwrite=overwrite, progress=progress)
+        told = False
+        while True:
+            try:
+                summary = run_study(cfg, overwrite=overwrite, progress=progress)
+                break
+            except DriverBusy as e:
+                if not wait:
+                    raise
+                if not told:
+                    err.print(f"waiting: {escape(str(e).split(';')[0])}", highlight=False, soft_wrap=True)
+                    told = True
+                time.sleep(HEARTBEAT_EVERY)
     except LlmhpoError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -117,8 +134,14 @@ def status(
     study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
     name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
     last: int = typer.Option(10, "--last", help="How many recent trials to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole status as JSON (for scripts)."),
 ):
-    """Trials done, failed and running, the best so far and the latest trials."""
+    """Trials done, failed and running, the driver and its workers, the best so far and the
+    latest trials."""
+    import time
+
+    from llmhpo import lease
+
     try:
         st = _open_study(study, name)
     except LlmhpoError as e:
@@ -126,6 +149,28 @@ def status(
     c = st.counts()
     cfg = st.config
     best = st.best()
+    records = st.records()
+    row = lease.read(st.storage, cfg.study.name)
+    alive = lease.alive(row)
+    now = time.time()
+    if as_json:
+        def trial(r):
+            return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
+                    "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),
+                    "timings": r.attrs.get("timings", {}), "worker": r.attrs.get("worker"),
+                    "intermediate": r.intermediate or None, "retries": r.attrs.get("retries", 0)}
+        driver = None
+        if row is not None:
+            driver = {k: row.get(k) for k in ("host", "pid", "started", "heartbeat")}
+            driver.update(alive=alive, running=bool(row.get("token")), heartbeat_age=now - float(row.get("heartbeat") or 0))
+        out = {"study": cfg.study.name, "storage": cfg.study.storage, "optimizer": cfg.optimizer,
+               "objective": cfg.kind.describe(cfg.objective), "direction": cfg.study.direction,
+               "budget": {"trials": cfg.budget.trials, "resource": cfg.resource_budget()},
+               "counts": c, "best": None if best is None else trial(best), "driver": driver,
+               "workers": (row or {}).get("workers", []) if alive else [],
+               "trials": [trial(r) for r in records]}
+        print(json.dumps(out, default=str, indent=1))
+        return
     _say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
          f"{cfg.study.direction}")
     if cfg.fidelity is None:
@@ -133,21 +178,45 @@ def status(
              f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
     else:
         fd = cfg.fidelity
-        spent = sum(float(r.attrs.get("resource_spent", 0.0)) for r in st.records())
+        spent = sum(float(r.attrs.get("resource_spent", 0.0)) for r in records)
         _say(f"{c['COMPLETE']} complete (top rung), {c['PRUNED']} pruned, {c['WAITING']} waiting, {c['FAIL']} failed, "
              f"{c['RUNNING']} running, {c['interrupted']} interrupted")
         _say(f"{fd.resource}: {spent:.6g} spent of {cfg.resource_budget():.6g}; rungs "
              + ", ".join(_fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
+    if row is not None and row.get("token"):
+        if alive:
+            _say(f"driver: running, {lease.describe(row, now)}")
+        else:
+            _say(f"driver: gone ({lease.describe(row, now)}); its running trials are rerun when the study resumes",
+                 style="yellow")
+    elif row is not None:
+        ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(row.get("heartbeat") or 0)))
+        _say(f"driver: none (the last run ended {ended})")
     if best:
         _say(f"best value {best.value:.6g} (trial {best.number})")
-    table = Table("trial", "state", "value", *cfg.space.names, "error")
-    for r in st.records()[-last:]:
+    workers = (row or {}).get("workers") or []
+    if alive and workers:
+        wt = Table("worker", "host", "device", "trial", "elapsed", title="workers", title_justify="left")
+        for i, w in enumerate(workers):
+            since = w.get("since")
+            wt.add_row(str(i), escape(str(w.get("host") or "-")), escape(str(w.get("device") or "-")),
+                       "idle" if w.get("trial") is None else str(w["trial"]),
+                       "" if not since or w.get("trial") is None else f"{now - float(since):.0f} s")
+        console.print(wt)
+    # one params column that wraps: readable at 80 columns, every name whole
+    table = Table("trial", "state", "value", "params", "error", title="latest trials", title_justify="left")
+    table.columns[3].overflow = "fold"
+    table.columns[4].overflow = "fold"
+    for r in records[-last:]:
         value = r.value
         if value is None and r.intermediate:  # multi-fidelity: the score at its highest rung
             value = r.intermediate[max(r.intermediate)]
-        table.add_row(str(r.number), "INTERRUPTED" if r.interrupted else r.state,
+        state = "INTERRUPTED" if r.interrupted else r.state
+        if state == "RUNNING" and row is not None and not alive:
+            state = "RUNNING (driver gone)"
+        table.add_row(str(r.number), state,
                       "" if value is None else f"{value:.6g}" + (f" @{max(r.intermediate)}" if r.intermediate else ""),
-                      *(escape(_fmt(r.params.get(n, ""))) for n in cfg.space.names),
+                      escape(", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())),
                       escape(r.attrs.get("error") or ""))
     console.print(table)
 
@@ -172,9 +241,15 @@ def best(
             (where / "study.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
     except LlmhpoError as e:
         _fail(e)
-    if as_json:
-        console.print_json(json.dumps({"number": b.number, "value": b.value, "params": b.params,
-                                       "metrics": b.attrs.get("metrics", {})}, default=str))
+    if as_json:  # plain print: valid JSON on any terminal width, nothing else on stdout
+        cfg = st.config
+        metrics = {k: v for k, v in (b.attrs.get("metrics") or {}).items() if k != "traceback"}
+        print(json.dumps({"study": cfg.study.name, "storage": cfg.study.storage, "direction": cfg.study.direction,
+                          "objective": cfg.kind.describe(cfg.objective), "number": b.number, "value": b.value,
+                          "params": b.params, "metrics": metrics, "timings": b.attrs.get("timings", {}),
+                          "adapter_dir": metrics.get("adapter_dir"),
+                          "exported": None if export is None else str(where)}, default=str, indent=1))
+        return
     else:
         _say(f"best trial {b.number}: value {b.value:.6g}")
         for k, v in b.params.items():
@@ -188,19 +263,87 @@ def best(
 
 @app.command()
 def report(
-    study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
-    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
-    out: Path = typer.Option(Path("report"), "--out", help="Folder for the figures and the summary."),
+    studies: list[str] = typer.Argument(..., metavar="STUDY",
+                                        help="Study TOML files, storage URLs or sqlite .db files; a storage holding "
+                                             "several studies brings them all (or those --study names)."),
+    names: Optional[list[str]] = typer.Option(None, "--study", metavar="NAME",
+                                              help="Only the studies of this name (repeatable)."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, report.md and the figures."),
 ):
-    """Figures (best-so-far curve, parameter vs value) and a Markdown summary of a study."""
+    """An HTML report of one or several studies (self-contained: open report.html from the
+    folder or send it), the figures as PNG beside it, and report.md.
+
+    Per study: the objective and best so far against trials and wall-clock time (with the
+    base model's score), the other metrics, loss curves, each hyperparameter against the
+    score, parameter importances, parallel coordinates, the top trials, the failures and
+    where the time went. Several studies are first compared on the same axes."""
     from llmhpo.report import write_report
 
     try:
-        st = _open_study(study, name)
-        path = write_report(st, out)
+        opened = _open_studies(studies, names or [])
+        path = write_report(opened, out)
     except LlmhpoError as e:
         _fail(e)
-    console.print(f"report written to {path}")
+    _say(f"report of {len(opened)} stud{'y' if len(opened) == 1 else 'ies'} written to {path} "
+         f"(figures and report.md beside it)")
+
+
+def _open_studies(refs: list[str], names: list[str]) -> list:
+    """The studies the ``report`` arguments name: a TOML file gives its study; a storage
+    gives all its studies, or only those named with --study."""
+    import optuna
+
+    from llmhpo.config import load_config
+    from llmhpo.study import Study, open_storage
+
+    out, found = [], set()
+    for ref in refs:
+        if ref.endswith(".toml"):
+            cfg = load_config(ref)
+            url, wanted = cfg.study.storage, [cfg.study.name]
+        else:
+            if "://" not in ref and not Path(ref).exists():
+                raise ConfigError(f"'{ref}' is neither a study TOML file, a storage URL nor an existing .db file")
+            url = ref if "://" in ref else f"sqlite:///{Path(ref).resolve()}"
+            db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+            if db is not None and (not db.is_file() or db.stat().st_size == 0):  # opening would create it
+                raise ConfigError(f"no study in {db}: the file does not exist or is empty; run "
+                                  "`llmhpo run STUDY.toml` first, or check the path")
+            try:
+                wanted = optuna.get_all_study_names(storage=open_storage(url))
+            except LlmhpoError:
+                raise
+            except Exception as e:
+                raise ConfigError(f"cannot read the studies in {ref}: {e}") from e
+            if names:
+                wanted = [n for n in wanted if n in names]
+        for n in wanted:
+            found.add(n)
+            out.append(Study.load(url, n))
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ConfigError(f"no study named {', '.join(missing)} in {', '.join(refs)}")
+    if not out:
+        raise ConfigError(f"no study in {', '.join(refs)}; run `llmhpo run STUDY.toml` first")
+    return out
+
+
+@app.command()
+def figures(
+    out: Path = typer.Option(Path("figures"), "--out", help="Folder for the PNG files."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the stochastic optimisers (random, ILS, SA)."),
+):
+    """The algorithm gallery: each optimiser family's first evaluations on Himmelblau's
+    function (grid vs random, ILS and SA paths, SOO / DIRECT / FDA partitions) and BO's
+    Gaussian process on a 1-D function, drawn by llmhpo's own optimisers."""
+    from llmhpo.figures import write_gallery
+
+    try:
+        paths = write_gallery(out, seed=seed)
+    except LlmhpoError as e:
+        _fail(e)
+    for p in paths:
+        _say(str(p))
 
 
 @app.command()
@@ -211,7 +354,9 @@ def check(config: Path = typer.Argument(..., help="Study TOML file.")):
     try:
         cfg = load_config(config)
         _say(f"config OK: {cfg.study.name}, optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
-             f"{cfg.space.dim} variables, budget {cfg.budget.trials} trials, {cfg.runner.workers} worker(s)")
+             f"{cfg.space.dim} variables, budget {cfg.budget.trials} trials, "
+             + (f"{cfg.runner.workers} worker(s)" if cfg.runner.workers else "as many workers as the Ray cluster fits")
+             + (f" on Ray ({cfg.runner.address or 'a local cluster'})" if cfg.runner.executor == "ray" else ""))
         _say(f"space: {cfg.space}")
         _say(f"study: {cfg.study.storage}")
         if cfg.fidelity is not None:

@@ -24,7 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 from llmhpo.space import SearchSpace, preset
 
-_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity"}
+_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging"}
 
 
 def _expect(section: str, table: Mapping[str, Any], key: str, types: tuple, default: Any = None,
@@ -105,11 +105,51 @@ class FidelityConfig:
 
 @dataclass(frozen=True)
 class RunnerConfig:
+    #: trials at a time; with executor "ray", 0 = as many as the cluster's resources fit
     workers: int = 1
-    executor: str = "auto"  # auto (inline for one worker, else processes) | inline | process
-    devices: tuple[str, ...] = ()  # GPU ids, one worker each
+    executor: str = "auto"  # auto (inline for one worker, else processes) | inline | process | ray
+    devices: tuple[str, ...] = ()  # GPU ids, one worker each (process executor)
     #: stop the study when this many trials in a row fail for the same reason (0: never)
     max_repeated_failures: int = 3
+    #: a trial whose worker process, actor or node was lost runs again this many times
+    max_retries: int = 1
+    trial_timeout: float | None = None  # seconds; a trial past it is stopped and FAILs
+    address: str | None = None  # ray: "auto", "ray://host:10001", or None to start a local cluster
+    gpus_per_trial: float = 0.0  # ray: GPUs each worker actor reserves
+    cpus_per_trial: float = 1.0  # ray: CPUs each worker actor reserves
+
+    def to_dict(self) -> dict[str, Any]:
+        """The [runner] table, defaults left out where a key would not parse back."""
+        out: dict[str, Any] = {"workers": self.workers or "auto", "executor": self.executor,
+                               "max_repeated_failures": self.max_repeated_failures, "max_retries": self.max_retries}
+        if self.devices:
+            out["devices"] = list(self.devices)
+        if self.trial_timeout is not None:
+            out["trial_timeout"] = self.trial_timeout
+        if self.executor == "ray":
+            out.update(gpus_per_trial=self.gpus_per_trial, cpus_per_trial=self.cpus_per_trial)
+            if self.address is not None:
+                out["address"] = self.address
+        return out
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """[logging]: tracking tools that also get every finished trial (``llmhpo.tracking``).
+    Not part of the search: changing it never needs ``--overwrite``. Paths are absolute."""
+
+    mlflow: str | None = None  # an MLflow tracking URI (sqlite:///.../mlflow.db by default)
+    tensorboard: str | None = None  # a folder of TensorBoard event files, one sub-folder per trial
+    wandb: str | None = None  # Weights & Biases mode: "offline" (no account needed) or "online"
+    experiment: str | None = None  # MLflow experiment / W&B project; default: the study name
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in (self.mlflow, self.tensorboard, self.wandb))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The [logging] table, resolved (parses back to the same object)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -125,6 +165,7 @@ class Config:
     warm_start: tuple[dict[str, Any], ...] = ()
     base_dir: str = "."  # relative paths in the config are relative to this folder
     fidelity: FidelityConfig | None = None
+    logging: LoggingConfig = LoggingConfig()
 
     def resource_budget(self) -> float | None:
         """With [fidelity]: the total resource the study may spend."""
@@ -146,9 +187,6 @@ class Config:
                       "direction": self.study.direction, "seed": self.study.seed},
             "budget": {"trials": self.budget.trials, "wall_time": self.budget.wall_time,
                        "resource": self.budget.resource},
-            "runner": {"workers": self.runner.workers, "executor": self.runner.executor,
-                       "devices": list(self.runner.devices),
-                       "max_repeated_failures": self.runner.max_repeated_failures},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
             "objective": {"type": self.objective.kind, **tables.pop("objective")},
             "space": {v.pop("name"): v for v in self.space.to_dict()},
@@ -156,6 +194,8 @@ class Config:
             "base_dir": self.base_dir,
             **({"fidelity": dict(vars(self.fidelity))} if self.fidelity else {}),
             **tables,
+            "runner": self.runner.to_dict(),
+            **({"logging": self.logging.to_dict()} if self.logging.enabled else {}),
         }
 
     @classmethod
@@ -175,7 +215,7 @@ class Config:
 
 def search_part(d: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a config dict that defines the search (what ``search_hash`` covers)."""
-    out = {k: v for k, v in d.items() if k not in ("budget", "runner", "base_dir")}
+    out = {k: v for k, v in d.items() if k not in ("budget", "runner", "base_dir", "logging")}
     out["study"] = {k: v for k, v in (d.get("study") or {}).items() if k in ("direction", "seed")}
     return out
 
@@ -255,24 +295,52 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
 
     # [runner]
     rn = raw.get("runner", {})
-    _no_unknown("runner", rn, {"workers", "executor", "devices", "max_repeated_failures"})
+    _no_unknown("runner", rn, {"workers", "executor", "devices", "max_repeated_failures", "max_retries",
+                                "trial_timeout", "address", "gpus_per_trial", "cpus_per_trial"})
+    executor = _expect("runner", rn, "executor", (str,), "auto")
+    if executor not in ("auto", "inline", "process", "ray"):
+        raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\", \"process\" or \"ray\"")
     devices = _expect("runner", rn, "devices", (list,), [])
     devices = tuple(str(d) for d in devices)
-    workers = _expect("runner", rn, "workers", (int,), len(devices) or 1)
-    if workers < 1:
+    if devices and executor == "ray":
+        raise ConfigError("[runner] devices is for the process executor; with executor = \"ray\" set "
+                          "gpus_per_trial and Ray places each trial on a free GPU")
+    workers = _expect("runner", rn, "workers", (int, str), len(devices) or (0 if executor == "ray" else 1))
+    if isinstance(workers, str):
+        if workers != "auto" or executor != "ray":
+            raise ConfigError(f"[runner] workers = {workers!r} must be a number"
+                              + (" or \"auto\"" if executor == "ray" else " (\"auto\" is for executor = \"ray\")"))
+        workers = 0
+    if workers < 1 and not (executor == "ray" and workers == 0):
         raise ConfigError(f"[runner] workers = {workers} must be at least 1")
     if devices and workers != len(devices):
         raise ConfigError(f"[runner] workers = {workers} but {len(devices)} devices are listed; "
                           "use one worker per device (or drop workers)")
-    executor = _expect("runner", rn, "executor", (str,), "auto")
-    if executor not in ("auto", "inline", "process"):
-        raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\" or \"process\"")
     if executor == "inline" and workers > 1:
         raise ConfigError("[runner] executor = \"inline\" runs one trial at a time; set workers = 1 or executor = \"process\"")
     repeated = _expect("runner", rn, "max_repeated_failures", (int,), 3)
     if repeated < 0:
         raise ConfigError(f"[runner] max_repeated_failures = {repeated} must be >= 0 (0: never stop on failures)")
-    runner = RunnerConfig(workers, executor, devices, repeated)
+    retries = _expect("runner", rn, "max_retries", (int,), 1)
+    if retries < 0:
+        raise ConfigError(f"[runner] max_retries = {retries} must be >= 0")
+    timeout = rn.get("trial_timeout")
+    if timeout is not None:
+        timeout = parse_duration(timeout, "[runner] trial_timeout")
+    if timeout is not None and executor == "inline":
+        raise ConfigError("[runner] trial_timeout needs trials in worker processes; drop executor = \"inline\"")
+    address = _expect("runner", rn, "address", (str,), None)
+    if address is not None and executor != "ray":
+        raise ConfigError("[runner] address is the Ray cluster's address; it needs executor = \"ray\"")
+    gpus = float(_expect("runner", rn, "gpus_per_trial", (int, float), 0.0))
+    cpus = float(_expect("runner", rn, "cpus_per_trial", (int, float), 1.0))
+    for key, v in (("gpus_per_trial", gpus), ("cpus_per_trial", cpus)):
+        if v < 0:
+            raise ConfigError(f"[runner] {key} = {v:g} must be >= 0")
+        if key in rn and executor != "ray":
+            raise ConfigError(f"[runner] {key} is a Ray resource request; it needs executor = \"ray\" "
+                              "(the process executor uses devices = [...])")
+    runner = RunnerConfig(workers, executor, devices, repeated, retries, timeout, address, gpus, cpus)
 
     # [optimizer]
     if "optimizer" not in raw:
@@ -303,8 +371,9 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
             raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
 
     fidelity = _fidelity(raw["fidelity"], kind, spec) if "fidelity" in raw else None
+    logging = _logging(raw.get("logging", {}), base_dir)
     return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), str(base_dir),
-                  fidelity)
+                  fidelity, logging)
 
 
 def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfig:
@@ -341,14 +410,49 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfi
     return out
 
 
+def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
+    """[logging]: ``mlflow`` / ``tensorboard`` / ``wandb`` = true, or where (a URI, a folder, a mode)."""
+    _no_unknown("logging", lg, {"mlflow", "tensorboard", "wandb", "experiment"})
+
+    def where(key: str) -> str | bool | None:
+        v = _expect("logging", lg, key, (bool, str), None)
+        return None if v is False else v
+
+    mlflow = where("mlflow")
+    if mlflow is True:
+        mlflow = "sqlite:///" + str((base_dir / "mlflow.db").resolve())
+    elif isinstance(mlflow, str):
+        if not mlflow.strip():
+            raise ConfigError("[logging] mlflow = \"\" is empty; write true (an mlflow.db beside the TOML), "
+                              "a .db file, a folder, or a tracking URI such as \"http://host:5000\"")
+        if mlflow.endswith(".db") and "://" not in mlflow:
+            mlflow = "sqlite:///" + str((base_dir / Path(mlflow).expanduser()).resolve())
+        elif mlflow.startswith("sqlite:///") and not mlflow.startswith("sqlite:////"):
+            mlflow = "sqlite:///" + str((base_dir / mlflow[len("sqlite:///"):]).resolve())
+        elif "://" not in mlflow and mlflow != "databricks":  # a folder: MLflow's file store
+            mlflow = (base_dir / Path(mlflow).expanduser()).resolve().as_uri()
+    tensorboard = where("tensorboard")
+    if tensorboard is True:
+        tensorboard = "tensorboard"
+    if isinstance(tensorboard, str):
+        tensorboard = str((base_dir / Path(tensorboard).expanduser()).resolve())
+    wandb = where("wandb")
+    if wandb is True:
+        wandb = "offline"
+    if wandb is not None and wandb not in ("offline", "online"):
+        raise ConfigError(f"[logging] wandb = {wandb!r} must be true (offline), \"offline\" or \"online\"")
+    experiment = _expect("logging", lg, "experiment", (str,), None)
+    return LoggingConfig(mlflow, tensorboard, wandb, experiment)
+
+
 def _storage_url(storage: str, base_dir: Path) -> str:
     """An Optuna storage URL; a bare path or a relative sqlite path is relative to ``base_dir``."""
     if "://" not in storage:
         storage = f"sqlite:///{storage}"
-    prefix = "sqlite:///"
-    if storage.startswith(prefix) and not storage.startswith(prefix + "/") and storage != prefix + ":memory:":
-        path = Path(storage[len(prefix):]).expanduser()
-        storage = prefix + str(path if path.is_absolute() else (base_dir / path).resolve())
+    for prefix in ("sqlite:///", "journal:///"):  # as SQLAlchemy: three slashes relative, four absolute
+        if storage.startswith(prefix) and not storage.startswith(prefix + "/") and storage != prefix + ":memory:":
+            path = Path(storage[len(prefix):]).expanduser()
+            storage = prefix + str(path if path.is_absolute() else (base_dir / path).resolve())
     return storage
 
 

@@ -1,23 +1,39 @@
-"""Where objectives run: inline in the driver, or in a pool of worker processes.
+"""Where objectives run: inline in the driver, in worker processes, or on Ray actors.
 
 An executor runs ``objective(params)`` for submitted jobs and reports completions
 asynchronously, in the order they finish. It knows nothing of optimisers. Each worker
-process builds the objective once (the base model, the task index) and reuses it;
-with ``devices``, worker i sees only GPU devices[i] (CUDA_VISIBLE_DEVICES is set before
-torch is imported there).
+(process or actor) builds the objective once (the base model, the task index) and
+reuses it for every job it gets.
+
+Faults touch only the job they hit:
+
+- a worker lost mid-job (its process killed, its actor or node gone) runs the job again
+  on another worker, up to ``max_retries`` times, then reports it failed with the reason;
+  a process that ended itself (``os._exit``, a segfault, an abort) fails its job at once,
+  since running it again would end the same way;
+- a job past ``trial_timeout`` is stopped (its worker killed and replaced) and fails with
+  "timeout after ...";
+- ``sys.exit`` in the objective fails the job; the worker goes on.
+
+With ``devices`` (process executor), worker i sees only GPU devices[i]
+(CUDA_VISIBLE_DEVICES is set before torch is imported there); Ray gives each actor the
+GPUs it reserved (``gpus_per_trial``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import multiprocessing as mp
+import multiprocessing.connection as mpc
 import os
+import signal
+import socket
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from llmhpo.errors import TrialFailed
+from llmhpo.errors import ConfigError, TrialFailed
 
 
 @dataclass
@@ -30,37 +46,43 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     worker: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0  # times the job was started again after losing its worker
+
+
+@dataclass
+class Retry:
+    """A job whose worker was lost, started again (for the run's log and the trial's record)."""
+
+    key: Hashable
+    reason: str
+    attempt: int  # 1 for the first retry
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    params: dict[str, Any]
+    fidelity: Any
+    retries: int = 0
+    reasons: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- worker side
-_OBJECTIVE: Any = None
-_OBJECTIVE_FACTORY: Callable[[], Any] | None = None
-
-
 def _die_with_parent() -> None:
     """Linux: end this worker if the driver dies (a killed run must not leave trials running)."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
 
 
-def _init_worker(factory: Callable[[], Any], devices: Any) -> None:
-    global _OBJECTIVE_FACTORY
-    _die_with_parent()
-    if devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
-    _OBJECTIVE_FACTORY = factory
-
-
 def run_objective(objective: Any, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> Outcome:
     """Call the objective (with ``fidelity`` when multi-fidelity); any exception becomes a
     failed Outcome with its reason."""
     start = time.time()
-    worker = {"pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
         r = objective(params) if fidelity is None else objective(params, fidelity=fidelity)
         out = Outcome(key, r.value, dict(r.metrics), dict(r.timings), None, worker)
@@ -78,99 +100,453 @@ def run_objective(objective: Any, key: Hashable, params: dict[str, Any], fidelit
     return out
 
 
-def _worker_call(key: Hashable, params: dict[str, Any], fidelity: Any = None) -> Outcome:
-    global _OBJECTIVE
-    if _OBJECTIVE is None:
+class _WorkerObjective:
+    """The objective of one worker, built on its first job; a failed set-up fails that job
+    and is tried again on the next."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory, self._objective = factory, None
+
+    def __call__(self, key: Hashable, params: dict[str, Any], fidelity: Any) -> Outcome:
+        if self._objective is None:
+            try:
+                self._objective = self._factory()
+            except Exception as e:
+                return Outcome(key, None, {"traceback": traceback.format_exc(limit=8)}, {},
+                               f"objective set-up failed: {type(e).__name__}: {e}",
+                               {"host": socket.gethostname(), "pid": os.getpid()})
+        return run_objective(self._objective, key, params, fidelity)
+
+
+def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str | None) -> None:
+    """A worker process: jobs in, outcomes out, until told to stop (None) or the driver goes."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+    objective = _WorkerObjective(factory)
+    while True:
         try:
-            _OBJECTIVE = _OBJECTIVE_FACTORY()
-        except Exception as e:
-            return Outcome(key, None, {"traceback": traceback.format_exc(limit=8)}, {},
-                           f"objective set-up failed: {type(e).__name__}: {e}", {"pid": os.getpid()})
-    return run_objective(_OBJECTIVE, key, params, fidelity)
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        out = objective(*job)
+        try:
+            conn.send(out)
+        except Exception as e:  # e.g. a metric that cannot be pickled
+            conn.send(Outcome(out.key, None, {}, out.timings,
+                              f"the trial's result could not be sent back: {type(e).__name__}: {e}", out.worker))
+
+
+def _describe_exit(pid: int | None, exitcode: int | None) -> tuple[str, bool]:
+    """(reason, worth retrying) for a worker process that ended without its result."""
+    if exitcode is not None and exitcode < 0:
+        sig = -exitcode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        if sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL):
+            return f"the worker process (pid {pid}) crashed ({name}) while running the trial", False
+        if sig == signal.SIGKILL:
+            return f"the worker process (pid {pid}) was killed (SIGKILL: out of memory, or killed from outside)", True
+        return f"the worker process (pid {pid}) was stopped by {name}", True
+    return f"the objective ended its worker process (exit code {exitcode})", False
 
 
 # ---------------------------------------------------------------- executors
 class InlineExecutor:
-    """Runs each job in the driver process when ``wait`` is called (one slot)."""
+    """Runs each job in the driver process when ``wait`` is called (one slot). No timeout and
+    no isolation: use the process executor for those."""
 
     slots = 1
 
     def __init__(self, factory: Callable[[], Any]):
-        self._factory = factory
-        self._objective = None
-        self._jobs: list[tuple[Hashable, dict, Any]] = []
+        self._objective = _WorkerObjective(factory)
+        self._jobs: deque[_Job] = deque()
+        self.retries: list[Retry] = []
 
     def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
-        self._jobs.append((key, params, fidelity))
+        self._jobs.append(_Job(key, params, fidelity))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._jobs:
             return []
-        if self._objective is None:
-            self._objective = self._factory()
-        key, params, fidelity = self._jobs.pop(0)
-        return [run_objective(self._objective, key, params, fidelity)]
+        job = self._jobs.popleft()
+        return [self._objective(job.key, job.params, job.fidelity)]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [{"host": socket.gethostname(), "pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                 "trial": None}]
 
     def close(self) -> None:
         self._jobs.clear()
 
 
+class _Slot:
+    """One worker process of a ProcessExecutor and the job it runs."""
+
+    def __init__(self, index: int, device: str | None):
+        self.index, self.device = index, device
+        self.process: Any = None
+        self.conn: mpc.Connection | None = None
+        self.job: _Job | None = None
+        self.since = 0.0
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+
 class ProcessExecutor:
-    """A pool of ``workers`` processes (spawned, so CUDA and torch start clean in each)."""
+    """``workers`` spawned processes (so CUDA and torch start clean in each), each with its
+    own pipe: the driver knows which process runs which job, so a lost process costs only
+    its own job, and a job past its timeout is stopped by ending its process."""
 
-    def __init__(self, factory: Callable[[], Any], workers: int, devices: tuple[str, ...] = ()):
+    def __init__(self, factory: Callable[[], Any], workers: int, devices: tuple[str, ...] = (),
+                 max_retries: int = 1, trial_timeout: float | None = None):
         self.slots = workers
-        self._factory, self._devices = factory, devices
-        self._futures: dict[cf.Future, Hashable] = {}
-        self._pool = self._new_pool()
+        self._factory, self.max_retries, self.trial_timeout = factory, max_retries, trial_timeout
+        self._ctx = mp.get_context("spawn")
+        self._slots = [_Slot(i, devices[i] if devices else None) for i in range(workers)]
+        self._queue: deque[_Job] = deque()
+        self.retries: list[Retry] = []
+        for s in self._slots:  # start them all now: the objective's set-up overlaps the driver's
+            self._start(s)
 
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        ctx = mp.get_context("spawn")
-        queue = None
-        if self._devices:
-            queue = ctx.Queue()
-            for d in self._devices:
-                queue.put(d)
-        return cf.ProcessPoolExecutor(self.slots, mp_context=ctx, initializer=_init_worker,
-                                      initargs=(self._factory, queue))
+    def _start(self, slot: _Slot) -> None:
+        parent, child = self._ctx.Pipe()
+        slot.process = self._ctx.Process(target=_process_main, args=(child, self._factory, slot.device),
+                                         name=f"llmhpo-worker-{slot.index}")
+        slot.process.start()
+        child.close()
+        slot.conn = parent
+
+    def _stop(self, slot: _Slot) -> None:
+        if slot.process is not None:
+            if slot.process.is_alive():
+                slot.process.kill()
+            slot.process.join(timeout=5)
+        if slot.conn is not None:
+            slot.conn.close()
+        slot.process, slot.conn = None, None
 
     def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
-        self._futures[self._pool.submit(_worker_call, key, params, fidelity)] = key
+        self._queue.append(_Job(key, params, fidelity))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for slot in self._slots:
+            if not self._queue:
+                return
+            if slot.job is not None:
+                continue
+            if not slot.alive():
+                self._stop(slot)
+                self._start(slot)
+            job = self._queue.popleft()
+            try:
+                slot.conn.send((job.key, job.params, job.fidelity))
+            except (BrokenPipeError, OSError):  # died since: start it again and resend
+                self._stop(slot)
+                self._start(slot)
+                slot.conn.send((job.key, job.params, job.fidelity))
+            slot.job, slot.since = job, time.time()
+
+    def _lost(self, slot: _Slot, reason: str, retry: bool, out: list[Outcome]) -> None:
+        """``slot``'s process ended without the job's result: run it again or fail it."""
+        job = slot.job
+        slot.job = None
+        self._stop(slot)
+        job.reasons.append(reason)
+        if retry and job.retries < self.max_retries:
+            job.retries += 1
+            self.retries.append(Retry(job.key, reason, job.retries))
+            self._queue.appendleft(job)
+        else:
+            what = reason if not job.retries else f"{reason} (after {job.retries} retr{'y' if job.retries == 1 else 'ies'})"
+            out.append(Outcome(job.key, None, {}, {"trial": time.time() - slot.since}, what,
+                               {"host": socket.gethostname(), "slot": slot.index, "device": slot.device},
+                               job.retries))
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
-        if not self._futures:
-            return []
-        done, _ = cf.wait(list(self._futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        out, broken = [], False
-        for fut in done:
-            key = self._futures.pop(fut)
-            try:
-                out.append(fut.result())
-            except cf.process.BrokenProcessPool as e:
-                broken = True
-                out.append(Outcome(key, None, error=f"worker process died ({e}); likely killed for memory"))
-            except Exception as e:
-                out.append(Outcome(key, None, error=f"{type(e).__name__}: {e}"))
-        if broken:
-            # every job of a broken pool is lost: report them and start a fresh pool
-            for fut, key in list(self._futures.items()):
-                out.append(Outcome(key, None, error="worker pool restarted after a worker died"))
-            self._futures.clear()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-        return out
+        """Outcomes of the jobs finished by now; blocks until at least one is (or ``timeout``)."""
+        deadline = None if timeout is None else time.time() + timeout
+        out: list[Outcome] = []
+        while True:
+            busy = [s for s in self._slots if s.job is not None]
+            if not busy and not self._queue:
+                return out
+            wait_for = None if deadline is None else max(0.0, deadline - time.time())
+            if self.trial_timeout is not None and busy:
+                first_end = min(s.since for s in busy) + self.trial_timeout
+                wait_for = max(0.0, first_end - time.time()) if wait_for is None else \
+                    min(wait_for, max(0.0, first_end - time.time()))
+            objs = {}
+            for s in busy:
+                objs[s.conn] = s
+                objs[s.process.sentinel] = s
+            ready = mpc.wait(list(objs), timeout=wait_for)
+            seen = set()
+            for obj in ready:
+                slot = objs[obj]
+                if slot.index in seen or slot.job is None:
+                    continue
+                seen.add(slot.index)
+                result = None
+                try:
+                    if slot.conn.poll():
+                        result = slot.conn.recv()
+                except (EOFError, OSError):
+                    result = None
+                if result is not None:
+                    result.retries = slot.job.retries
+                    result.worker.setdefault("slot", slot.index)
+                    slot.job = None
+                    out.append(result)
+                elif not slot.process.is_alive():
+                    slot.process.join(timeout=1)
+                    reason, retry = _describe_exit(slot.process.pid, slot.process.exitcode)
+                    self._lost(slot, reason, retry, out)
+            if self.trial_timeout is not None:
+                now = time.time()
+                for s in self._slots:
+                    if s.job is not None and now - s.since >= self.trial_timeout:
+                        job = s.job
+                        s.job = None
+                        self._stop(s)
+                        out.append(Outcome(job.key, None, {}, {"trial": now - s.since},
+                                           f"timeout after {self.trial_timeout:g} s ([runner] trial_timeout)",
+                                           {"host": socket.gethostname(), "slot": s.index, "device": s.device},
+                                           job.retries))
+            self._dispatch()
+            if out or (deadline is not None and time.time() >= deadline):
+                return out
+
+    def workers(self) -> list[dict[str, Any]]:
+        host = socket.gethostname()
+        return [{"host": host, "pid": s.process.pid if s.process is not None else None, "device": s.device,
+                 "trial": None if s.job is None else s.job.key, "since": s.since if s.job is not None else None}
+                for s in self._slots]
 
     def close(self) -> None:
-        procs = list((getattr(self._pool, "_processes", None) or {}).values())
-        if self._futures:  # jobs still running (interrupt, wall time): stop them now
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._futures.clear()
+        """Stop every worker: an idle one is asked to leave, a busy one (interrupt, wall
+        time) is killed now."""
+        for s in self._slots:
+            if s.process is None:
+                continue
+            if s.job is None and s.process.is_alive():
+                try:
+                    s.conn.send(None)
+                    s.process.join(timeout=5)
+                except (BrokenPipeError, OSError):
+                    pass
+            self._stop(s)
+            s.job = None
+        self._queue.clear()
 
 
-def make_executor(factory: Callable[[], Any], workers: int, kind: str = "auto", devices: tuple[str, ...] = ()):
-    if kind == "inline" or (kind == "auto" and workers == 1 and not devices):
+class _TrialActor:
+    """A Ray actor that keeps its objective (base model, task index) between trials."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._objective = _WorkerObjective(factory)
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "device": os.environ.get("CUDA_VISIBLE_DEVICES") or None,
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def run(self, key: Hashable, params: dict[str, Any], fidelity: Any) -> Outcome:
+        out = self._objective(key, params, fidelity)
+        out.worker.setdefault("host", socket.gethostname())
+        return out
+
+
+class _Actor:
+    def __init__(self, handle: Any, ready_ref: Any):
+        self.handle, self.ready_ref = handle, ready_ref
+        self.info: dict[str, Any] | None = None
+        self.job: _Job | None = None
+        self.ref: Any = None
+        self.since = 0.0
+
+
+class RayExecutor:
+    """Long-lived worker actors on a Ray cluster, one per trial slot, each reserving
+    ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, so Ray spreads a study over every
+    GPU of every node. ``address``: "auto" joins the cluster this machine belongs to,
+    "ray://host:10001" one reached through Ray client, None starts a local one. ``workers``
+    0: as many actors as the cluster's resources fit."""
+
+    def __init__(self, factory: Callable[[], Any], workers: int = 0, address: str | None = None,
+                 cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_retries: int = 1,
+                 trial_timeout: float | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("[runner] executor = \"ray\" needs Ray: pip install 'llmhpo[ray]'") from None
+        self._ray = ray
+        self._started = not ray.is_initialized()
+        if self._started:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except ConnectionError as e:
+                raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {e}; start it with "
+                                  "`ray start --head` (see docs/cluster.md) or leave [runner] address out "
+                                  "to start a local one") from None
+        self.max_retries, self.trial_timeout = max_retries, trial_timeout
+        self._cpus, self._gpus = cpus_per_trial, gpus_per_trial
+        if not workers:
+            workers = self._fit(ray.cluster_resources())
+        self.slots = workers
+        self._cls = ray.remote(_TrialActor)
+        self._factory = factory
+        self._actors = [self._new_actor() for _ in range(workers)]
+        self._queue: deque[_Job] = deque()
+        self.retries: list[Retry] = []
+        self._replaced = 0
+
+    def _fit(self, resources: dict[str, float]) -> int:
+        fits = []
+        if self._gpus > 0:
+            fits.append(int(resources.get("GPU", 0) // self._gpus))
+        if self._cpus > 0:
+            fits.append(int(resources.get("CPU", 0) // self._cpus))
+        n = min(fits) if fits else 1
+        if n < 1:
+            raise ConfigError(f"the Ray cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs) "
+                              f"cannot fit one trial of {self._cpus:g} CPUs and {self._gpus:g} GPUs; "
+                              "lower [runner] cpus_per_trial / gpus_per_trial or add nodes")
+        return n
+
+    def _new_actor(self) -> _Actor:
+        handle = self._cls.options(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0,
+                                   max_concurrency=1).remote(self._factory)
+        return _Actor(handle, handle.info.remote())
+
+    def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
+        self._queue.append(_Job(key, params, fidelity))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for a in self._actors:
+            if not self._queue:
+                return
+            if a.info is not None and a.job is None:
+                job = self._queue.popleft()
+                a.job, a.since = job, time.time()
+                a.ref = a.handle.run.remote(job.key, job.params, job.fidelity)
+
+    def _replace(self, a: _Actor) -> None:
+        try:
+            self._ray.kill(a.handle, no_restart=True)
+        except Exception:
+            pass
+        self._replaced += 1
+        self._actors[self._actors.index(a)] = self._new_actor()
+
+    def _lost(self, a: _Actor, reason: str, out: list[Outcome]) -> None:
+        job = a.job
+        a.job = None
+        self._replace(a)
+        job.reasons.append(reason)
+        if job.retries < self.max_retries:
+            job.retries += 1
+            self.retries.append(Retry(job.key, reason, job.retries))
+            self._queue.appendleft(job)
+        else:
+            what = reason if not job.retries else f"{reason} (after {job.retries} retr{'y' if job.retries == 1 else 'ies'})"
+            out.append(Outcome(job.key, None, {}, {"trial": time.time() - a.since}, what, dict(a.info or {}),
+                               job.retries))
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        ray = self._ray
+        deadline = None if timeout is None else time.time() + timeout
+        out: list[Outcome] = []
+        while True:
+            busy = [a for a in self._actors if a.job is not None]
+            starting = [a for a in self._actors if a.info is None]
+            if not busy and not self._queue:
+                return out
+            refs = {a.ref: a for a in busy}
+            refs.update({a.ready_ref: a for a in starting})
+            wait_for = None if deadline is None else max(0.0, deadline - time.time())
+            if self.trial_timeout is not None and busy:
+                left = max(0.0, min(a.since for a in busy) + self.trial_timeout - time.time())
+                wait_for = left if wait_for is None else min(wait_for, left)
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=wait_for)
+            if ready:  # everything else that is ready too
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+            for ref in ready:
+                a = refs[ref]
+                if ref is a.ready_ref and a.info is None:
+                    try:
+                        a.info = ray.get(ref)
+                    except Exception:  # died before it started (its node left): another one
+                        if self._replaced > 10 * self.slots + 10:
+                            raise RuntimeError("Ray worker actors keep dying before they start; "
+                                               "check the cluster (`ray status`)") from None
+                        self._replace(a)
+                    continue
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    where = f" on {a.info.get('host')}" if a.info else ""
+                    self._lost(a, f"the Ray worker actor{where} was lost ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200]})", out)
+                    continue
+                except Exception as e:
+                    result = Outcome(a.job.key, None, {}, {}, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                result.retries = a.job.retries
+                result.worker = {**(a.info or {}), **result.worker}
+                a.job, a.ref = None, None
+                out.append(result)
+            if self.trial_timeout is not None:
+                now = time.time()
+                for a in list(self._actors):
+                    if a.job is not None and now - a.since >= self.trial_timeout:
+                        job, info = a.job, dict(a.info or {})
+                        a.job = None
+                        self._replace(a)
+                        out.append(Outcome(job.key, None, {}, {"trial": now - a.since},
+                                           f"timeout after {self.trial_timeout:g} s ([runner] trial_timeout)",
+                                           info, job.retries))
+            self._dispatch()
+            if out or (deadline is not None and time.time() >= deadline):
+                return out
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [{**(a.info or {"host": None, "pid": None, "device": None}),
+                 "trial": None if a.job is None else a.job.key, "since": a.since if a.job is not None else None}
+                for a in self._actors]
+
+    def close(self) -> None:
+        for a in self._actors:
+            try:
+                self._ray.kill(a.handle, no_restart=True)
+            except Exception:
+                pass
+        self._actors.clear()
+        self._queue.clear()
+        if self._started:
+            self._ray.shutdown()
+
+
+def make_executor(factory: Callable[[], Any], runner: Any, isolate: bool = False):
+    """The executor ``runner`` (a RunnerConfig) asks for. ``auto``: the driver's own process
+    for one worker (unless the objective asks to be isolated, or a trial timeout needs a
+    process to stop), else worker processes."""
+    kind = runner.executor
+    if kind == "ray":
+        return RayExecutor(factory, runner.workers, runner.address, runner.cpus_per_trial, runner.gpus_per_trial,
+                           runner.max_retries, runner.trial_timeout)
+    if kind == "inline" or (kind == "auto" and runner.workers == 1 and not runner.devices and not isolate
+                            and runner.trial_timeout is None):
         return InlineExecutor(factory)
-    return ProcessExecutor(factory, workers, devices)
+    return ProcessExecutor(factory, runner.workers, runner.devices, runner.max_retries, runner.trial_timeout)

@@ -10,6 +10,7 @@ evaluated again; one with no trial at all is submitted.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import signal
 import sys
@@ -24,6 +25,7 @@ import numpy as np
 from llmhpo.config import Config
 from llmhpo.executors import make_executor
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
+from llmhpo.errors import StudyError
 from llmhpo.study import Study
 
 
@@ -177,12 +179,131 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     if _in_spawned_worker_import():
         raise SystemExit("llmhpo: a worker process imported the script that starts the study and reached the "
                          "call again; put the call under `if __name__ == \"__main__\":`")
+    from llmhpo.study import open_storage
+
+    storage = open_storage(config.study.storage)  # one storage (one engine) for the whole run
+    _refuse_if_driven(config, storage)  # before the preflight's work: a second driver learns it at once
     if preflight:
         config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
-    if config.fidelity is not None:
-        return _run_multifidelity(config, overwrite, "quiet" if quiet else _output_mode(progress))
     t_start = time.time()
-    study = Study.open(config, overwrite=overwrite)
+    study = Study.open(config, overwrite=overwrite, storage=storage)
+    mode = "quiet" if quiet else _output_mode(progress)
+    tracker = None
+    try:
+        from llmhpo.tracking import open_trackers
+
+        tracker = open_trackers(config, study)  # a missing package or store fails here, before any trial
+        if tracker is not None:
+            tracker.log_trials(study.records())  # what an earlier run finished (logged once)
+        log = (lambda tid: tracker.log_trial(study.record(tid))) if tracker is not None else (lambda tid: None)
+        if config.fidelity is not None:
+            return _run_multifidelity(config, study, mode, t_start, log)
+        return _run_single(config, study, mode, t_start, log)
+    finally:
+        if tracker is not None:
+            tracker.close()
+        study.close()
+
+
+def _refuse_if_driven(config: Config, storage: Any) -> None:
+    """Raise DriverBusy when another live driver runs the study (read-only look; the lease
+    itself is taken when the study opens)."""
+    from llmhpo import lease
+
+    if config.study.storage is None:
+        return
+    row = lease.read(storage, config.study.name)
+    if lease.alive(row):
+        raise lease.busy(config.study.name, row)
+
+
+@dataclass
+class _Best:
+    value: float
+    number: int
+
+
+class _Asker:
+    """The optimiser, asked in a thread of its own so that the driver goes on recording
+    finished trials and starting known candidates while it computes. Results that arrive
+    during an ask are told right after it (the optimiser is not thread-safe), before the
+    next ask."""
+
+    def __init__(self, optimizer: Optimizer, threaded: bool):
+        self.optimizer, self.threaded = optimizer, threaded
+        self._thread: threading.Thread | None = None
+        self._result: tuple[list[Candidate], float] | None = None
+        self._error: BaseException | None = None
+        self._tells: list[tuple[Candidate, float | None]] = []
+        self.seconds = 0.0  # the last ask's duration
+        self.stale = False
+
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    def tell(self, cand: Candidate, y: float | None) -> None:
+        if self.busy():
+            self._tells.append((cand, y))
+        else:
+            self.optimizer.tell(cand, y)
+
+    def _ask(self, n: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._result = (self.optimizer.ask(n), time.perf_counter() - t0)
+        except BaseException as e:  # re-raised in the driver's thread
+            self._error = e
+
+    def start(self, n: int) -> None:
+        """Ask for ``n`` candidates: in a thread when the last ask was slow (> 10 ms) and
+        workers can run meanwhile, else right here (``busy()`` tells which)."""
+        if not self.threaded or self.seconds < 0.01:
+            self._ask(n)
+            return
+        self._thread = threading.Thread(target=self._ask, args=(n,), name="llmhpo-ask", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the ask to end (``collect`` takes its result)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def collect(self, timeout: float = 0.0) -> list[Candidate] | None:
+        """The asked candidates once the ask is over (None while it runs); pending tells applied."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return None
+            self._thread = None
+        #: results arrived during the ask: an empty answer may not hold any more
+        self.stale = bool(self._tells)
+        for cand, y in self._tells:
+            self.optimizer.tell(cand, y)
+        self._tells.clear()
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+        if self._result is None:
+            return None
+        cands, self.seconds = self._result
+        self._result = None
+        return cands
+
+
+def _lookahead(slots: int, ask_seconds: float, trial_seconds: list[float]) -> int:
+    """Candidates to ask ahead of free workers: as many as workers free up while one ask
+    runs, when asks cost more than 2% of a trial (else a free worker waits for one ask,
+    and each candidate is asked with every result known)."""
+    if slots < 2 or not trial_seconds or ask_seconds <= 0:
+        return 0
+    mean = sum(trial_seconds[-20:]) / len(trial_seconds[-20:])
+    ratio = ask_seconds / max(mean, 1e-6)
+    return 0 if ratio < 0.02 else min(slots, math.ceil(slots * ratio))
+
+
+def _run_single(config: Config, study: Study, mode: str, t_start: float,
+                log: Callable[[int], None]) -> RunSummary:
+    """The loop without [fidelity]; ``log(trial_id)`` hands each finished trial to the tracking tools."""
     optimizer = build_optimizer(config)
     state = study.optimizer_state()
     if state is not None:
@@ -190,7 +311,8 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     sign = 1.0 if config.study.direction == "minimize" else -1.0  # optimisers minimise
     records = {r.trial_id: r for r in study.records()}
 
-    # ---- reconcile storage with the optimiser after a crash
+    # ---- reconcile storage with the optimiser after a crash (this driver holds the lease:
+    # a trial still RUNNING belonged to a driver that is gone)
     by_candidate: dict[int, Any] = {}
     for r in records.values():
         if r.state == "RUNNING":
@@ -217,19 +339,18 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     if to_submit:
         study.save_optimizer_state(optimizer.state_dict())
 
-    def counted() -> tuple[int, int]:
-        c = study.counts()
-        return c["COMPLETE"], c["FAIL"]
-
-    complete, failed = counted()
+    c = study.counts()
+    complete, failed = c["COMPLETE"], c["FAIL"]
     budget = config.budget.trials
-    executor = make_executor(objective_factory(config), config.runner.workers, config.runner.executor,
-                             config.runner.devices)
+    executor = make_executor(objective_factory(config), config.runner, config.kind.isolate)
     running: dict[int, tuple[Candidate, int, int]] = {}  # candidate id -> (candidate, trial id, number)
     best = study.best()
-    report = _Reporter("quiet" if quiet else _output_mode(progress), budget, complete + failed, failed, 
-                       best.value if best else None, config.study.name)
+    report = _Reporter(mode, budget, complete + failed, failed, best.value if best else None, config.study.name)
     streak = _FailureStreak(config.runner.max_repeated_failures)
+    asker = _Asker(optimizer, threaded=executor.slots > 1)
+    lease = study.lease
+    trial_seconds: list[float] = []
+    exhausted = False  # the last ask gave nothing: wait for a result before asking again
 
     def submit(cand: Candidate) -> None:
         params = config.space.decode(cand.x)
@@ -240,48 +361,88 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         report.started(number, params)
         executor.submit(cand.id, params)
 
+    def publish_workers() -> None:
+        if lease is not None:
+            numbers = {cid: number for cid, (_, _, number) in running.items()}
+            lease.publish([{**w, "trial": numbers.get(w.get("trial"))} for w in executor.workers()])
+
     stopped = "budget"
     restore_sigterm = _sigterm_as_interrupt()
+    if lease is not None:
+        lease.start_heartbeat()
     try:
         while True:
+            if lease is not None and lease.lost.is_set():
+                raise StudyError(f"study '{config.study.name}' was taken over by another driver (this one missed "
+                                 "its heartbeats); stopping without writing more")
             finished = complete + failed
             out_of_time = config.budget.wall_time is not None and time.time() - t_start >= config.budget.wall_time
             if out_of_time:
                 stopped = "wall_time"
-            free = executor.slots - len(running)
-            room = budget - finished - len(running)
-            while free > 0 and room > 0 and to_submit and not out_of_time:
+            asked = asker.collect() if asker.busy() else None
+            if asked is not None:
+                study.save_optimizer_state(optimizer.state_dict())
+                to_submit.extend(asked)
+                exhausted = not asked and not asker.stale
+            # known candidates first: a free worker never waits for the optimiser
+            while len(running) < executor.slots and finished + len(running) < budget and to_submit \
+                    and not out_of_time:
                 submit(to_submit.pop(0))
-                free, room = free - 1, room - 1
-            if free > 0 and room > 0 and not out_of_time:
-                cands = optimizer.ask(min(free, room))
-                if cands:
+            free = executor.slots - len(running)
+            room = budget - finished - len(running) - len(to_submit)
+            want = min(room, free + _lookahead(executor.slots, asker.seconds, trial_seconds) - len(to_submit))
+            if want > 0 and not asker.busy() and not out_of_time and not exhausted:
+                asker.start(want)
+                if not asker.busy():  # asked in this thread
+                    asked = asker.collect()
                     study.save_optimizer_state(optimizer.state_dict())
-                    for cand in cands:
-                        submit(cand)
-                elif not running:
+                    exhausted = not asked
+                    to_submit.extend(asked)
+                    continue
+            publish_workers()
+            if not running and not asker.busy() and not (to_submit and not out_of_time
+                                                          and finished < budget):
+                if exhausted and finished < budget and not out_of_time:
                     stopped = "optimizer exhausted"
-                    break
-            if not running:
-                if finished >= budget:
-                    stopped = "budget"
                 break
             timeout = None
+            if asker.busy():
+                timeout = 0.02  # look again soon: the ask's candidates start as soon as they exist
             if config.budget.wall_time is not None and not out_of_time:
-                timeout = max(0.05, config.budget.wall_time - (time.time() - t_start))
+                left = max(0.05, config.budget.wall_time - (time.time() - t_start))
+                timeout = left if timeout is None else min(timeout, left)
+            if not running:
+                asker.join(timeout or 0.05)
+                continue
             streak.new_batch()
-            for outcome in executor.wait(timeout=timeout):
+            outcomes = executor.wait(timeout=timeout)
+            for retry in executor.retries:
+                _, tid, number = running[retry.key]
+                study.note_retry(tid, retry.attempt, retry.reason)
+                report.note(f"trial {number}: {retry.reason}; running it again (retry {retry.attempt} of "
+                            f"{config.runner.max_retries})")
+            executor.retries.clear()
+            for outcome in outcomes:
                 cand, tid, number = running.pop(outcome.key)
                 value = outcome.value
-                study.finish_trial(tid, value, outcome.metrics, outcome.timings, outcome.error,
-                                   {"worker": outcome.worker} if outcome.worker else None)
-                optimizer.tell(cand, None if value is None else sign * value)
-                study.save_optimizer_state(optimizer.state_dict())
                 if value is None:
                     failed += 1
                 else:
                     complete += 1
-                    best = study.best()
+                # the freed worker first (a known candidate), then the bookkeeping
+                if to_submit and complete + failed + len(running) < budget and not out_of_time \
+                        and streak.reason is None:
+                    submit(to_submit.pop(0))
+                study.finish_trial(tid, value, outcome.metrics, outcome.timings, outcome.error,
+                                   {"worker": outcome.worker} if outcome.worker else None)
+                log(tid)
+                asker.tell(cand, None if value is None else sign * value)
+                exhausted = False
+                if not asker.busy():
+                    study.save_optimizer_state(optimizer.state_dict())
+                trial_seconds.append(outcome.timings.get("trial", 0.0))
+                if value is not None and (best is None or sign * value < sign * best.value):
+                    best = _Best(value, number)
                 report.finished(number, value, outcome.error, outcome.timings.get("trial", 0.0), best)
                 if streak.add(None if value is not None else outcome.error or ""):
                     stopped = "repeated failures"
@@ -294,9 +455,13 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     finally:
         restore_sigterm()
         executor.close()
-        # trials stopped here (interrupt, wall time, failures) rerun on resume
-        for _, tid, _ in running.values():
-            study.mark_interrupted(tid)
+        if asker.busy():
+            asker.collect(timeout=60)
+        if not (lease is not None and lease.lost.is_set()):
+            # trials stopped here (interrupt, wall time, failures) rerun on resume
+            for _, tid, _ in running.values():
+                study.mark_interrupted(tid)
+            study.save_optimizer_state(optimizer.state_dict())
         report.close()
     best = study.best()
     return RunSummary(config.study.name, config.study.storage, complete, failed,
@@ -327,7 +492,8 @@ def _checkpoint_dir(config: Config, number: int) -> Path:
     return root / config.study.name / "checkpoints" / f"trial-{number}"
 
 
-def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary:
+def _run_multifidelity(config: Config, study: Study, mode: str, t_start: float,
+                       log: Callable[[int], None]) -> RunSummary:
     """The loop with a scheduler: each configuration is one trial that climbs rungs.
 
     A job brings configuration c to rung k: its trial is RUNNING, the objective continues
@@ -347,12 +513,10 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
     from llmhpo.objectives import Fidelity
     from llmhpo.schedulers import Job, make_scheduler
 
-    t_start = time.time()
     fd = config.fidelity
     r = fd.rungs()
     integer = fd.resource != "epochs"
     step_of = [int(v) if integer else k for k, v in enumerate(r)]
-    study = Study.open(config, overwrite=overwrite)
     optimizer = build_optimizer(config)
     state = study.optimizer_state()
     if state is not None:
@@ -425,8 +589,8 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
     if fresh:
         study.save_optimizer_state(optimizer.state_dict())
 
-    executor = make_executor(objective_factory(config), config.runner.workers, config.runner.executor,
-                             config.runner.devices)
+    executor = make_executor(objective_factory(config), config.runner, config.kind.isolate)
+    lease = study.lease
     running: dict[int, tuple[int, int, float]] = {}  # config id -> (rung, trial number, planned cost)
     report = _Reporter(mode, budget, spent, 0, None, config.study.name, unit=fd.resource)
     report.best = study.best()
@@ -527,8 +691,13 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                     study.storage.set_trial_user_attr(cid, "checkpoint_deleted", True)
 
     restore_sigterm = _sigterm_as_interrupt()
+    if lease is not None:
+        lease.start_heartbeat()
     try:
         while True:
+            if lease is not None and lease.lost.is_set():
+                raise StudyError(f"study '{config.study.name}' was taken over by another driver (this one missed "
+                                 "its heartbeats); stopping without writing more")
             out_of_time = config.budget.wall_time is not None and time.time() - t_start >= config.budget.wall_time
             if out_of_time:
                 stopped = "wall_time"
@@ -553,8 +722,17 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
             timeout = None
             if config.budget.wall_time is not None and not out_of_time:
                 timeout = max(0.05, config.budget.wall_time - (time.time() - t_start))
+            if lease is not None:
+                lease.publish([{**w, "trial": trials[w["trial"]].number if w.get("trial") in trials else None}
+                                for w in executor.workers()])
             streak.new_batch()
-            for outcome in executor.wait(timeout=timeout):
+            outcomes = executor.wait(timeout=timeout)
+            for retry in executor.retries:
+                study.note_retry(retry.key, retry.attempt, retry.reason)
+                report.note(f"trial {trials[retry.key].number}: {retry.reason}; running it again "
+                            f"(retry {retry.attempt} of {config.runner.max_retries})")
+            executor.retries.clear()
+            for outcome in outcomes:
                 cid = outcome.key
                 rung, number, planned = running.pop(cid)
                 c = scheduler.configs[cid]
@@ -578,10 +756,12 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                     study.save_optimizer_state(optimizer.state_dict())
                 if value is None:
                     study.finish_trial(cid, None, outcome.metrics, outcome.timings, outcome.error)
+                    log(cid)
                     failed += 1
                     verdict = "failed"
                 elif rung == scheduler.K:
                     study.finish_trial(cid, value, outcome.metrics, outcome.timings)
+                    log(cid)
                     complete += 1
                     verdict = "complete"
                 else:
@@ -589,6 +769,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
                     verdict = "waiting"
                 for pruned in scheduler.stop_waiting():
                     study.prune(pruned)
+                    log(pruned)
                 collect_checkpoints()
                 best = study.best() if verdict == "complete" else report.best
                 report.finished(number, value, outcome.error, outcome.timings.get("trial", 0.0), best,
@@ -618,6 +799,7 @@ def _run_multifidelity(config: Config, overwrite: bool, mode: str) -> RunSummary
             if not c.stopped and (c.running is None or cut_short) and c.top is not None and c.top < scheduler.K \
                     and c.results.get(c.top) is not None:
                 study.prune(cid)
+                log(cid)
                 shutil.rmtree(_checkpoint_dir(config, trials[cid].number), ignore_errors=True)
             elif cut_short and c.top is None:
                 study.mark_interrupted(cid)

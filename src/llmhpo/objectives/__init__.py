@@ -70,6 +70,9 @@ class ObjectiveKind:
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]] = ()
     default_direction: ClassVar[str] = "minimize"
+    #: run even a single worker in a process of its own (executor "auto"), so that a trial
+    #: killed for memory or crashing in native code fails alone instead of ending the driver
+    isolate: ClassVar[bool] = False
 
     def parse(self, objective: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]], ctx: ParseContext):
         """The kind's spec from ``[objective]`` (without ``type``) and its own tables: a frozen,

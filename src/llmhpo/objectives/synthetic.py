@@ -17,7 +17,9 @@ computes (and, for ``sleep``, waits for) its extra steps.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -149,9 +151,22 @@ class SleepSpec:
     log: str | None = None  # a file that gets one JSON line per finished evaluation
     fail_above: float | None = None  # values above this fail the trial
     noise: float = 0.0  # standard deviation of Gaussian noise added to each value
+    #: durations vary: ``seconds`` times a lognormal factor of mean 1 and this sigma, drawn from the
+    #: point itself (the same configuration always takes as long), for parallel-efficiency benchmarks
+    seconds_sigma: float = 0.0
 
     def to_tables(self) -> dict[str, dict[str, Any]]:
         return {"objective": asdict(self)}
+
+
+def sleep_seconds(spec: "SleepSpec", params: Mapping[str, Any]) -> float:
+    """How long the sleep objective pauses at ``params``."""
+    if not spec.seconds_sigma:
+        return spec.seconds
+    key = json.dumps(sorted((k, repr(v)) for k, v in params.items())).encode()
+    z = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little")).standard_normal()
+    s = spec.seconds_sigma
+    return spec.seconds * float(np.exp(s * z - s * s / 2))
 
 
 class SleepObjective:
@@ -166,9 +181,9 @@ class SleepObjective:
         if fidelity is not None:  # the work first, its checkpoint after (as training does)
             done = Path(fidelity.checkpoint) / "state.json"
             before = json.loads(done.read_text())["steps"] if done.is_file() else 0.0
-            time.sleep(self.spec.seconds * max(fidelity.value - before, 0.0) / fidelity.max)
+            time.sleep(sleep_seconds(self.spec, params) * max(fidelity.value - before, 0.0) / fidelity.max)
         else:
-            time.sleep(self.spec.seconds)
+            time.sleep(sleep_seconds(self.spec, params))
         r = self.inner(params, fidelity)
         if self.spec.fail_above is not None and r.value > self.spec.fail_above:
             raise TrialFailed(f"value {r.value:.3g} above fail_above={self.spec.fail_above}")
@@ -185,15 +200,17 @@ class SleepObjective:
 class SleepKind(FunctionKind):
     name = "sleep"
     _allowed = {"seconds": (int, float), "function": (str,), "dim": (int,), "log": (str,), "fail_above": (int, float),
-                "noise": (int, float)}
+                "noise": (int, float), "seconds_sigma": (int, float)}
 
     def parse(self, objective, tables, ctx: ParseContext) -> SleepSpec:
         spec = SleepSpec(**_options(self.name, objective, self._allowed))
         get_function(spec.function, spec.dim)
         if spec.seconds < 0:
             raise ConfigError(f"[objective] seconds = {spec.seconds} must be >= 0")
+        if spec.seconds_sigma < 0:
+            raise ConfigError(f"[objective] seconds_sigma = {spec.seconds_sigma} must be >= 0")
         if spec.log:
-            spec = SleepSpec(spec.seconds, spec.function, spec.dim, ctx.path(spec.log), spec.fail_above, spec.noise)
+            spec = dataclasses.replace(spec, log=ctx.path(spec.log))
         return spec
 
     def default_space(self, spec: SleepSpec) -> SearchSpace:

@@ -31,6 +31,7 @@ class FinetuneKind(ObjectiveKind):
     name = "finetune"
     tables = ("model", "data", "train", "eval")
     default_direction = "maximize"  # lm-eval scores: accuracy and the like
+    isolate = True  # out-of-memory kills and CUDA crashes end the worker, not the study
 
     def parse(self, objective, tables, ctx: ParseContext) -> FinetuneConfig:
         if objective:
