@@ -60,6 +60,8 @@ def busy_workers(db) -> int:
     import json
     import sqlite3
 
+    if not db.exists():  # (connecting would create an empty file)
+        return 0
     try:
         con = sqlite3.connect(db, timeout=1)  # not mode=ro: a read-only WAL reader in this process
         # can leave the file's shared memory mapped read-only for the connections that follow

@@ -255,13 +255,15 @@ class _Asker:
             self._error = e
 
     def start(self, n: int) -> None:
-        """Ask for ``n`` candidates: in a thread when the last ask was slow (> 10 ms) and
-        workers can run meanwhile, else right here (``busy()`` tells which)."""
-        if not self.threaded or self.seconds < 0.01:
+        """Ask for ``n`` candidates: in a thread when workers can run meanwhile (a cheap ask
+        is over within a few milliseconds and collected at once), else right here
+        (``busy()`` tells which)."""
+        if not self.threaded:
             self._ask(n)
             return
         self._thread = threading.Thread(target=self._ask, args=(n,), name="llmhpo-ask", daemon=True)
         self._thread.start()
+        self._thread.join(0.005)
 
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the ask to end (``collect`` takes its result)."""
@@ -393,10 +395,10 @@ def _run_single(config: Config, study: Study, mode: str, t_start: float,
             want = min(room, free + _lookahead(executor.slots, asker.seconds, trial_seconds) - len(to_submit))
             if want > 0 and not asker.busy() and not out_of_time and not exhausted:
                 asker.start(want)
-                if not asker.busy():  # asked in this thread
-                    asked = asker.collect()
+                asked = asker.collect()  # None while a slow ask goes on in its thread
+                if asked is not None:
                     study.save_optimizer_state(optimizer.state_dict())
-                    exhausted = not asked
+                    exhausted = not asked and not asker.stale
                     to_submit.extend(asked)
                     continue
             publish_workers()
