@@ -82,3 +82,16 @@ def test_encode_partial_fills_defaults_and_refuses_unknown():
 def test_space_dict_round_trip():
     s = paper_space()
     assert SearchSpace.from_dict(s.to_dict()) == s
+
+
+def test_snap_is_the_point_of_the_evaluated_configuration():
+    space = SearchSpace([Float("lr", 1e-5, 1e-1, log=True), Int("r", 2, 32), Categorical("opt", ("adam", "sgd"))])
+    x = np.array([0.3141, 0.4321, 0.9])
+    s = space.snap(x)
+    assert s[0] == x[0]  # a float is its own configuration
+    np.testing.assert_allclose(s, space.encode(space.decode(x)))
+    assert space.decode(s) == space.decode(x)
+    np.testing.assert_array_equal(space.snap(s), s)  # idempotent
+    # two points in one integer cell snap to the same point
+    a, b = space.snap(np.array([0.5, 0.40, 0.2])), space.snap(np.array([0.5, 0.41, 0.3]))
+    np.testing.assert_array_equal(a, b)

@@ -1,8 +1,18 @@
-"""Optimisers x benchmark functions x seeds: the comparison table of ``llmhpo bench``.
+"""Optimisers x benchmark functions x seeds: the comparison tables of ``llmhpo bench``.
 
-Every repeat is a full study run by the same runner as ``llmhpo run`` (in-memory storage,
-one trial at a time), so the bench measures exactly what users run. Repeats run in
-parallel worker processes.
+The protocol (single fidelity), chosen so that it cannot flatter an algorithm:
+
+- every seed s is a different problem: the function's optimum is moved to a random point and,
+  on a box with equal sides, its axes are permuted (``Function.shifted(s)``); every optimiser
+  meets the same problem for seed s, and is itself seeded with s. Deterministic optimisers
+  (SOO, DIRECT, ...) so get ten different runs, and none meets the optimum by construction;
+- each run is a plain ask/tell loop (``ask(q)``, evaluate, ``tell``) in its own process, one
+  torch thread; its whole history is kept (the value of every evaluation, the wall time when
+  it was told, the ask time), so the regret at budgets 10, 25, 50, 100 comes from one run;
+- summary per function and budget: median and mean best regret, a 95% bootstrap confidence
+  interval of the median (2,000 resamples of the seeds), the mean rank among the optimisers
+  on each seed (ties share their mean rank), and whether the optimiser beats random search on
+  that function: a one-sided Wilcoxon signed-rank test on the seeds' paired regrets, p < 0.05.
 """
 
 from __future__ import annotations
@@ -12,7 +22,8 @@ import math
 import multiprocessing as mp
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,19 +32,53 @@ from llmhpo.config import Budget, Config, RunnerConfig, StudyConfig
 from llmhpo.objectives.functions import get_function
 from llmhpo.objectives.synthetic import FunctionObjective, FunctionSpec
 
+#: the budgets a summary reports, among those a run reaches
+BUDGETS = (10, 25, 50, 100)
+
 
 @dataclass
-class BenchRow:
+class Spec:
+    """One optimiser configuration of a bench: its label in the tables, its name, its options."""
+
+    label: str
+    optimizer: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchRun:
+    """One run's whole history. values: (budget,) the value of each evaluation in tell order
+    (None: failed); ask_seconds: the ask time spent per evaluation (an ask's time shared by
+    the points it returned); wall: seconds since the start when each value was told."""
+
     function: str
     optimizer: str
     seed: int
-    best_regret: float
-    evaluations: int
-    seconds: float
+    batch: int
+    f_min: float
+    values: list[float | None]
+    ask_seconds: list[float]
+    wall: list[float]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def best_regret(self, budget: int | None = None) -> float:
+        """Best value among the first ``budget`` evaluations minus the known minimum (inf: none)."""
+        ok = [v for v in self.values[:budget] if v is not None]
+        return max(min(ok) - self.f_min, 0.0) if ok else math.inf
+
+    def regret_curve(self) -> np.ndarray:
+        """(n,) best regret after each evaluation."""
+        vals = np.array([math.inf if v is None else v for v in self.values], dtype=float)
+        return np.maximum(np.minimum.accumulate(vals) - self.f_min, 0.0)
+
+    @property
+    def seconds(self) -> float:
+        return self.wall[-1] if self.wall else 0.0
 
 
 def function_config(function: str, optimizer: str, budget: int, seed: int, dim: int | None = None,
                     options: dict[str, Any] | None = None) -> Config:
+    """A study config that runs ``optimizer`` on ``function`` (its own, unshifted box)."""
     return Config(
         study=StudyConfig(f"bench-{function}-{optimizer}-{seed}", None, "minimize", seed),
         budget=Budget(budget), runner=RunnerConfig(1, "inline", max_repeated_failures=0),
@@ -42,24 +87,52 @@ def function_config(function: str, optimizer: str, budget: int, seed: int, dim: 
     )
 
 
-def run_one(function: str, optimizer: str, budget: int, seed: int, dim: int | None = None) -> BenchRow:
+def run_one(function: str, spec: Spec, budget: int, seed: int, batch: int = 1, dim: int | None = None) -> BenchRun:
+    """One run of the protocol: ``spec`` on ``function`` shifted by ``seed``, ``batch``
+    points asked at a time, until ``budget`` evaluations (or the optimiser has no more)."""
     import torch
 
-    from llmhpo.runner import run
+    from llmhpo.optimizers import make_optimizer
 
     torch.set_num_threads(1)
-    cfg = function_config(function, optimizer, budget, seed, dim)
-    t0 = time.time()
-    summary = run(cfg, quiet=True, preflight=False)
-    f = get_function(function, dim)
-    regret = (summary.best_value - f.f_min) if summary.best_value is not None else float("inf")
-    return BenchRow(function, optimizer, seed, max(regret, 0.0), summary.complete + summary.failed, time.time() - t0)
+    f = get_function(function, dim).shifted(seed)
+    opt = make_optimizer(spec.optimizer, f.dim, np.random.default_rng(seed), budget, spec.options)
+    values: list[float | None] = []
+    asks: list[float] = []
+    wall: list[float] = []
+    t0 = time.perf_counter()
+    while len(values) < budget:
+        q = min(batch, budget - len(values))
+        ta = time.perf_counter()
+        cands = opt.ask(q)
+        while cands and len(cands) < q:  # an algorithm may hand out a batch in parts
+            more = opt.ask(q - len(cands))
+            if not more:
+                break
+            cands += more
+        dt = time.perf_counter() - ta
+        if not cands:
+            break  # the optimiser has nothing more to propose (a finished grid)
+        for c in cands:
+            y = f(f.from_unit(c.x))
+            y = y if math.isfinite(y) else None
+            opt.tell(c, y)
+            values.append(y)
+            asks.append(dt / len(cands))
+            wall.append(time.perf_counter() - t0)
+    return BenchRun(function, spec.label, seed, batch, f.f_min, values, asks, wall, dict(spec.options))
 
 
-def run_bench(optimizers: list[str], functions: list[str], budget: int, seeds: int, workers: int = 1,
-              dim: int | None = None, on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
-    jobs = [(f, o, budget, s, dim) for f in functions for o in optimizers for s in range(seeds)]
-    rows: list[BenchRow] = []
+#: the optimisers whose runs take longest go first, so that parallel workers end together
+_SLOW = ("bo", "optuna_gp", "bamsoo")
+
+
+def run_bench(specs: list[Spec], functions: list[str], budget: int, seeds: int, workers: int = 1,
+              dim: int | None = None, batch: int = 1,
+              on_row: Callable[[BenchRun], None] | None = None) -> list[BenchRun]:
+    jobs = [(f, sp, budget, s, batch, dim) for f in functions for sp in specs for s in range(seeds)]
+    jobs.sort(key=lambda j: j[1].optimizer not in _SLOW)
+    rows: list[BenchRun] = []
     if workers <= 1:
         for job in jobs:
             rows.append(run_one(*job))
@@ -75,44 +148,161 @@ def run_bench(optimizers: list[str], functions: list[str], budget: int, seeds: i
     return rows
 
 
-def summarise(rows: list[BenchRow]) -> list[dict[str, Any]]:
-    """Per function x optimiser: median and mean best regret, mean rank (1 = best) over seeds."""
-    by_fs: dict[tuple[str, int], list[BenchRow]] = {}
+def bootstrap_ci(x: list[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of x."""
+    a = np.asarray(x, dtype=float)
+    if len(a) == 0:
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    meds = np.median(a[idx], axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def better_than(a: list[float], b: list[float], alpha: float = 0.05) -> tuple[bool, float]:
+    """One-sided Wilcoxon signed-rank test on paired regrets (same seeds): a < b? (significant, p)."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) == 0 or np.all(d == 0):
+        return False, 1.0
+    p = float(wilcoxon(d, alternative="less", zero_method="zsplit").pvalue)
+    return p < alpha, p
+
+
+def _ranks(regrets: np.ndarray) -> np.ndarray:
+    """1 = best; ties share their mean rank."""
+    from scipy.stats import rankdata
+
+    return rankdata(regrets, method="average")
+
+
+def summarise(rows: list[BenchRun], budget: int | None = None, reference: str = "random") -> list[dict[str, Any]]:
+    """Per function x optimiser, regret after ``budget`` evaluations (default: each run's
+    whole history): median, 95% CI of the median, mean, mean rank over seeds, whether it
+    is significantly better than ``reference`` (paired over seeds), seconds per run, ask time."""
+    reg: dict[tuple[str, str], dict[int, float]] = {}
     for r in rows:
-        by_fs.setdefault((r.function, r.seed), []).append(r)
+        reg.setdefault((r.function, r.optimizer), {})[r.seed] = r.best_regret(budget)
     ranks: dict[tuple[str, str], list[float]] = {}
-    for group in by_fs.values():
-        regrets = np.array([r.best_regret for r in group])
-        # average ranks for ties
-        order = regrets.argsort(kind="stable")
-        rk = np.empty(len(group))
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and regrets[order[j + 1]] == regrets[order[i]]:
-                j += 1
-            rk[order[i:j + 1]] = (i + j) / 2 + 1
-            i = j + 1
-        for r, k in zip(group, rk):
-            ranks.setdefault((r.function, r.optimizer), []).append(float(k))
+    for fn in sorted({r.function for r in rows}):
+        opts = sorted({o for f, o in reg if f == fn})
+        seeds = sorted(set.intersection(*(set(reg[(fn, o)]) for o in opts)))
+        for s in seeds:
+            rk = _ranks(np.array([reg[(fn, o)][s] for o in opts]))
+            for o, k in zip(opts, rk):
+                ranks.setdefault((fn, o), []).append(float(k))
     out = []
-    keys = sorted({(r.function, r.optimizer) for r in rows}, key=lambda k: (k[0], statistics.mean(ranks[k])))
-    for f, o in keys:
-        regs = [r.best_regret for r in rows if r.function == f and r.optimizer == o]
-        secs = [r.seconds for r in rows if r.function == f and r.optimizer == o]
-        out.append({"function": f, "optimizer": o, "median_regret": statistics.median(regs),
-                    "mean_regret": statistics.mean(regs), "mean_rank": statistics.mean(ranks[(f, o)]),
-                    "seeds": len(regs), "mean_seconds": statistics.mean(secs)})
+    for (fn, o), by_seed in reg.items():
+        seeds = sorted(by_seed)
+        x = [by_seed[s] for s in seeds]
+        runs = [r for r in rows if r.function == fn and r.optimizer == o]
+        row = {"function": fn, "optimizer": o, "budget": budget, "seeds": len(x),
+               "median_regret": statistics.median(x), "mean_regret": statistics.mean(x),
+               "ci_low": bootstrap_ci(x)[0], "ci_high": bootstrap_ci(x)[1],
+               "mean_rank": statistics.mean(ranks.get((fn, o), [math.nan])),
+               "mean_seconds": statistics.mean(r.seconds if budget is None else r.wall[min(budget, len(r.wall)) - 1]
+                                               for r in runs if r.wall),
+               "median_ask_seconds": statistics.median(a for r in runs for a in r.ask_seconds[:budget])}
+        ref = reg.get((fn, reference))
+        if ref is not None and o != reference:
+            common = [s for s in seeds if s in ref]
+            row["better_than_random"], row["p_vs_random"] = better_than([by_seed[s] for s in common],
+                                                                        [ref[s] for s in common])
+        else:
+            row["better_than_random"], row["p_vs_random"] = False, math.nan
+        out.append(row)
+    out.sort(key=lambda r: (r["function"], r["mean_rank"]))
     return out
 
 
+def overall(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per optimiser over all functions: mean of its per-function mean ranks, the functions
+    where it beats random significantly, mean seconds per run; best mean rank first."""
+    out = []
+    for o in sorted({s["optimizer"] for s in summary}):
+        mine = [s for s in summary if s["optimizer"] == o]
+        out.append({"optimizer": o, "mean_rank": statistics.mean(s["mean_rank"] for s in mine),
+                    "functions": len(mine), "better_than_random": sum(bool(s["better_than_random"]) for s in mine),
+                    "mean_seconds": statistics.mean(s["mean_seconds"] for s in mine)})
+    out.sort(key=lambda r: r["mean_rank"])
+    return out
+
+
+def _g(v: float) -> str:
+    return "inf" if v == math.inf else f"{v:.3g}"
+
+
 def markdown_table(summary: list[dict[str, Any]]) -> str:
-    lines = ["| function | optimizer | median regret | mean regret | mean rank | s / run |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| function | optimizer | median regret | 95% CI of the median | mean regret | mean rank | "
+             "beats random | s / run | ask (median) |",
+             "|---|---|---:|---|---:|---:|:---:|---:|---:|"]
     for s in summary:
-        lines.append(f"| {s['function']} | {s['optimizer']} | {s['median_regret']:.3g} | {s['mean_regret']:.3g} | "
-                     f"{s['mean_rank']:.2f} | {s['mean_seconds']:.1f} |")
+        star = "yes" if s["better_than_random"] else ""
+        lines.append(f"| {s['function']} | {s['optimizer']} | {_g(s['median_regret'])} | "
+                     f"[{_g(s['ci_low'])}, {_g(s['ci_high'])}] | {_g(s['mean_regret'])} | {s['mean_rank']:.2f} | "
+                     f"{star} | {s['mean_seconds']:.1f} | {1000 * s['median_ask_seconds']:.1f} ms |")
     return "\n".join(lines)
+
+
+def overall_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| optimizer | mean rank over all functions | functions where it beats random | s / run |",
+             "|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['optimizer']} | {r['mean_rank']:.2f} | {r['better_than_random']} / {r['functions']} | "
+                     f"{r['mean_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_convergence(rows: list[BenchRun], folder: Path) -> list[Path]:
+    """One figure per function: best regret against evaluations, median and quartiles over
+    the seeds, log y. Returns the files written (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fn in sorted({r.function for r in rows}):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        labels = sorted({r.optimizer for r in rows if r.function == fn})
+        cmap = plt.get_cmap("tab20")
+        floor = 1e-8
+        # one line style per family, so that 15 curves stay readable
+        style = {"bo": "-", "bamsoo": "--", "soo": "--", "direct": "--", "fda": "--", "random": ":", "grid": ":",
+                 "lhs": ":", "sobol": ":", "annealing": "-.", "genetic": "-.", "local_search": "-.",
+                 "optuna_tpe": (0, (5, 1, 1, 1)), "optuna_cmaes": (0, (5, 1, 1, 1)), "optuna_gp": (0, (5, 1, 1, 1))}
+        for k, o in enumerate(labels):
+            curves = [r.regret_curve() for r in rows if r.function == fn and r.optimizer == o]
+            n = min(len(c) for c in curves)
+            C = np.maximum(np.array([c[:n] for c in curves]), floor)
+            q1, med, q3 = np.quantile(C, [0.25, 0.5, 0.75], axis=0)
+            x = np.arange(1, n + 1)
+            ax.plot(x, med, label=o, color=cmap(k % 20), ls=style.get(o, "-"),
+                    lw=2.0 if o in ("bo", "optuna_gp", "random") else 1.1)
+            ax.fill_between(x, q1, q3, color=cmap(k % 20), alpha=0.12)
+        ax.set_yscale("log")
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("best regret (median, quartiles)")
+        ax.set_title(f"{fn}: {len({r.seed for r in rows if r.function == fn})} shifted seeds")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = folder / f"{fn}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def runs_to_json(rows: list[BenchRun]) -> list[dict[str, Any]]:
+    return [dict(asdict(r), evaluations=len(r.values)) for r in rows]
+
+
+def runs_from_json(items: list[dict[str, Any]]) -> list[BenchRun]:
+    names = set(BenchRun.__dataclass_fields__)
+    return [BenchRun(**{k: v for k, v in d.items() if k in names}) for d in items]
 
 
 # ---------------------------------------------------------------------------- multi-fidelity

@@ -202,6 +202,21 @@ class SearchSpace:
             raise ValueError(f"expected a point of shape ({self.dim},), got {x.shape}")
         return {v.name: v.from_unit(u) for v, u in zip(self.variables, x)}
 
+    def snap(self, x: np.ndarray) -> np.ndarray:
+        """x: (d,) point of [0, 1]^d -> the (d,) point of the configuration actually
+        evaluated, ``encode(decode(x))``: integers and categoricals move to the centre of
+        their cell, floats stay (up to rounding of log scales). Optimisers apply it to what
+        they propose, so their model sees evaluated points and no configuration is proposed
+        twice."""
+        x = np.asarray(x, dtype=float)
+        if x.shape != (self.dim,):
+            raise ValueError(f"expected a point of shape ({self.dim},), got {x.shape}")
+        out = np.clip(x, 0.0, 1.0).copy()
+        for i, v in enumerate(self.variables):
+            if not isinstance(v, Float):  # a float's own point is what is evaluated: keep it exactly
+                out[i] = v.to_unit(v.from_unit(out[i]))
+        return np.clip(out, 0.0, 1.0)
+
     def encode(self, params: Mapping[str, Any], fill_defaults: bool = False) -> np.ndarray:
         """Native params -> (d,) point of [0, 1]^d.
 

@@ -99,16 +99,18 @@ def test_bamsoo_needs_fewer_evaluations_than_soo_for_same_depth(name):
     assert n_bam < n_soo, (n_bam, n_soo)
 
 
-def _median_regret(name, fn, seeds, budget=50):
-    f = get_function(fn)
+def _median_regret(name, fn, seeds, budget=30):
+    """Median best regret over seeds, each seed on its own shifted copy of the function (the
+    bench's protocol: the partition methods' first point, the centre, is not the optimum)."""
     regrets = []
     for s in seeds:
+        f = get_function(fn).shifted(s)
         opt = make_optimizer(name, f.dim, np.random.default_rng(s), budget)
         regrets.append(run_budget(opt, f, budget) - f.f_min)
     return statistics.median(regrets)
 
 
-SEEDS = range(10)
+SEEDS = range(5)
 _RANDOM: dict = {}
 
 
@@ -121,14 +123,102 @@ def random_median(fn):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bo", "soo", "bamsoo", "direct", "fda", "optuna_tpe"])
 def test_model_and_partition_optimizers_beat_random(name):
-    """Optuna's GPSampler is compared in docs/benchmarks.md (15 s a run: too slow here)."""
-    from llmhpo.optimizers import OPTIMIZERS
-
+    """Median regret over 5 shifted seeds after 30 evaluations, below random search's on at
+    least two of branin, himmelblau, hartmann6. BO must beat it tenfold (measured: 1e-4,
+    1e-3 and 0.04 of random's): a BO whose model or acquisition is broken proposes
+    near-random points and fails. The full comparison, Optuna's GPSampler included, is
+    docs/benchmarks.md."""
+    factor = MARGIN.get(name, 1.0)
     wins = []
     for fn in ["branin", "himmelblau", "hartmann6"]:
-        # deterministic optimisers give the same run for every seed: one run is the median
-        seeds = SEEDS if OPTIMIZERS[name].stochastic else [0]
-        if fn == "hartmann6" and len(wins) >= 2 and sum(wins) >= 2:
+        if len(wins) >= 2 and sum(wins) >= 2:
             break  # two wins already: spare the 6-D runs
-        wins.append(_median_regret(name, fn, seeds) < random_median(fn))
+        wins.append(_median_regret(name, fn, SEEDS) < factor * random_median(fn))
     assert sum(wins) >= 2, wins
+
+
+#: how much lower than random search's median regret an optimiser's must be
+MARGIN = {"bo": 0.1}
+
+
+def test_direct_divides_every_potentially_optimal_rectangle_ties_included():
+    """A hand-made set of rectangles (JPS 1993, Def. 3.1): sizes d = 0.5 (level 0), 0.5/3
+    (level 1 on both sides) and 0.5/9. The two largest rectangles tie at the lowest value of
+    their size (2.0): both are potentially optimal and both are divided; the smallest one
+    with the overall minimum (1.0) is too; a rectangle beaten at its own size is not."""
+    d = DIRECT(2)
+    lv = lambda k: np.array([k, k])  # noqa: E731
+    d.rects = [
+        {"c": np.array([0.1, 0.1]), "l": lv(0), "f": 2.0},   # largest, ties with the next
+        {"c": np.array([0.9, 0.9]), "l": lv(0), "f": 2.0},
+        {"c": np.array([0.5, 0.5]), "l": lv(0), "f": 3.0},   # same size, worse: no
+        {"c": np.array([0.3, 0.3]), "l": lv(1), "f": 2.5},   # middle size, above the hull: no
+        {"c": np.array([0.4, 0.4]), "l": lv(2), "f": 1.0},   # smallest, f_min: yes
+    ]
+    assert sorted(d.potentially_optimal()) == [0, 1, 4]
+    # with the tie broken, only one of the two large rectangles is chosen
+    d.rects[1]["f"] = 2.0 + 1e-9
+    assert sorted(d.potentially_optimal()) == [0, 4]
+
+
+def test_direct_ties_on_a_symmetric_function_are_all_divided():
+    """f(x) = (x1 - 1/2)^2 + (x2 - 1/2)^2: after the centre, the four samples c +- 1/3 e_i tie
+    (1/9). After the first division the rectangles of the two outer thirds along the second
+    dimension tie at the largest size: both are divided in iteration 2, so its samples come
+    in pairs placed symmetrically about the centre."""
+    f = lambda x: float(np.sum((np.asarray(x) - 0.5) ** 2))  # noqa: E731
+    d = DIRECT(2)
+    for _ in range(1 + 4):
+        (c,) = d.ask(1)
+        d.tell(c, f(c.x))
+    cands = d.ask(100)  # all of iteration 2
+    pts = sorted(tuple(np.round(c.x, 9)) for c in cands)
+    mirrored = sorted(tuple(np.round(1.0 - np.array(p), 9)) for p in pts)
+    assert pts == mirrored and len(pts) >= 4, pts
+
+
+def test_soo_depth_limit_counts_expansions():
+    """f(x) = x on [0, 1], K = 3, h_max(t) = floor(sqrt(t)) with t the expansions so far
+    (Munos 2011, Alg. 2). Worked out by hand:
+    sweep 1 (t = 0, h_max 1): expand the root -> 1/6, 5/6 (1/2 inherited); t = 1
+    sweep 2 (t = 1, h_max 1): depth 1 best leaf [0, 1/3] -> 1/18, 5/18; t = 2
+    sweep 3 (t = 2, h_max 1): depth 1 only (depth 2 is beyond h_max): [1/3, 2/3] -> 7/18, 11/18; t = 3
+    sweep 4 (t = 3, h_max 1): depth 1: [2/3, 1] -> 13/18, 17/18; t = 4
+    sweep 5 (t = 4, h_max 2): depth 2: best leaf [0, 1/9] (1/18) -> 1/54, 5/54; t = 5.
+    Counting evaluations instead (h_max(5) = 2 after sweep 2) would expand [0, 1/9] in sweep 3."""
+    soo = SOO(1, K=3)
+    seen = []
+    for _ in range(11):
+        (c,) = soo.ask(1)
+        seen.append(round(float(c.x[0]) * 54))  # in 54ths
+        soo.tell(c, float(c.x[0]))
+    assert seen == [27, 9, 45, 3, 15, 21, 33, 39, 51, 1, 5]
+    assert soo.t == 5 and soo.h_max() == 2
+    assert soo.t == sum(nd["expanded"] for nd in soo.nodes)
+
+
+@pytest.mark.parametrize("name", ["branin", "himmelblau", "hartmann6", "rosenbrock", "ackley", "rastrigin", "levy",
+                                  "styblinski_tang"])
+def test_bamsoo_bookkeeping_stays_bounded(name):
+    """BaMSOO's tree grows at most linearly with the real evaluations on every function of
+    the suite (shifted, as in the bench)."""
+    f = get_function(name).shifted(0)
+    bam = BaMSOO(f.dim)
+    run_budget(bam, f, 30)
+    assert len(bam.nodes) <= BaMSOO.max_nodes_per_eval * 30 + 3 * 10 * f.dim, len(bam.nodes)
+
+
+def test_fda_never_evaluates_a_point_twice_and_is_deterministic():
+    from llmhpo.optimizers.partition import FractalDecomposition
+
+    f = get_function("branin")
+    runs = []
+    for seed in (0, 1):
+        fda = FractalDecomposition(2, np.random.default_rng(seed), k_max=1, omega_min=0.1)
+        run_budget(fda, f, 60)  # past the end of the tree (44 evaluations): the Halton tail
+        X = np.array(fda.X)
+        d = np.max(np.abs(X[:, None] - X[None]), axis=-1) + np.eye(len(X))
+        assert d.min() > 1e-9
+        assert fda.phase == "exhausted"
+        runs.append(X)
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -51,7 +51,8 @@ def test_import_and_check_stay_light():
 def test_unknown_option_lists_the_options():
     with pytest.raises(ConfigError) as e:
         check_optimizer("bo", {"n_ini": 5})
-    assert str(e.value) == "optimizer 'bo' has no option 'n_ini'; its options are: n_init, num_restarts, raw_samples"
+    assert str(e.value) == ("optimizer 'bo' has no option 'n_ini'; its options are: n_init, num_restarts, "
+                            "raw_samples, kernel, noise, warp, local_starts, failures, fit_maxiter")
     with pytest.raises(ConfigError, match="unknown optimizer 'nope'; choose one of: random, grid"):
         check_optimizer("nope", {})
 

@@ -1,9 +1,18 @@
 """Benchmark functions with known optima (Surjanovic & Bingham's virtual library),
-to test and compare optimisers in seconds. All are minimised."""
+to test and compare optimisers in seconds. All are minimised.
+
+``Function.shifted(seed)`` is the benchmark's honest version of a function: the optimum is
+moved to a random point of [0.1, 0.9]^d of the box (and, on a box with equal sides, the
+axes are permuted at random), so that no optimiser meets the optimum by construction
+(partition methods evaluate the centre first: ackley's and rastrigin's minima sit there) and
+a deterministic optimiser gets a different problem for every seed. The known minimum value
+is kept: each function's minimum is its minimum over all of R^d, and the moved function
+is the original one read around a moved point."""
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,12 +23,14 @@ from llmhpo.errors import ConfigError
 
 @dataclass(frozen=True)
 class Function:
-    """f: (d,) native point -> float; bounds: (d, 2); f_min: the known global minimum."""
+    """f: (d,) native point -> float; bounds: (d, 2); f_min: the known global minimum;
+    x_opt: (d,) a native point where it is reached (None if not recorded)."""
 
     name: str
     f: Callable[[np.ndarray], float]
     bounds: np.ndarray
     f_min: float
+    x_opt: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -32,6 +43,36 @@ class Function:
         """u: (d,) in [0, 1] -> native point."""
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         return lo + np.asarray(u, dtype=float) * (hi - lo)
+
+    def to_unit(self, x) -> np.ndarray:
+        """x: (d,) native point -> (d,) point of the unit box (outside [0, 1] if x is)."""
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        return (np.asarray(x, dtype=float) - lo) / (hi - lo)
+
+    def shifted(self, seed: int, margin: float = 0.1) -> "Function":
+        """The function with its minimiser moved to a random point of [margin, 1 - margin]^d
+        (unit coordinates) and, if every side of the box is the same, its axes permuted:
+
+            g(u) = f(u_old + P (u - u_new))     (u in unit coordinates)
+
+        so g(u_new) = f(u_old) = f_min. Same seed, same problem (the name enters the seed, so
+        two functions with one seed get independent shifts)."""
+        if self.x_opt is None:
+            raise ValueError(f"function '{self.name}' has no recorded minimiser to move")
+        rng = np.random.default_rng([zlib.crc32(self.name.encode()), int(seed)])
+        d = self.dim
+        u_old = self.to_unit(self.x_opt)
+        u_new = rng.uniform(margin, 1.0 - margin, d)
+        widths = self.bounds[:, 1] - self.bounds[:, 0]
+        perm = rng.permutation(d) if np.allclose(widths, widths[0]) and np.allclose(self.bounds, self.bounds[0]) \
+            else np.arange(d)
+        f, lo, width = self.f, self.bounds[:, 0].copy(), widths.copy()
+
+        def g(x):
+            v = (np.asarray(x, dtype=float) - lo) / width - u_new  # displacement from the new optimum
+            return f(lo + (u_old + v[perm]) * width)
+
+        return Function(self.name, g, self.bounds.copy(), self.f_min, lo + u_new * width)
 
 
 def _himmelblau(x):
@@ -86,14 +127,18 @@ def _box(lo, hi, d):
 
 # name -> (maker(dim) -> Function, fixed dimension or None, default dimension)
 _FUNCTIONS: dict[str, tuple[Callable[[int], Function], int | None, int]] = {
-    "himmelblau": (lambda d: Function("himmelblau", _himmelblau, np.array([[-5.0, 5.0], [-5.0, 5.0]]), 0.0), 2, 2),
-    "branin": (lambda d: Function("branin", _branin, np.array([[-5.0, 10.0], [0.0, 15.0]]), 0.397887357729738), 2, 2),
-    "hartmann6": (lambda d: Function("hartmann6", _hartmann6, _box(0, 1, 6), -3.32236801141551), 6, 6),
-    "rosenbrock": (lambda d: Function("rosenbrock", _rosenbrock, _box(-5, 10, d), 0.0), None, 4),
-    "ackley": (lambda d: Function("ackley", _ackley, _box(-32.768, 32.768, d), 0.0), None, 4),
-    "rastrigin": (lambda d: Function("rastrigin", _rastrigin, _box(-5.12, 5.12, d), 0.0), None, 4),
-    "levy": (lambda d: Function("levy", _levy, _box(-10, 10, d), 0.0), None, 4),
-    "styblinski_tang": (lambda d: Function("styblinski_tang", _styblinski_tang, _box(-5, 5, d), -39.16616570377142 * d), None, 4),
+    "himmelblau": (lambda d: Function("himmelblau", _himmelblau, np.array([[-5.0, 5.0], [-5.0, 5.0]]), 0.0,
+                                      np.array([3.0, 2.0])), 2, 2),
+    "branin": (lambda d: Function("branin", _branin, np.array([[-5.0, 10.0], [0.0, 15.0]]), 0.397887357729738,
+                                  np.array([math.pi, 2.275])), 2, 2),
+    "hartmann6": (lambda d: Function("hartmann6", _hartmann6, _box(0, 1, 6), -3.32236801141551,
+                                        np.array([0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573])), 6, 6),
+    "rosenbrock": (lambda d: Function("rosenbrock", _rosenbrock, _box(-5, 10, d), 0.0, np.ones(d)), None, 4),
+    "ackley": (lambda d: Function("ackley", _ackley, _box(-32.768, 32.768, d), 0.0, np.zeros(d)), None, 4),
+    "rastrigin": (lambda d: Function("rastrigin", _rastrigin, _box(-5.12, 5.12, d), 0.0, np.zeros(d)), None, 4),
+    "levy": (lambda d: Function("levy", _levy, _box(-10, 10, d), 0.0, np.ones(d)), None, 4),
+    "styblinski_tang": (lambda d: Function("styblinski_tang", _styblinski_tang, _box(-5, 5, d), -39.16616570377142 * d,
+                                                np.full(d, -2.903534027771178)), None, 4),
 }
 
 FUNCTION_NAMES = list(_FUNCTIONS)

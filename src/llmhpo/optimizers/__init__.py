@@ -9,7 +9,7 @@ package, listing the names and checking a config stay fast (no torch, no scipy.s
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -97,12 +97,18 @@ def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
 
 
 def make_optimizer(name: str, dim: int, rng: np.random.Generator, budget: int | None = None,
-                   options: dict[str, Any] | None = None) -> Optimizer:
+                   options: dict[str, Any] | None = None,
+                   snap: Callable[[np.ndarray], np.ndarray] | None = None) -> Optimizer:
+    """An optimiser by name. snap: (d,) point of [0, 1]^d -> (d,) point of the configuration
+    really evaluated (``SearchSpace.snap``); every proposed point goes through it before the
+    duplicate check, so the model sees evaluated points and no configuration comes twice."""
     check_optimizer(name, options)
     try:
-        return OPTIMIZERS[name](dim, rng, budget, **(options or {}))
+        opt = OPTIMIZERS[name](dim, rng, budget, **(options or {}))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"optimizer '{name}': bad options {options}: {e}") from e
+    opt.snap = snap
+    return opt
 
 
 __all__ = ["OPTIMIZERS", "Candidate", "Optimizer", "check_optimizer", "make_optimizer", "optimizer_options"]

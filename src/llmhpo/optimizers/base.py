@@ -4,13 +4,21 @@ Every optimiser minimises. The public methods do the bookkeeping (ids, pending w
 history, validation); subclasses implement ``_ask`` and ``_tell`` on arrays, and list the
 attributes that make up their state in ``_state_attrs`` so that ``state_dict`` /
 ``load_state_dict`` give an identical continuation through plain JSON.
+
+Two duties are kept here for every optimiser: a proposed point is first moved to the
+configuration that will really be evaluated (``snap``: integers and categoricals rounded,
+see ``SearchSpace.snap``), so the history holds evaluated points; and no configuration is
+handed out twice: a point equal to one already told (failures included) or still pending
+is replaced by the nearest fresh configuration found by growing random steps. A failed
+configuration (diverged, out of memory) fails the same way every time: proposing it again
+would only burn budget.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -62,6 +70,9 @@ class Optimizer:
         self.X: list[np.ndarray] = []
         self.y: list[float | None] = []
         self._next_id = 0
+        #: (d,) -> (d,): the point of the configuration actually evaluated (None: every point
+        #: is its own configuration); set by ``make_optimizer``, not part of the state
+        self.snap: Callable[[np.ndarray], np.ndarray] | None = None
 
     # ---------------------------------------------------------------- options
     @classmethod
@@ -83,11 +94,53 @@ class Optimizer:
         """Up to ``n`` new candidates; fewer, even none, when results must come in first."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"ask(n) needs n >= 1, got {n!r}")
-        out = []
+        out: list[Candidate] = []
         for x, info in self._ask(n)[:n]:
-            x = np.clip(np.asarray(x, dtype=float).reshape(self.dim), 0.0, 1.0)
+            x = self._prepare(x)
+            others = [c.x for c in out]
+            if self.is_known(x, others):
+                fresh = self._fresh_near(x, others)
+                if fresh is not None:
+                    x, info = fresh, dict(info, moved=True)
             out.append(self._add_pending(x, info))
         return out
+
+    # ---------------------------------------------------------------- duplicates
+    #: two points closer than this (max-norm, in [0, 1]^d) are the same configuration
+    same_tol: ClassVar[float] = 1e-9
+
+    def _prepare(self, x) -> np.ndarray:
+        """A proposed point, clipped into the box and snapped to its configuration."""
+        x = np.clip(np.asarray(x, dtype=float).reshape(self.dim), 0.0, 1.0)
+        if self.snap is not None:
+            x = np.clip(np.asarray(self.snap(x), dtype=float).reshape(self.dim), 0.0, 1.0)
+        return x
+
+    def known_points(self) -> np.ndarray:
+        """(m, d): every told point (failed ones included) and every pending one."""
+        pts = [*self.X, *(c.x for c in self.pending.values())]
+        return np.asarray(pts, dtype=float).reshape(len(pts), self.dim)
+
+    def is_known(self, x: np.ndarray, extra: list[np.ndarray] | None = None) -> bool:
+        """Whether the configuration of x (d,) was told or is pending (or is in ``extra``)."""
+        pts = self.known_points()
+        if extra:
+            pts = np.vstack([pts, np.asarray(extra, dtype=float).reshape(-1, self.dim)])
+        return bool(len(pts)) and bool(np.min(np.max(np.abs(pts - x), axis=1)) <= self.same_tol)
+
+    def _fresh_near(self, x: np.ndarray, extra: list[np.ndarray]) -> np.ndarray | None:
+        """The first unknown configuration among random steps of growing size around x
+        (0.01 to ~1 of the box), then uniform points; None if all 200 tries are known
+        (a small discrete space that is used up)."""
+        for k in range(200):
+            if k < 150:
+                y = x + 0.01 * 2.0 ** (k // 20) * self.rng.standard_normal(self.dim)
+            else:
+                y = self.rng.random(self.dim)
+            y = self._prepare(1.0 - np.abs(1.0 - np.abs(y)))  # reflect at the walls
+            if not self.is_known(y, extra):
+                return y
+        return None
 
     def tell(self, candidate: Candidate, value: float | None) -> None:
         """Report the value of a pending candidate; None (or NaN/inf) means the trial failed."""
@@ -111,8 +164,7 @@ class Optimizer:
         Its value is given to ``_observe`` instead of ``_tell``: model-based optimisers learn
         from it, the others only keep it in their history.
         """
-        x = np.clip(np.asarray(x, dtype=float).reshape(self.dim), 0.0, 1.0)
-        return self._add_pending(x, dict(info or {}, external=True))
+        return self._add_pending(self._prepare(x), dict(info or {}, external=True))
 
     @property
     def best(self) -> tuple[np.ndarray | None, float | None]:

@@ -1,10 +1,24 @@
-"""Bayesian optimisation: a GP surrogate with (log) expected improvement.
+"""Bayesian optimisation: a GP surrogate with log expected improvement.
 
 As in the report (3.4): an initial Latin-hypercube design of ``n_init`` points (10), then a
-BoTorch ``SingleTaskGP`` (inputs in [0, 1]^d, outputs standardised) and
-``LogExpectedImprovement`` (Ament et al. 2023). A batch ``ask(q)`` optimises
-``qLogExpectedImprovement`` jointly over q points with the still-running candidates as
-``X_pending``, so parallel workers get distinct, informative points.
+BoTorch ``SingleTaskGP`` and ``LogExpectedImprovement`` (Ament et al. 2023). What makes it
+refine, and not only explore (``_gp.py`` for the model):
+
+- model: Matérn-5/2 ARD with the dimension-scaled lengthscale prior, a noise floor of 1e-6
+  under a weak prior (a deterministic objective is interpolated, a noisy one learns its
+  noise), outcomes warped by a fitted Yeo-Johnson transform (outliers such as a diverged
+  run); hyperparameters warm-started from the previous fit;
+- incumbent: ``best_f`` is the best posterior mean at an evaluated point (the plug-in EI of
+  noisy BO; with an interpolating model it is the best value);
+- acquisition optimisation: ``raw_samples`` scrambled Sobol points plus Gaussian steps of
+  several sizes (0.001 to 0.2) around the five best evaluated points; the best of each set
+  start ``num_restarts`` L-BFGS-B runs (BoTorch ``optimize_acqf``); the best optimum whose
+  configuration is new is proposed (integers and categoricals are snapped before that
+  check, see ``Optimizer.snap``);
+- batches: ``ask(q)`` and still-running trials use ``qLogExpectedImprovement`` with the
+  running and already chosen points as ``X_pending`` (sequential greedy, one point at a time);
+- failures: a failed point enters the GP with the worst warped value observed, so the region
+  around it loses its expected improvement; the base class never hands it out again.
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -12,77 +26,169 @@ torch, BoTorch and scipy.stats are imported where they are used, not at import t
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
-from llmhpo.optimizers._gp import dtype, fit_gp, seeded_torch
+from llmhpo.optimizers._gp import dtype, fast_log_ei, fit_gp, hyperparameters, seeded_torch, warp_outcomes
 from llmhpo.optimizers.base import Optimizer
+
+#: best evaluated points that seed local starts, and the step sizes around them
+_N_TOP = 5
+_LOCAL_SD = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2)
 
 
 class BayesianOptimization(Optimizer):
     name = "bo"
-    _state_attrs = ("design", "n_design_asked")
+    _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n")
 
-    def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 8,
-                 raw_samples: int = 256):
+    def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
+                 raw_samples: int = 1024, kernel: str = "matern", noise: str = "low", warp: bool = True,
+                 local_starts: bool = True, failures: str = "impute", fit_maxiter: int = 50):
         super().__init__(dim, rng, budget)
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
+        if num_restarts < 1 or raw_samples < 1:
+            raise ValueError(f"num_restarts and raw_samples must be >= 1, got {num_restarts}, {raw_samples}")
+        self.check_values({"kernel": kernel, "noise": noise, "failures": failures})
         self.n_init, self.num_restarts, self.raw_samples = n_init, num_restarts, raw_samples
+        self.kernel, self.noise, self.warp, self.local_starts = kernel, noise, bool(warp), bool(local_starts)
+        self.failures, self.fit_maxiter = failures, fit_maxiter
         from scipy.stats import qmc
 
         self.design = qmc.LatinHypercube(d=dim, seed=self._seed()).random(n_init)
         self.n_design_asked = 0
+        #: the last fit's raw hyperparameters (warm start of the next fit)
+        self.hyper: dict[str, Any] = {}
+        #: the number of observations at the last hyperparameter fit
+        self.hyper_n = 0
 
+    @classmethod
+    def check_values(cls, options):
+        allowed = {"kernel": ("matern", "rbf"), "noise": ("low", "botorch"), "failures": ("impute", "ignore")}
+        for key, values in allowed.items():
+            if key in options and options[key] not in values:
+                raise ValueError(f"{key} must be one of {', '.join(map(repr, values))}, got {options[key]!r}")
+
+    # ------------------------------------------------------------------ ask
     def _ask(self, n):
         out = []
         while len(out) < n and self.n_design_asked < self.n_init:
             out.append((self.design[self.n_design_asked].copy(), {"phase": "initial"}))
             self.n_design_asked += 1
-        X, y = self._observed()
         if len(out) == n:
             return out
+        X, y = self._observed()
         if len(y) < 2:
             # nothing to model yet: wait for the initial design unless it all failed
             if self.pending or out:
                 return out
             return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
-        q = n - len(out)
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
-        return out + [(x, {"phase": "model"}) for x in self._acquire(X, y, q, pending)]
+        X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)
+        pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True)
+        return out + [(x, {"phase": "model"}) for x in pts]
 
     def suggest(self, X, y, pending):
         if len(y) < 2:
             return None
-        return self._acquire(np.asarray(X, dtype=float), np.asarray(y, dtype=float), 1, list(pending))[0]
+        X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+        return self._acquire(X, y, np.empty((0, self.dim)), 1, list(pending), own=False)[0]
 
-    def _acquire(self, X, y, q, pending):
+    def _fit(self, X, y, X_fail, own: bool):
+        """The GP on warped values to maximise, failures imputed as the worst value."""
+        z = warp_outcomes(-y, self.warp)
+        if len(X_fail) and self.failures == "impute":
+            X, z = np.vstack([X, X_fail]), np.concatenate([z, np.full(len(X_fail), z.min())])
+        if own and self.hyper and len(z) < self.hyper_n + max(1, self.hyper_n // 5):
+            # hyperparameters move little between close data sets: refit them when the data
+            # grew by a fifth (at 10, 12, 14, 16, 19, ... observations), else only condition
+            return fit_gp(X, z, self.kernel, self.noise, warm=self.hyper, maxiter=0)
+        model = fit_gp(X, z, self.kernel, self.noise, warm=self.hyper if own else None, maxiter=self.fit_maxiter)
+        if own:
+            self.hyper, self.hyper_n = hyperparameters(model), len(z)
+        return model
+
+    def _acquire(self, X, y, X_fail, q, pending, own: bool) -> list[np.ndarray]:
+        """q new points by sequential greedy (log) EI. X: (n, d) successes, y: (n,) their
+        values (minimised), X_fail: (m, d) failed points, pending: points still running."""
         import torch
-        from botorch.acquisition import LogExpectedImprovement, qLogExpectedImprovement
+        from botorch.acquisition import qLogExpectedImprovement
+        from botorch.sampling import SobolQMCNormalSampler
+
+        seed = self._seed()
+        chosen: list[np.ndarray] = []
+        with seeded_torch(seed):
+            model = self._fit(X, y, X_fail, own)
+            with torch.no_grad():
+                best_f = float(model.posterior(torch.as_tensor(X, dtype=dtype())).mean.max())
+            for i in range(q):
+                X_pending = [*pending, *chosen]
+                if not X_pending:
+                    acqf = fast_log_ei(model, best_f)
+                else:
+                    acqf = qLogExpectedImprovement(
+                        model, best_f=best_f, X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()),
+                        sampler=SobolQMCNormalSampler(torch.Size([128]), seed=seed + i))
+                taken = (lambda x, extra=X_pending: self.is_known(x, extra)) if own else \
+                    (lambda x, extra=[*X, *X_pending]: _near_any(x, extra, self.same_tol))
+                chosen.append(self._maximise(acqf, X, y, taken, seed + i))
+        return chosen
+
+    def _maximise(self, acqf, X, y, taken, seed: int) -> np.ndarray:
+        """The best local optimum of acqf whose (snapped) configuration is not ``taken``."""
+        import torch
         from botorch.optim import optimize_acqf
 
-        with seeded_torch(self._seed()):
-            model = fit_gp(X, -y)  # BoTorch maximises
-            best_f = float((-y).max())
-            dt = dtype()
-            bounds = torch.stack([torch.zeros(self.dim, dtype=dt), torch.ones(self.dim, dtype=dt)])
-            if q == 1 and not pending:
-                acqf = LogExpectedImprovement(model, best_f=best_f)
-            else:
-                X_pending = torch.as_tensor(np.asarray(pending), dtype=dt) if pending else None
-                acqf = qLogExpectedImprovement(model, best_f=best_f, X_pending=X_pending)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # L-BFGS-B restarts are retried by BoTorch itself
-                cand, _ = optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=self.num_restarts,
-                                        raw_samples=self.raw_samples)
-        pts = cand.detach().numpy().reshape(q, self.dim)
-        # a duplicate of a known or pending point teaches nothing: replace it by a random one
-        seen = [*X, *pending]
-        for i in range(q):
-            others = seen + list(pts[:i])
-            if others and np.min(np.linalg.norm(np.asarray(others) - pts[i], axis=1)) < 1e-6:
-                pts[i] = self.rng.random(self.dim)
-        return list(pts)
+        dt = dtype()
+        d = self.dim
+        raw = torch.quasirandom.SobolEngine(d, scramble=True, seed=seed).draw(self.raw_samples, dtype=dt)
+        starts = [raw]
+        if self.local_starts:
+            top = torch.as_tensor(X[np.argsort(y, kind="stable")[:_N_TOP]], dtype=dt)
+            sd = torch.as_tensor(_LOCAL_SD, dtype=dt).repeat_interleave(4)
+            steps = sd[None, :, None] * torch.randn(len(top), len(sd), d, dtype=dt)
+            local = (top[:, None, :] + steps).reshape(-1, d)
+            local = 1.0 - (1.0 - local.abs()).abs()  # reflect at the walls
+            starts.append(local.clamp(0.0, 1.0))
+        with torch.no_grad():
+            vals = [torch.nan_to_num(_batched(acqf, s), nan=-torch.inf) for s in starts]
+        # half the restarts from the best raw points, half from the best local ones
+        n_local = self.num_restarts // 2 if len(starts) > 1 else 0
+        n_raw = self.num_restarts - n_local
+        ics = [starts[0][vals[0].topk(min(n_raw, len(vals[0]))).indices]]
+        if n_local:
+            ics.append(starts[1][vals[1].topk(min(n_local, len(vals[1]))).indices])
+        ics_t = torch.cat(ics).unsqueeze(1)
+        bounds = torch.stack([torch.zeros(d, dtype=dt), torch.ones(d, dtype=dt)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # L-BFGS-B warnings: the restarts are many
+            cand, acq = optimize_acqf(acqf, bounds=bounds, q=1, num_restarts=len(ics_t),
+                                      batch_initial_conditions=ics_t, return_best_only=False,
+                                      options={"maxiter": 200})
+        cand, acq = cand.detach().reshape(-1, d), acq.detach().reshape(-1)
+        # best first: the optima, then every start point, so an integer space still gets a new point
+        pool = [cand[acq.argsort(descending=True)]]
+        for s, v in zip(starts, vals):
+            pool.append(s[v.argsort(descending=True)])
+        for x in torch.cat(pool).numpy():
+            x = self._prepare(x)
+            if not taken(x):
+                return x
+        return self.rng.random(d)  # the base class finds a fresh point near it
 
     def _observe(self, candidate, value):
         """Warm-start values are in the history already; the GP uses them at the next ask."""
+
+
+def _batched(acqf, X, chunk: int = 512):
+    """acqf on (N, d) points, one at a time (q = 1), in chunks: (N,)."""
+    import torch
+
+    return torch.cat([acqf(X[i:i + chunk].unsqueeze(1)) for i in range(0, len(X), chunk)])
+
+
+def _near_any(x: np.ndarray, pts: list, tol: float) -> bool:
+    if not len(pts):
+        return False
+    return bool(np.min(np.max(np.abs(np.asarray(pts) - x), axis=1)) <= tol)

@@ -7,6 +7,14 @@ Optuna's system attributes such as CMA-ES's generation state) and the number of 
 the sampler is re-created at every ask with a seed drawn from (seed, ask number), which
 makes the sequence reproducible and the state plain JSON.
 
+Failures and moved points: Optuna's samplers leave failed trials out of their models, so
+they propose the same failing region again and again. Here a failed trial is told as
+complete with the worst value seen so far (a penalty: the sampler learns to avoid the
+region), and a point that the base class moved (snapped to an integer, or replaced because
+its configuration was known) is told as what was evaluated: the asked trial is failed and a
+complete trial at the evaluated point is added. The base class never hands out a known
+configuration twice.
+
 The options of a wrapper are the keyword arguments of its sampler's constructor, less
 ``seed`` (llmhpo sets it): ``check_values`` checks them against that signature, their
 simple types against its annotations, and builds the sampler once, before anything runs.
@@ -164,10 +172,24 @@ class _OptunaOptimizer(Optimizer):
         self.trials[number].update(value=value, state="COMPLETE" if value is not None else "FAIL",
                                    system_attrs=_json.encode(frozen.system_attrs))
 
+    def _penalty(self) -> float | None:
+        """The worst value of a completed trial (None before any)."""
+        done = [t["value"] for t in self.trials if t["state"] == "COMPLETE" and t["value"] is not None]
+        return max(done) if done else None
+
     def _tell(self, candidate, value):
-        self._finish(candidate.info["optuna_trial"], value)
+        number = candidate.info["optuna_trial"]
+        if value is None:
+            value = self._penalty()
+        if np.max(np.abs(np.asarray(self.trials[number]["x"]) - candidate.x)) > 1e-12:
+            self._finish(number, None)  # the asked point was not evaluated: the evaluated one is added
+            self._observe(candidate, value)
+        else:
+            self._finish(number, value)
 
     def _observe(self, candidate, value):
+        if value is None:
+            value = self._penalty()
         if value is None:
             return
         params = {f"x{i}": float(v) for i, v in enumerate(candidate.x)}

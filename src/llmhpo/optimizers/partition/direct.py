@@ -48,10 +48,13 @@ class DIRECT(SweepOptimizer):
         f = np.array([self.rects[i]["f"] for i in idx])
         d = np.array([self._size(self.rects[i]["l"]) for i in idx])
         f_min = float(f.min())
-        # one candidate per size: the lowest value (ties: the first)
+        # one representative per size: the lowest value; rectangles of that size with the
+        # same value tie with it and are divided with it (Jones et al. 1993: "all" rectangles
+        # that satisfy the conditions; scipy's DIRECT divides them too)
+        sizes = np.round(d, 15)
         best_by_size: dict[float, int] = {}
         for k in np.lexsort((np.arange(len(idx)), f)):
-            best_by_size.setdefault(round(float(d[k]), 15), int(k))
+            best_by_size.setdefault(float(sizes[k]), int(k))
         reps = sorted(best_by_size.values(), key=lambda k: d[k])
         chosen = []
         for a, k in enumerate(reps):
@@ -62,7 +65,8 @@ class DIRECT(SweepOptimizer):
                 continue
             if math.isfinite(K_high) and f[k] - K_high * d[k] > f_min - self.eps * abs(f_min) + 1e-15:
                 continue
-            chosen.append(idx[k])
+            tie = np.abs(f - f[k]) <= 1e-12 * max(1.0, abs(f[k]))  # equal up to rounding
+            chosen += [idx[i] for i in np.flatnonzero((sizes == sizes[k]) & tie)]
         return chosen
 
     def _next_batch(self):

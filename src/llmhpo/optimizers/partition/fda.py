@@ -11,6 +11,11 @@ the sphere's centre along each axis by +- omega, moving on improvement and halvi
 otherwise, until omega < ``omega_min``. Then the search backtracks to the next best sphere
 of the deepest level that still has some (depth-first). All centres of one decomposition,
 and all 2d points of one ILS step, are independent evaluations.
+
+No point is evaluated twice: a centre clipped onto the box's wall, or an ILS step back to a
+visited point, takes the value already known (``SweepOptimizer``). Once the whole tree is
+explored, the search goes on with the points of an unscrambled Halton sequence: still
+deterministic, so the sequence does not depend on the seed.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from llmhpo.optimizers.partition.tree import SweepOptimizer
 class FractalDecomposition(SweepOptimizer):
     name = "fda"
     stochastic = False
-    _state_attrs = SweepOptimizer._state_attrs + ("levels", "phase", "ils", "batch_values")
+    _state_attrs = SweepOptimizer._state_attrs + ("levels", "phase", "ils", "batch_values", "n_halton")
 
     def __init__(self, dim, rng=None, budget=None, k_max: int = 5, alpha: float = 1.75, omega_min: float = 1e-3):
         super().__init__(dim, rng, budget)
@@ -38,6 +43,7 @@ class FractalDecomposition(SweepOptimizer):
         self.phase = "start"
         self.ils: dict | None = None  # {"x", "f", "omega", "sphere"}
         self.batch_values: list = []  # [x, value] of the running batch
+        self.n_halton = 0  # Halton points used once the tree is explored
 
     def _children(self, c: np.ndarray, R: float) -> list[dict]:
         r = R / (1 + math.sqrt(2))
@@ -93,7 +99,16 @@ class FractalDecomposition(SweepOptimizer):
                     return batch
             self.levels[-1][self.ils["sphere"]]["done"] = True
             return self._descend()
-        return [(self.rng.random(self.dim), {"phase": "exhausted"})]
+        return self._halton()
+
+    def _halton(self):
+        """The next point of an unscrambled Halton sequence (deterministic)."""
+        from scipy.stats import qmc
+
+        engine = qmc.Halton(d=self.dim, scramble=False)
+        engine.fast_forward(self.n_halton + 1)  # skip the origin
+        self.n_halton += 1
+        return [(engine.random(1)[0], {"phase": "exhausted", "halton": self.n_halton})]
 
     def _descend(self):
         """Go to the best unexplored sphere of the deepest level that has one (backtracking)."""
@@ -108,7 +123,7 @@ class FractalDecomposition(SweepOptimizer):
             sphere["done"] = True
             return self._decompose(sphere["c"], sphere["r"])
         self.phase = "exhausted"
-        return [(self.rng.random(self.dim), {"phase": "exhausted"})]
+        return self._halton()
 
     def _record(self, candidate, value):
         self.batch_values.append([candidate.x, value, candidate.info.get("sphere")])

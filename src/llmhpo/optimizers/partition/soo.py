@@ -6,11 +6,16 @@ parts, each child scored at its centre; for odd K the middle child's centre is i
 parent's, so it inherits the score without an evaluation. Each sweep goes down the depths
 h = 0 .. min(depth, h_max) and expands, at every depth, the best leaf if it is no worse
 than every leaf expanded at a smaller depth in that sweep (``v_max``; we minimise, so it
-is the lowest value). h_max(n) = sqrt(n) as in Munos' Theorem 2, or a fixed ``h_max``.
+is the lowest value). The depth limit is h_max(t) = sqrt(t) with t the number of node
+expansions so far, as in Munos' Algorithm 2 (t grows by one per expanded node) and
+Corollary 2, or a fixed ``h_max``.
 
 Parallel variant: the leaves of one sweep are chosen from the tree as it stands at the
 start of the sweep, so all their children are independent evaluations handed out by
-``ask(n)``; the next sweep starts when they are all told.
+``ask(n)``. The next sweep starts as soon as a worker is free (``asynchronous``): leaves
+still being evaluated are left out of its selection, so workers never wait for a sweep's
+slowest trial (docs/benchmarks.md, parallel efficiency). With one worker it is the
+sequential algorithm.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from llmhpo.optimizers.partition.tree import SweepOptimizer, new_node, split_box
 class SOO(SweepOptimizer):
     name = "soo"
     stochastic = False
-    _state_attrs = SweepOptimizer._state_attrs + ("nodes", "sweeps", "n_evals")
+    asynchronous = True
+    _state_attrs = SweepOptimizer._state_attrs + ("nodes", "sweeps", "n_evals", "t")
 
     def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | None = None):
         super().__init__(dim, rng, budget)
@@ -35,12 +41,15 @@ class SOO(SweepOptimizer):
         self.nodes: list[dict] = []
         self.sweeps = 0
         self.n_evals = 0
+        #: node expansions so far (Munos' t)
+        self.t = 0
 
     # -------------------------------------------------------------- tree queries
     def h_max(self) -> int:
+        """h_max(t) = floor(sqrt(t)), at least 1, t = expansions so far (or the fixed h_max)."""
         if self.h_max_fixed is not None:
             return self.h_max_fixed
-        return max(1, int(math.sqrt(max(self.n_evals, 1))))
+        return max(1, math.isqrt(self.t))
 
     def leaves(self) -> list[dict]:
         return [nd for nd in self.nodes if not nd["expanded"]]
@@ -68,7 +77,10 @@ class SOO(SweepOptimizer):
                     v_max = self._score(best)
             if chosen:
                 return chosen
-        # every leaf failed: split the shallowest one blindly rather than stop
+        # every leaf failed: split the shallowest one blindly rather than stop (not while
+        # evaluations are in flight: their results come first)
+        if self.in_flight():
+            return []
         return [min(leaves, key=lambda nd: nd["depth"])] if leaves else []
 
     def _next_batch(self):
@@ -79,6 +91,7 @@ class SOO(SweepOptimizer):
         batch = []
         for node in self.select():
             node["expanded"] = True
+            self.t += 1
             for k, (lo, hi) in enumerate(split_box(node["lo"], node["hi"], self.K)):
                 inherit = self.K % 2 == 1 and k == self.K // 2
                 child = new_node(self.nodes, lo, hi, node["depth"] + 1, node["id"],

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from llmhpo.optimizers.base import Optimizer
+from llmhpo.optimizers.base import Candidate, Optimizer
 
 
 def new_node(nodes: list[dict], lo, hi, depth: int, parent: int | None, value=None, approx=False) -> dict:
@@ -39,11 +39,18 @@ class SweepOptimizer(Optimizer):
 
     ``_next_batch()`` runs when the previous batch is fully told and returns the points of
     the next one; ``ask(n)`` hands them out n at a time and returns nothing while a batch is
-    still running (an algorithm step needs all its values).
+    still running (an algorithm step needs all its values). A point whose configuration was
+    evaluated already (a clipped or snapped centre, a revisited lattice point) is not
+    evaluated again: it gets the known value (a failure: None) at once.
     """
 
     _state_attrs: tuple[str, ...] = ("queue", "outstanding")
     max_silent_iterations = 1000
+    #: start the next iteration while evaluations of the last one are still out (``ask`` is
+    #: called when a worker is free): points in flight are left out of the selection, so no
+    #: worker waits for the slowest trial of a sweep. False: the batch-synchronous algorithm.
+    #: With one worker both are the sequential algorithm (nothing is in flight at an ask).
+    asynchronous = False
 
     def __init__(self, dim, rng=None, budget=None):
         super().__init__(dim, rng, budget)
@@ -53,16 +60,38 @@ class SweepOptimizer(Optimizer):
     def _ask(self, n):
         # an iteration may need no evaluation (inherited or model-given scores): go on to the next
         for _ in range(self.max_silent_iterations):
-            if self.queue or self.outstanding:
+            if self.queue or (self.outstanding and not self.asynchronous):
                 break
-            self.queue = [[np.asarray(x, dtype=float), info] for x, info in self._next_batch()]
+            self.queue = self._resolve_known(self._next_batch())
+            if self.outstanding and not self.queue:
+                break  # nothing more to start until a result comes in
         taken, self.queue = self.queue[:n], self.queue[n:]
         self.outstanding += len(taken)
         return [(x, info) for x, info in taken]
 
+    def in_flight(self) -> set:
+        """Node ids whose evaluation is asked or queued and not yet told."""
+        return {c.info.get("node") for c in self.pending.values()} | {info.get("node") for _, info in self.queue}
+
     def _tell(self, candidate, value):
         self.outstanding -= 1
         self._record(candidate, value)
+
+    def _resolve_known(self, batch) -> list[list[Any]]:
+        """The points of a batch still to evaluate, snapped; the others are recorded now with
+        the value their configuration already has."""
+        todo = []
+        told = np.asarray(self.X, dtype=float).reshape(len(self.X), self.dim)
+        for x, info in batch:
+            x = self._prepare(x)
+            if len(told):
+                dist = np.max(np.abs(told - x), axis=1)
+                i = int(np.argmin(dist))
+                if dist[i] <= self.same_tol:
+                    self._record(Candidate(-1, x, dict(info, cached=True)), self.y[i])
+                    continue
+            todo.append([x, info])
+        return todo
 
     def _next_batch(self) -> list[tuple[np.ndarray, dict]]:
         raise NotImplementedError

@@ -1,0 +1,46 @@
+"""The GP helpers of the model-based optimisers (``optimizers/_gp.py``)."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmhpo.optimizers._gp import FastPosterior, fast_log_ei, fit_gp, warp_outcomes
+
+
+@pytest.mark.parametrize("kernel", ["matern", "rbf"])
+@pytest.mark.parametrize("noise", ["low", "botorch"])
+def test_fast_posterior_and_log_ei_equal_botorch(kernel, noise):
+    from botorch.acquisition import LogExpectedImprovement
+
+    rng = np.random.default_rng(0)
+    X = rng.random((25, 3))
+    z = warp_outcomes(np.sin(3 * X.sum(1)))
+    model = fit_gp(X, z, kernel, noise, maxiter=30)
+    Xq = torch.as_tensor(rng.random((40, 3)))
+    with torch.no_grad():
+        post = model.posterior(Xq)
+        mean, std = FastPosterior(model)(Xq)
+        np.testing.assert_allclose(mean.numpy(), post.mean.reshape(-1).numpy(), atol=1e-8)
+        np.testing.assert_allclose(std.numpy(), post.variance.sqrt().reshape(-1).numpy(), atol=1e-8)
+        ours = fast_log_ei(model, float(z.max()))(Xq.unsqueeze(1))
+        ref = LogExpectedImprovement(model, best_f=float(z.max()))(Xq.unsqueeze(1))
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-3)
+
+
+def test_low_noise_model_interpolates_a_deterministic_function():
+    rng = np.random.default_rng(1)
+    X = rng.random((30, 2))
+    z = warp_outcomes(np.sin(3 * X[:, 0]) + X[:, 1] ** 2)
+    low = fit_gp(X, z, "matern", "low")
+    default = fit_gp(X, z, "rbf", "botorch")
+    noise_low, noise_default = float(low.likelihood.noise.detach()), float(default.likelihood.noise.detach())
+    assert noise_low < 1e-2 and noise_low < noise_default
+
+
+def test_warp_keeps_order_and_tames_an_outlier():
+    y = np.array([1.0, 2.0, 3.0, 2.5, 1.5, -1000.0])  # to maximise: a diverged run at -1000
+    z = warp_outcomes(y)
+    assert list(np.argsort(z)) == list(np.argsort(y))
+    plain = warp_outcomes(y, warp=False)
+    # without the warp the five ordinary values are squeezed together by the outlier
+    assert np.ptp(z[:5]) > 3 * np.ptp(plain[:5])
