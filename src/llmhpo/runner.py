@@ -53,8 +53,10 @@ def objective_factory(config: Config) -> Callable[[], Any]:
 def build_optimizer(config: Config) -> Optimizer:
     # one stream per component, spawned from the study seed (optimiser first)
     opt_seq = np.random.SeedSequence(config.study.seed).spawn(2)[0]
+    # snap: integer and categorical variables are proposed, modelled and de-duplicated as the
+    # configuration actually evaluated (rounded), never as the unrounded point
     return make_optimizer(config.optimizer, config.space.dim, np.random.default_rng(opt_seq),
-                          config.budget.trials, config.optimizer_options)
+                          config.budget.trials, config.optimizer_options, snap=config.space.snap)
 
 
 def _fmt(v: Any) -> str:
@@ -181,8 +183,10 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
                          "call again; put the call under `if __name__ == \"__main__\":`")
     from llmhpo.study import open_storage
 
-    storage = open_storage(config.study.storage)  # one storage (one engine) for the whole run
-    _refuse_if_driven(config, storage)  # before the preflight's work: a second driver learns it at once
+    storage = None  # one storage (one engine) for the whole run
+    if _storage_exists(config.study.storage):  # a second driver learns it before the preflight's work
+        storage = open_storage(config.study.storage)
+        _refuse_if_driven(config, storage)
     if preflight:
         config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
     t_start = time.time()
@@ -203,6 +207,17 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         if tracker is not None:
             tracker.close()
         study.close()
+
+
+def _storage_exists(url: str | None) -> bool:
+    """Whether opening ``url`` finds something (a SQLite or journal file that is not there
+    yet is not created before the preflight: a config that fails it leaves nothing behind)."""
+    if url is None:
+        return False
+    for prefix in ("sqlite:///", "journal://"):
+        if url.startswith(prefix):
+            return Path(url[len(prefix):]).exists()
+    return True
 
 
 def _refuse_if_driven(config: Config, storage: Any) -> None:
