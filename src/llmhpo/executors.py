@@ -185,6 +185,51 @@ class InlineExecutor:
         self._jobs.clear()
 
 
+class _Pool:
+    """What the process and Ray executors share: a queue of jobs for their workers, and what
+    happens to a job whose worker was lost or ran past the timeout."""
+
+    max_retries: int
+    trial_timeout: float | None
+
+    def _init_pool(self, max_retries: int, trial_timeout: float | None) -> None:
+        self.max_retries, self.trial_timeout = max_retries, trial_timeout
+        self._queue: deque[_Job] = deque()
+        self.retries: list[Retry] = []
+
+    def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
+        self._queue.append(_Job(key, params, fidelity))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        raise NotImplementedError
+
+    def _retry_or_fail(self, job: _Job, reason: str, retry: bool, since: float, worker: dict[str, Any],
+                       out: list[Outcome]) -> None:
+        """``job``'s worker ended without its result: queue it again (first in line) while
+        retries are left, else report it failed with the reason."""
+        job.reasons.append(reason)
+        if retry and job.retries < self.max_retries:
+            job.retries += 1
+            self.retries.append(Retry(job.key, reason, job.retries))
+            self._queue.appendleft(job)
+        else:
+            what = reason if not job.retries else f"{reason} (after {job.retries} retr{'y' if job.retries == 1 else 'ies'})"
+            out.append(Outcome(job.key, None, {}, {"trial": time.time() - since}, what, worker, job.retries))
+
+    def _timed_out(self, job: _Job, since: float, worker: dict[str, Any]) -> Outcome:
+        return Outcome(job.key, None, {}, {"trial": time.time() - since},
+                       f"timeout after {self.trial_timeout:g} s ([runner] trial_timeout)", worker, job.retries)
+
+    def _wait_for(self, deadline: float | None, busy_since: list[float]) -> float | None:
+        """How long to block: until ``deadline``, or the first running job's timeout."""
+        wait_for = None if deadline is None else max(0.0, deadline - time.time())
+        if self.trial_timeout is not None and busy_since:
+            left = max(0.0, min(busy_since) + self.trial_timeout - time.time())
+            wait_for = left if wait_for is None else min(wait_for, left)
+        return wait_for
+
+
 class _Slot:
     """One worker process of a ProcessExecutor and the job it runs."""
 
@@ -199,7 +244,7 @@ class _Slot:
         return self.process is not None and self.process.is_alive()
 
 
-class ProcessExecutor:
+class ProcessExecutor(_Pool):
     """``workers`` spawned processes (so CUDA and torch start clean in each), each with its
     own pipe: the driver knows which process runs which job, so a lost process costs only
     its own job, and a job past its timeout is stopped by ending its process."""
@@ -207,11 +252,10 @@ class ProcessExecutor:
     def __init__(self, factory: Callable[[], Any], workers: int, devices: tuple[str, ...] = (),
                  max_retries: int = 1, trial_timeout: float | None = None):
         self.slots = workers
-        self._factory, self.max_retries, self.trial_timeout = factory, max_retries, trial_timeout
+        self._factory = factory
+        self._init_pool(max_retries, trial_timeout)
         self._ctx = mp.get_context("spawn")
         self._slots = [_Slot(i, devices[i] if devices else None) for i in range(workers)]
-        self._queue: deque[_Job] = deque()
-        self.retries: list[Retry] = []
         for s in self._slots:  # start them all now: the objective's set-up overlaps the driver's
             self._start(s)
 
@@ -231,10 +275,6 @@ class ProcessExecutor:
         if slot.conn is not None:
             slot.conn.close()
         slot.process, slot.conn = None, None
-
-    def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
-        self._queue.append(_Job(key, params, fidelity))
-        self._dispatch()
 
     def _dispatch(self) -> None:
         for slot in self._slots:
@@ -259,16 +299,11 @@ class ProcessExecutor:
         job = slot.job
         slot.job = None
         self._stop(slot)
-        job.reasons.append(reason)
-        if retry and job.retries < self.max_retries:
-            job.retries += 1
-            self.retries.append(Retry(job.key, reason, job.retries))
-            self._queue.appendleft(job)
-        else:
-            what = reason if not job.retries else f"{reason} (after {job.retries} retr{'y' if job.retries == 1 else 'ies'})"
-            out.append(Outcome(job.key, None, {}, {"trial": time.time() - slot.since}, what,
-                               {"host": socket.gethostname(), "slot": slot.index, "device": slot.device},
-                               job.retries))
+        self._retry_or_fail(job, reason, retry, slot.since, self._where(slot), out)
+
+    @staticmethod
+    def _where(slot: _Slot) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "slot": slot.index, "device": slot.device}
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         """Outcomes of the jobs finished by now; blocks until at least one is (or ``timeout``)."""
@@ -278,11 +313,7 @@ class ProcessExecutor:
             busy = [s for s in self._slots if s.job is not None]
             if not busy and not self._queue:
                 return out
-            wait_for = None if deadline is None else max(0.0, deadline - time.time())
-            if self.trial_timeout is not None and busy:
-                first_end = min(s.since for s in busy) + self.trial_timeout
-                wait_for = max(0.0, first_end - time.time()) if wait_for is None else \
-                    min(wait_for, max(0.0, first_end - time.time()))
+            wait_for = self._wait_for(deadline, [s.since for s in busy])
             objs = {}
             for s in busy:
                 objs[s.conn] = s
@@ -316,10 +347,7 @@ class ProcessExecutor:
                         job = s.job
                         s.job = None
                         self._stop(s)
-                        out.append(Outcome(job.key, None, {}, {"trial": now - s.since},
-                                           f"timeout after {self.trial_timeout:g} s ([runner] trial_timeout)",
-                                           {"host": socket.gethostname(), "slot": s.index, "device": s.device},
-                                           job.retries))
+                        out.append(self._timed_out(job, s.since, self._where(s)))
             self._dispatch()
             if out or (deadline is not None and time.time() >= deadline):
                 return out
@@ -375,7 +403,7 @@ class _Actor:
         self.since = 0.0
 
 
-class RayExecutor:
+class RayExecutor(_Pool):
     """Long-lived worker actors on a Ray cluster, one per trial slot, each reserving
     ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, so Ray spreads a study over every
     GPU of every node. ``address``: "auto" joins the cluster this machine belongs to,
@@ -400,7 +428,7 @@ class RayExecutor:
                 raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {e}; start it with "
                                   "`ray start --head` (see docs/cluster.md) or leave [runner] address out "
                                   "to start a local one") from None
-        self.max_retries, self.trial_timeout = max_retries, trial_timeout
+        self._init_pool(max_retries, trial_timeout)
         self._cpus, self._gpus = cpus_per_trial, gpus_per_trial
         if not workers:
             workers = self._fit(ray.cluster_resources())
@@ -408,8 +436,6 @@ class RayExecutor:
         self._cls = ray.remote(_TrialActor)
         self._factory = factory
         self._actors = [self._new_actor() for _ in range(workers)]
-        self._queue: deque[_Job] = deque()
-        self.retries: list[Retry] = []
         self._replaced = 0
 
     def _fit(self, resources: dict[str, float]) -> int:
@@ -429,10 +455,6 @@ class RayExecutor:
         handle = self._cls.options(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0,
                                    max_concurrency=1).remote(self._factory)
         return _Actor(handle, handle.info.remote())
-
-    def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
-        self._queue.append(_Job(key, params, fidelity))
-        self._dispatch()
 
     def _dispatch(self) -> None:
         for a in self._actors:
@@ -455,15 +477,7 @@ class RayExecutor:
         job = a.job
         a.job = None
         self._replace(a)
-        job.reasons.append(reason)
-        if job.retries < self.max_retries:
-            job.retries += 1
-            self.retries.append(Retry(job.key, reason, job.retries))
-            self._queue.appendleft(job)
-        else:
-            what = reason if not job.retries else f"{reason} (after {job.retries} retr{'y' if job.retries == 1 else 'ies'})"
-            out.append(Outcome(job.key, None, {}, {"trial": time.time() - a.since}, what, dict(a.info or {}),
-                               job.retries))
+        self._retry_or_fail(job, reason, True, a.since, dict(a.info or {}), out)
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         ray = self._ray
@@ -476,10 +490,7 @@ class RayExecutor:
                 return out
             refs = {a.ref: a for a in busy}
             refs.update({a.ready_ref: a for a in starting})
-            wait_for = None if deadline is None else max(0.0, deadline - time.time())
-            if self.trial_timeout is not None and busy:
-                left = max(0.0, min(a.since for a in busy) + self.trial_timeout - time.time())
-                wait_for = left if wait_for is None else min(wait_for, left)
+            wait_for = self._wait_for(deadline, [a.since for a in busy])
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=wait_for)
             if ready:  # everything else that is ready too
                 ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
@@ -514,9 +525,7 @@ class RayExecutor:
                         job, info = a.job, dict(a.info or {})
                         a.job = None
                         self._replace(a)
-                        out.append(Outcome(job.key, None, {}, {"trial": now - a.since},
-                                           f"timeout after {self.trial_timeout:g} s ([runner] trial_timeout)",
-                                           info, job.retries))
+                        out.append(self._timed_out(job, a.since, info))
             self._dispatch()
             if out or (deadline is not None and time.time() >= deadline):
                 return out
