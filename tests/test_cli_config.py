@@ -43,6 +43,7 @@ BAD = {
     "gpus without ray": (GOOD + "[runner]\ngpus_per_trial = 1\n", "[runner] gpus_per_trial is a Ray resource request"),
     "retries": (GOOD + "[runner]\nmax_retries = -1\n", "[runner] max_retries = -1 must be >= 0"),
     "timeout": (GOOD + '[runner]\ntrial_timeout = "soon"\n', "[runner] trial_timeout = 'soon' must be seconds"),
+    "reevaluate": (GOOD.replace("seed = 1", "seed = 1\nreevaluate = -2"), "[study] reevaluate = -2 must be >= 0"),
     "timeout inline": (GOOD + '[runner]\nexecutor = "inline"\ntrial_timeout = 60\n', "trial_timeout needs trials in worker"),
 }
 

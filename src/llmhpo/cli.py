@@ -192,7 +192,13 @@ def status(
     elif row is not None:
         ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(row.get("heartbeat") or 0)))
         _say(f"driver: none (the last run ended {ended})")
-    if best:
+    if c.get("reevaluations"):
+        _say(f"{c['reevaluations']} re-evaluation(s) of the best configurations ([study] reevaluate): "
+             "the best is the best mean")
+    if best and "evaluations" in best.attrs:
+        _say(f"best mean {best.value:.6g} over {len(best.attrs['evaluations'])} evaluations (trial {best.number}: "
+             + ", ".join(f"{v:.6g}" for v in best.attrs["evaluations"]) + ")")
+    elif best:
         _say(f"best value {best.value:.6g} (trial {best.number})")
     workers = (row or {}).get("workers") or []
     if alive and workers:

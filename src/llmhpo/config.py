@@ -74,6 +74,10 @@ class StudyConfig:
     storage: str | None  # an Optuna storage URL; None = in memory (bench)
     direction: str = "minimize"
     seed: int = 0
+    #: noisy objectives: at the end of the study the best ``reevaluate`` configurations run once
+    #: more each (another seed where the objective takes one), and the study's best is the best
+    #: mean over a configuration's evaluations, not the luckiest single draw (0: off)
+    reevaluate: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,8 @@ class Config:
         tables = self.objective.to_tables()
         return {
             "study": {"name": self.study.name, "storage": self.study.storage,
-                      "direction": self.study.direction, "seed": self.study.seed},
+                      "direction": self.study.direction, "seed": self.study.seed,
+                      **({"reevaluate": self.study.reevaluate} if self.study.reevaluate else {})},
             "budget": {"trials": self.budget.trials, "wall_time": self.budget.wall_time,
                        "resource": self.budget.resource},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
@@ -265,7 +270,7 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
 
     # [study]
     st = raw.get("study", {})
-    _no_unknown("study", st, {"name", "storage", "direction", "seed"})
+    _no_unknown("study", st, {"name", "storage", "direction", "seed", "reevaluate"})
     name = _expect("study", st, "name", (str,), default_name)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ConfigError(f"[study] name = {name!r} may only use letters, digits, '_', '-' and '.'")
@@ -274,7 +279,12 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"[study] direction = {direction!r} must be \"minimize\" or \"maximize\"")
     seed = _expect("study", st, "seed", (int,), 0)
-    study = StudyConfig(name, storage, direction, seed)
+    reevaluate = _expect("study", st, "reevaluate", (int,), 0)
+    if reevaluate < 0:
+        raise ConfigError(f"[study] reevaluate = {reevaluate} must be >= 0 (the top configurations run again)")
+    if reevaluate and "fidelity" in raw:
+        raise ConfigError("[study] reevaluate is for studies without [fidelity]; drop one of the two")
+    study = StudyConfig(name, storage, direction, seed, reevaluate)
 
     # [budget]
     if "budget" not in raw:

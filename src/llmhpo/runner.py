@@ -466,6 +466,8 @@ def _run_single(config: Config, study: Study, mode: str, t_start: float,
                     report.note(streak.note())
             if streak.reason is not None:
                 break
+        if stopped == "budget" and config.study.reevaluate:
+            _reevaluate(config, study, executor, report, log)
     except KeyboardInterrupt:
         stopped = "interrupted"
         raise
@@ -484,6 +486,41 @@ def _run_single(config: Config, study: Study, mode: str, t_start: float,
     return RunSummary(config.study.name, config.study.storage, complete, failed,
                       best.value if best else None, best.params if best else None,
                       best.number if best else None, stopped, time.time() - t_start, streak.reason)
+
+
+def _reevaluate(config: Config, study: Study, executor: Any, report: _Reporter, log: Callable[[int], None]) -> None:
+    """[study] reevaluate: the best configurations once more each, with another seed where the
+    objective takes one; ``Study.best`` then ranks them by their mean. A resumed study does
+    only those not re-evaluated yet."""
+    sign = 1.0 if config.study.direction == "minimize" else -1.0
+    records = study.records()
+    again = {int(r.attrs["reevaluation_of"]) for r in records
+             if "reevaluation_of" in r.attrs and r.state in ("COMPLETE", "FAIL")}
+    first = [r for r in records if r.state == "COMPLETE" and "reevaluation_of" not in r.attrs]
+    top = sorted(first, key=lambda r: (sign * r.value, r.number))[:config.study.reevaluate]
+    queue = [r for r in top if r.number not in again]
+    if not queue:
+        return
+    report.note(f"re-evaluating the best {len(queue)} configuration(s) once more ([study] reevaluate)")
+    pending: dict[Any, tuple[int, int, Any]] = {}
+    while queue or pending:
+        while queue and len(pending) < executor.slots:
+            r = queue.pop(0)
+            seed = config.study.seed + 1000 + r.number
+            tid = study.create_reevaluation(r, seed)
+            number = study.trial_number(tid)
+            pending[("again", tid)] = (tid, number, r)
+            report.started(number, r.params, f"(trial {r.number} again, seed {seed})")
+            executor.submit(("again", tid), config.kind.reseed(config.objective, r.params, seed))
+        for out in executor.wait():
+            tid, number, r = pending.pop(out.key)
+            study.finish_trial(tid, out.value, out.metrics, out.timings, out.error,
+                               {"worker": out.worker} if out.worker else None)
+            log(tid)
+            report.note(f"trial {number} (trial {r.number} again): "
+                        + (f"value {out.value:.6g} (first {r.value:.6g})" if out.value is not None
+                           else f"failed: {out.error}"))
+        executor.retries.clear()
 
 
 def _raise_interrupt(signum, frame):

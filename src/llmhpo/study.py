@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -345,6 +345,14 @@ class Study:
         self.storage.set_trial_user_attr(trial_id, "retries", attempt)
         self.storage.set_trial_user_attr(trial_id, f"retry_{attempt}_reason", reason)
 
+    def create_reevaluation(self, of: "TrialRecord", seed: int) -> int:
+        """A RUNNING trial that evaluates ``of``'s configuration once more (``[study]
+        reevaluate``): not told to the optimiser, not counted in the budget."""
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=dict(of.params), distributions={k: self._dists[k] for k in of.params},
+            user_attrs={"x": of.attrs.get("x"), "reevaluation_of": of.number, "seed": seed})
+        return self.storage.create_new_trial(self.study_id, template_trial=template)
+
     def trial_number(self, trial_id: int) -> int:
         return self.storage.get_trial_number_from_id(trial_id)
 
@@ -403,10 +411,30 @@ class Study:
         return out
 
     def best(self) -> TrialRecord | None:
-        done = [r for r in self.records() if r.state == "COMPLETE"]
+        """The best complete trial. With re-evaluations (``[study] reevaluate``): among the
+        configurations evaluated more than once, the best mean of their evaluations (the
+        record of its first trial, its ``value`` the mean, ``attrs["evaluations"]`` their
+        values), so a lucky draw of a noisy objective does not win by luck."""
+        records = self.records()
+        sign = 1 if self.config.study.direction == "minimize" else -1
+        done = [r for r in records if r.state == "COMPLETE" and "reevaluation_of" not in r.attrs]
         if not done:
             return None
-        sign = 1 if self.config.study.direction == "minimize" else -1
+        again: dict[int, list[float]] = {}
+        for r in records:
+            if r.state == "COMPLETE" and "reevaluation_of" in r.attrs:
+                again.setdefault(int(r.attrs["reevaluation_of"]), []).append(r.value)
+        if again:
+            by_number = {r.number: r for r in done}
+            means = []
+            for number, values in again.items():
+                if number in by_number:
+                    rec = by_number[number]
+                    vals = [rec.value, *values]
+                    means.append((sum(vals) / len(vals), number, rec, vals))
+            if means:
+                mean, _, rec, vals = min(means, key=lambda m: (sign * m[0], m[1]))
+                return replace(rec, value=mean, attrs={**rec.attrs, "evaluations": vals})
         return min(done, key=lambda r: (sign * r.value, r.number))
 
     def counts(self) -> dict[str, int]:
@@ -414,6 +442,8 @@ class Study:
         for r in self.records():
             if r.interrupted:
                 c["interrupted"] += 1
+            elif "reevaluation_of" in r.attrs:  # outside the budget
+                c["reevaluations"] = c.get("reevaluations", 0) + (r.state in ("COMPLETE", "FAIL"))
             else:
                 c[r.state] = c.get(r.state, 0) + 1
         return c

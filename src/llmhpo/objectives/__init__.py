@@ -74,6 +74,12 @@ class ObjectiveKind:
     #: killed for memory or crashing in native code fails alone instead of ending the driver
     isolate: ClassVar[bool] = False
 
+    def reseed(self, spec, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        """The params of one more evaluation of a configuration with another ``seed``
+        (``[study] reevaluate``). Default: the same params (an objective with its own
+        randomness, e.g. noise, draws anew)."""
+        return dict(params)
+
     def parse(self, objective: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]], ctx: ParseContext):
         """The kind's spec from ``[objective]`` (without ``type``) and its own tables: a frozen,
         picklable dataclass with a class attribute ``kind`` (this kind's name) and a method

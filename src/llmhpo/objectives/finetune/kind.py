@@ -33,6 +33,10 @@ class FinetuneKind(ObjectiveKind):
     default_direction = "maximize"  # lm-eval scores: accuracy and the like
     isolate = True  # out-of-memory kills and CUDA crashes end the worker, not the study
 
+    def reseed(self, spec, params, seed):
+        """Another training seed ([train] seed is a knob): LoRA init, dropout, batch order."""
+        return {**params, "seed": int(seed)}
+
     def parse(self, objective, tables, ctx: ParseContext) -> FinetuneConfig:
         if objective:
             raise ConfigError(f"[objective] has an unknown key '{next(iter(objective))}' for type \"finetune\"; "
