@@ -16,7 +16,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from llmhpo.config import load_config  # noqa: E402
 from llmhpo.runner import run  # noqa: E402
 
-from test_faults import OBJECTIVE  # noqa: E402
+from test_faults import make  # noqa: E402
+from test_faults import trials as fault_trials  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -91,29 +92,8 @@ def test_sixteen_one_second_trials_on_four_actors_over_two_nodes(cluster, tmp_pa
 
 
 def test_an_actor_killed_mid_trial_costs_only_its_trial(cluster, tmp_path):
-    (tmp_path / "faulty.py").write_text(OBJECTIVE)
-    (tmp_path / "kill.flag").write_text("")
-    p = tmp_path / "r.toml"
-    p.write_text(f"""
-[study]
-name = "r"
-storage = "sqlite:///r.db"
-[budget]
-trials = 8
-[runner]
-executor = "ray"
-workers = 4
-[optimizer]
-name = "random"
-[objective]
-type = "python"
-target = "{tmp_path / 'faulty.py'}:objective"
-[space]
-x = {{ type = "float", low = 0.0, high = 1.0 }}
-y = {{ type = "float", low = 0.0, high = 1.0 }}
-""")
-    s = run(load_config(p), progress=False)
-    ts = trials(tmp_path)
+    s = run(load_config(make(tmp_path, "kill.flag", trials=8, runner='executor = "ray"')), progress=False)
+    ts = fault_trials(tmp_path)
     assert s.complete == 8 and [t.state.name for t in ts] == ["COMPLETE"] * 8
     retried = [t for t in ts if t.user_attrs.get("retries")]
     assert len(retried) == 1 and "Ray worker actor" in retried[0].user_attrs["retry_1_reason"]

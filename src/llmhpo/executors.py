@@ -64,7 +64,6 @@ class _Job:
     params: dict[str, Any]
     fidelity: Any
     retries: int = 0
-    reasons: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- worker side
@@ -208,7 +207,6 @@ class _Pool:
                        out: list[Outcome]) -> None:
         """``job``'s worker ended without its result: queue it again (first in line) while
         retries are left, else report it failed with the reason."""
-        job.reasons.append(reason)
         if retry and job.retries < self.max_retries:
             job.retries += 1
             self.retries.append(Retry(job.key, reason, job.retries))
