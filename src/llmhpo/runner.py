@@ -209,6 +209,13 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         study.close()
 
 
+def _check_lease(lease: Any, name: str) -> None:
+    """Stop when another driver took the study over (this one missed its heartbeats)."""
+    if lease is not None and lease.lost.is_set():
+        raise StudyError(f"study '{name}' was taken over by another driver (this one missed "
+                         "its heartbeats); stopping without writing more")
+
+
 def _storage_exists(url: str | None) -> bool:
     """Whether opening ``url`` finds something (a SQLite or journal file that is not there
     yet is not created before the preflight: a config that fails it leaves nothing behind)."""
@@ -389,9 +396,7 @@ def _run_single(config: Config, study: Study, mode: str, t_start: float,
         lease.start_heartbeat()
     try:
         while True:
-            if lease is not None and lease.lost.is_set():
-                raise StudyError(f"study '{config.study.name}' was taken over by another driver (this one missed "
-                                 "its heartbeats); stopping without writing more")
+            _check_lease(lease, config.study.name)
             finished = complete + failed
             out_of_time = config.budget.wall_time is not None and time.time() - t_start >= config.budget.wall_time
             if out_of_time:
@@ -749,9 +754,7 @@ def _run_multifidelity(config: Config, study: Study, mode: str, t_start: float,
         lease.start_heartbeat()
     try:
         while True:
-            if lease is not None and lease.lost.is_set():
-                raise StudyError(f"study '{config.study.name}' was taken over by another driver (this one missed "
-                                 "its heartbeats); stopping without writing more")
+            _check_lease(lease, config.study.name)
             out_of_time = config.budget.wall_time is not None and time.time() - t_start >= config.budget.wall_time
             if out_of_time:
                 stopped = "wall_time"
