@@ -184,3 +184,32 @@ function = "hartmann6"
     ts = optuna.load_study(study_name="bo", storage=f"sqlite:///{tmp_path / 'bo.db'}").trials
     delays = [t.datetime_complete.timestamp() - t.user_attrs["worker"]["end"] for t in ts]
     assert max(delays) < 0.5, delays  # an ask here costs seconds: recording after it would show
+
+
+def test_workers_see_the_drivers_environment_of_the_moment(tmp_path, monkeypatch):
+    """Workers are forked from a fork server started by the first run of this process; each
+    still gets the driver's environment as it is when the worker starts, as a spawned one would."""
+    (tmp_path / "envy.py").write_text("import os\n\ndef objective(x):\n    return float(os.environ['LLMHPO_TEST_ENV'])\n")
+    values = []
+    for i, value in enumerate(("1.5", "2.5")):
+        monkeypatch.setenv("LLMHPO_TEST_ENV", value)
+        p = tmp_path / f"env{i}.toml"
+        p.write_text(f"""
+[study]
+name = "env{i}"
+storage = "sqlite:///env.db"
+[budget]
+trials = 2
+[runner]
+workers = 2
+[optimizer]
+name = "random"
+[objective]
+type = "python"
+target = "envy.py:objective"
+[space]
+x = {{ type = "float", low = 0.0, high = 1.0 }}
+""")
+        s = run(load_config(p), progress=False, quiet=True)
+        values.append(s.best_value)
+    assert values == [1.5, 2.5]

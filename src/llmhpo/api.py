@@ -45,7 +45,7 @@ def optimize(
     objective: a function of the space's variables as keyword arguments, returning a number,
         a dict of numbers (``metric`` names the objective; the rest are stored as metrics)
         or a :class:`llmhpo.objectives.Result`; raise :class:`llmhpo.TrialFailed` to fail a
-        trial with a reason. With ``workers > 1`` it runs in spawned processes: define it at
+        trial with a reason. With ``workers > 1`` it runs in worker processes: define it at
         the top level of a module and start the study under ``if __name__ == "__main__":``.
     space: ``[Float("lr", 1e-5, 1e-1, log=True), Int("rank", 2, 32)]``, a SearchSpace, or
         TOML-style tables ``{"lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}``.
@@ -94,8 +94,9 @@ def optimize(
 
 
 def _check_spawn_safe(objective: Callable[..., Any], module: str) -> None:
-    """Worker processes are spawned: they import the objective by name, and re-run the
-    script that defines it up to its ``if __name__ == "__main__":`` guard."""
+    """Worker processes start clean (forked from a fork server, not from the driver): they
+    import the objective by name, and re-run the script that defines it up to its
+    ``if __name__ == "__main__":`` guard."""
     try:
         pickle.dumps(objective)
     except Exception as e:

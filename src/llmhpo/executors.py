@@ -27,6 +27,7 @@ import multiprocessing.connection as mpc
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections import deque
@@ -117,10 +118,16 @@ class _WorkerObjective:
         return run_objective(self._objective, key, params, fidelity)
 
 
-def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str | None) -> None:
-    """A worker process: jobs in, outcomes out, until told to stop (None) or the driver goes."""
+def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str | None,
+                  env: dict[str, str] | None = None) -> None:
+    """A worker process: jobs in, outcomes out, until told to stop (None) or the driver goes.
+    ``env``: the driver's environment when the worker was started (a forked worker would
+    otherwise have the fork server's, from when that started)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     objective = _WorkerObjective(factory)
@@ -242,9 +249,27 @@ class _Slot:
         return self.process is not None and self.process.is_alive()
 
 
+def worker_context(factory: Callable[[], Any] | None = None) -> Any:
+    """The multiprocessing context of worker processes: ``forkserver``. A server process
+    started once per driver imports the package (and the objective's module) and forks each
+    worker from there, so eight workers are ready in milliseconds, not after eight
+    interpreters have imported the package side by side on the driver's cores. The server
+    never touches torch or CUDA, so a worker starts as clean as a spawned one; the user's
+    script is imported in each worker as with ``spawn`` (hence the ``__main__`` guard)."""
+    ctx = mp.get_context("forkserver")
+    modules = ["llmhpo.executors"]
+    module = getattr(getattr(factory, "func", factory), "__module__", None)
+    if module and module.startswith("llmhpo."):
+        modules.append(module)
+    if "llmhpo.cli" in sys.modules:  # the `llmhpo` command: each worker imports its script again
+        modules.append("llmhpo.cli")
+    ctx.set_forkserver_preload(modules)  # no effect once the server runs: it has them already
+    return ctx
+
+
 class ProcessExecutor(_Pool):
-    """``workers`` spawned processes (so CUDA and torch start clean in each), each with its
-    own pipe: the driver knows which process runs which job, so a lost process costs only
+    """``workers`` processes forked from a clean fork server (``worker_context``), each with
+    its own pipe: the driver knows which process runs which job, so a lost process costs only
     its own job, and a job past its timeout is stopped by ending its process."""
 
     def __init__(self, factory: Callable[[], Any], workers: int, devices: tuple[str, ...] = (),
@@ -252,14 +277,18 @@ class ProcessExecutor(_Pool):
         self.slots = workers
         self._factory = factory
         self._init_pool(max_retries, trial_timeout)
-        self._ctx = mp.get_context("spawn")
+        self._ctx = worker_context(factory)
         self._slots = [_Slot(i, devices[i] if devices else None) for i in range(workers)]
-        for s in self._slots:  # start them all now: the objective's set-up overlaps the driver's
-            self._start(s)
+        # the fork server starts now and imports the package while the driver opens its
+        # storage; each worker is forked from it for its first job
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
     def _start(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
-        slot.process = self._ctx.Process(target=_process_main, args=(child, self._factory, slot.device),
+        slot.process = self._ctx.Process(target=_process_main,
+                                         args=(child, self._factory, slot.device, dict(os.environ)),
                                          name=f"llmhpo-worker-{slot.index}")
         slot.process.start()
         child.close()

@@ -190,7 +190,14 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     if preflight:
         config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
     t_start = time.time()
-    study = Study.open(config, overwrite=overwrite, storage=storage)
+    # the workers start first: their start-up (a fork server importing the package, Ray
+    # actors) overlaps the storage's opening; they only build the objective on their first trial
+    executor = make_executor(objective_factory(config), config.runner, config.kind.isolate)
+    try:
+        study = Study.open(config, overwrite=overwrite, storage=storage)
+    except BaseException:
+        executor.close()
+        raise
     mode = "quiet" if quiet else _output_mode(progress)
     tracker = None
     try:
@@ -201,9 +208,10 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
             tracker.log_trials(study.records())  # what an earlier run finished (logged once)
         log = (lambda tid: tracker.log_trial(study.record(tid))) if tracker is not None else (lambda tid: None)
         if config.fidelity is not None:
-            return _run_multifidelity(config, study, mode, t_start, log)
-        return _run_single(config, study, mode, t_start, log)
+            return _run_multifidelity(config, study, executor, mode, t_start, log)
+        return _run_single(config, study, executor, mode, t_start, log)
     finally:
+        executor.close()
         if tracker is not None:
             tracker.close()
         study.close()
@@ -325,7 +333,7 @@ def _lookahead(slots: int, ask_seconds: float, trial_seconds: list[float]) -> in
     return 0 if ratio < 0.02 else min(slots, math.ceil(slots * ratio))
 
 
-def _run_single(config: Config, study: Study, mode: str, t_start: float,
+def _run_single(config: Config, study: Study, executor: Any, mode: str, t_start: float,
                 log: Callable[[int], None]) -> RunSummary:
     """The loop without [fidelity]; ``log(trial_id)`` hands each finished trial to the tracking tools."""
     optimizer = build_optimizer(config)
@@ -366,7 +374,6 @@ def _run_single(config: Config, study: Study, mode: str, t_start: float,
     c = study.counts()
     complete, failed = c["COMPLETE"], c["FAIL"]
     budget = config.budget.trials
-    executor = make_executor(objective_factory(config), config.runner, config.kind.isolate)
     running: dict[int, tuple[Candidate, int, int]] = {}  # candidate id -> (candidate, trial id, number)
     best = study.best()
     report = _Reporter(mode, budget, complete + failed, failed, best.value if best else None, config.study.name)
@@ -551,7 +558,7 @@ def _checkpoint_dir(config: Config, number: int) -> Path:
     return root / config.study.name / "checkpoints" / f"trial-{number}"
 
 
-def _run_multifidelity(config: Config, study: Study, mode: str, t_start: float,
+def _run_multifidelity(config: Config, study: Study, executor: Any, mode: str, t_start: float,
                        log: Callable[[int], None]) -> RunSummary:
     """The loop with a scheduler: each configuration is one trial that climbs rungs.
 
@@ -648,7 +655,6 @@ def _run_multifidelity(config: Config, study: Study, mode: str, t_start: float,
     if fresh:
         study.save_optimizer_state(optimizer.state_dict())
 
-    executor = make_executor(objective_factory(config), config.runner, config.kind.isolate)
     lease = study.lease
     running: dict[int, tuple[int, int, float]] = {}  # config id -> (rung, trial number, planned cost)
     report = _Reporter(mode, budget, spent, 0, None, config.study.name, unit=fd.resource)
