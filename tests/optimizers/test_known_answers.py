@@ -78,6 +78,46 @@ def test_soo_middle_child_inherits_without_evaluation():
     assert len(soo.y) == 3  # root + 2 outer children: the middle one cost nothing
 
 
+def test_soo_asked_for_more_than_its_first_sweep_splits_ahead_breadth_first():
+    """Eight free workers at the start: the root, its two outer children (the root is split
+    whatever its value), then the depth-1 boxes split ahead of their values, breadth first;
+    a middle child gets its parent's value when it comes, and the sweeps go on from there."""
+    f = get_function("branin")
+    soo = SOO(2, K=3)
+    first = soo.ask(8)
+    assert len(first) == 8
+    pts = np.array([c.x for c in first])
+    assert len({tuple(np.round(p, 9)) for p in pts}) == 8
+    assert [c.info["depth"] for c in first] == [0, 1, 1, 2, 2, 2, 2, 2]
+    for c in first:
+        soo.tell(c, f(f.from_unit(c.x)))
+    # every node has a value but the one split-ahead point still queued: the middle
+    # children inherited theirs when it came
+    assert [nd["id"] for nd in soo.nodes if nd["value"] is None] == [info["node"] for _, info in soo.queue]
+    assert len(soo.queue) == 1
+    root = soo.nodes[0]
+    middle = [nd for nd in soo.nodes if nd["parent"] == 0 and nd.get("inherits")]
+    assert len(middle) == 1 and middle[0]["value"] == root["value"]
+    nxt = soo.ask(8)
+    assert nxt and all(c.info["depth"] >= 2 for c in nxt)  # SOO's own sweeps again
+    run_budget(soo, f, 40)
+    assert len(soo.y) >= 40 and min(soo.y) < 1.0
+
+
+def test_soo_with_one_worker_never_splits_ahead():
+    soo = SOO(2, K=3)
+    f = get_function("branin")
+    for _ in range(30):
+        (c,) = soo.ask(1)
+        assert soo.outstanding == 1
+        # only the root is split before its value (the first sweep splits it whatever it is)
+        assert all(nd["value"] is not None for nd in soo.nodes[1:] if nd["expanded"])
+        soo.tell(c, f(f.from_unit(c.x)))
+    queued = {info["node"] for _, info in soo.queue}
+    assert all(nd["value"] is not None for nd in soo.nodes if nd["id"] not in queued)
+    assert soo.t == sum(nd["expanded"] for nd in soo.nodes)
+
+
 def _evals_to_depth(opt, f, depth, cap=600):
     n = 0
     while opt.depth < depth and n < cap:

@@ -14,8 +14,13 @@ Parallel variant: the leaves of one sweep are chosen from the tree as it stands 
 start of the sweep, so all their children are independent evaluations handed out by
 ``ask(n)``. The next sweep starts as soon as a worker is free (``asynchronous``): leaves
 still being evaluated are left out of its selection, so workers never wait for a sweep's
-slowest trial (docs/benchmarks.md, parallel efficiency). With one worker it is the
-sequential algorithm.
+slowest trial (docs/benchmarks.md, parallel efficiency). The root is split at once (the
+first sweep expands it whatever its value), so the first batch is its centre and its
+children. While no leaf has a value yet (the first seconds of a parallel study) and workers
+are free, the shallowest leaves still being evaluated are split ahead of their values,
+breadth first: a uniform partition of the box's first levels instead of idle workers (a
+middle child gets its parent's value when that arrives). With one worker none of this
+changes the order of evaluations: it is the sequential algorithm.
 """
 
 from __future__ import annotations
@@ -84,21 +89,53 @@ class SOO(SweepOptimizer):
         return [min(leaves, key=lambda nd: nd["depth"])] if leaves else []
 
     def _next_batch(self):
-        if not self.nodes:
-            root = new_node(self.nodes, np.zeros(self.dim), np.ones(self.dim), 0, None)
-            return [(root["x"], self._info(root))]
         self.sweeps += 1
+        if not self.nodes:  # the first sweep expands the root whatever its value: at once
+            root = new_node(self.nodes, np.zeros(self.dim), np.ones(self.dim), 0, None)
+            return [(root["x"], self._info(root)), *self._expand(root)]
         batch = []
         for node in self.select():
-            node["expanded"] = True
-            self.t += 1
-            for k, (lo, hi) in enumerate(split_box(node["lo"], node["hi"], self.K)):
-                inherit = self.K % 2 == 1 and k == self.K // 2
-                child = new_node(self.nodes, lo, hi, node["depth"] + 1, node["id"],
-                                 value=node["value"] if inherit else None, approx=inherit and node["approx"])
-                if not inherit:
-                    batch.extend(self._children_to_evaluate(child))
+            batch.extend(self._expand(node))
         return batch
+
+    def _expand(self, node) -> list:
+        """Split ``node`` into K children; the points of those to evaluate."""
+        node["expanded"] = True
+        self.t += 1
+        batch = []
+        for k, (lo, hi) in enumerate(split_box(node["lo"], node["hi"], self.K)):
+            inherit = self.K % 2 == 1 and k == self.K // 2
+            child = new_node(self.nodes, lo, hi, node["depth"] + 1, node["id"],
+                             value=node["value"] if inherit else None, approx=inherit and node["approx"])
+            if inherit:
+                child["inherits"] = True  # its value is its parent's, when that comes
+            else:
+                batch.extend(self._children_to_evaluate(child))
+        return batch
+
+    def _ask(self, n):
+        out = super()._ask(n)
+        # free workers and no leaf with a value yet: split the shallowest leaves being
+        # evaluated, ahead of their values (breadth first), rather than leave workers idle
+        while self.asynchronous and len(out) < n and self.outstanding:
+            flying = self.in_flight() | {info.get("node") for _, info in out}
+            waiting = [nd for nd in self.leaves() if self._awaited(nd, flying)]
+            if not waiting or any(nd["value"] is not None for nd in self.leaves()):
+                break
+            self.queue.extend(self._resolve_known(self._expand(min(waiting, key=lambda nd: (nd["depth"], nd["id"])))))
+            out += super()._ask(n - len(out))
+        return out
+
+    def _awaited(self, node, flying: set) -> bool:
+        """Whether ``node``'s value is still to come (its evaluation is in ``flying``, or it
+        inherits a value still to come)."""
+        while node["value"] is None:
+            if node["id"] in flying:
+                return True
+            if not node.get("inherits"):
+                return False  # failed
+            node = self.nodes[node["parent"]]
+        return False
 
     def _children_to_evaluate(self, child):
         return [(child["x"], self._info(child))]
@@ -110,3 +147,9 @@ class SOO(SweepOptimizer):
         node = self.nodes[candidate.info["node"]]
         node["value"] = value
         self.n_evals += 1
+        # a node split before its value came: its middle child (and so on down) inherits it now
+        heirs = [nd for nd in self.nodes if nd["parent"] == node["id"] and nd.get("inherits") and nd["value"] is None]
+        while heirs and value is not None:
+            heir = heirs.pop()
+            heir["value"], heir["approx"] = value, node["approx"]
+            heirs += [nd for nd in self.nodes if nd["parent"] == heir["id"] and nd.get("inherits") and nd["value"] is None]
