@@ -44,3 +44,38 @@ def test_warp_keeps_order_and_tames_an_outlier():
     plain = warp_outcomes(y, warp=False)
     # without the warp the five ordinary values are squeezed together by the outlier
     assert np.ptp(z[:5]) > 3 * np.ptp(plain[:5])
+
+
+def test_kriging_believer_keeps_the_mean_and_removes_the_variance_at_pending_points():
+    rng = np.random.default_rng(2)
+    X = rng.random((20, 2))
+    z = warp_outcomes(np.sin(3 * X[:, 0]) + X[:, 1] ** 2)
+    model = fit_gp(X, z, maxiter=30)
+    pending = rng.random((3, 2))
+    Xq = torch.as_tensor(np.vstack([pending, rng.random((30, 2))]))
+    with torch.no_grad():
+        mean, std = FastPosterior(model)(Xq)
+        kb_mean, kb_std = FastPosterior(model, pending)(Xq)
+        ei = fast_log_ei(model, float(z.max()))(Xq.unsqueeze(1))
+        kb_ei = fast_log_ei(model, float(z.max()), pending)(Xq.unsqueeze(1))
+    np.testing.assert_allclose(kb_mean.numpy(), mean.numpy(), atol=1e-6)
+    assert np.all(kb_std.numpy() <= std.numpy() + 1e-9)
+    assert np.all(kb_std.numpy()[:3] < 0.01) and np.all(std.numpy()[:3] > 0.05)
+    # a running point has (next to) nothing more to offer; points far from it keep their EI
+    assert np.all(kb_ei.numpy()[:3] < ei.numpy()[:3] - 3)
+    assert np.all(kb_ei.numpy() <= ei.numpy() + 1e-9)
+
+
+def test_a_batch_asked_at_once_spreads_out():
+    """Sequential greedy with a Kriging believer: q points asked together are not q copies
+    of the best point."""
+    from llmhpo.objectives.functions import get_function
+    from llmhpo.optimizers import make_optimizer
+
+    f = get_function("branin")
+    opt = make_optimizer("bo", 2, np.random.default_rng(0), 40)
+    for c in opt.ask(10):
+        opt.tell(c, f(f.from_unit(c.x)))
+    batch = np.array([c.x for c in opt.ask(6)])
+    gaps = np.sqrt(((batch[:, None] - batch[None]) ** 2).sum(-1))[np.triu_indices(6, 1)]
+    assert gaps.min() > 0.01, gaps

@@ -26,10 +26,35 @@ so checking an optimiser's options) must stay cheap."""
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from contextlib import contextmanager
 
 import numpy as np
+
+
+_preloading: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Import torch, GPyTorch and BoTorch in a background thread (once per process), and fit
+    one tiny GP (their first call sets up for a third of a second more): a model-based
+    optimiser calls it when it is built, so its first model (1.5 s on a small machine) is not
+    what keeps a parallel study's workers waiting."""
+    global _preloading
+    if _preloading is None:
+        def imports() -> None:
+            try:
+                import botorch.acquisition  # noqa: F401  (and torch, gpytorch with it)
+                import botorch.fit  # noqa: F401
+                import botorch.models  # noqa: F401
+
+                fit_gp(np.array([[0.1], [0.5], [0.9]]), np.array([-1.0, 0.5, 0.5]), maxiter=5)
+            except Exception:  # the ask that needs them reports what is missing
+                pass
+
+        _preloading = threading.Thread(target=imports, name="llmhpo-preload", daemon=True)
+        _preloading.start()
 
 
 def dtype():
@@ -151,20 +176,30 @@ class FastPosterior:
     acquisition, and BaMSOO's scoring of every child, spend their time on.
     ``post(x)``: x (b, d) tensor -> mean (b,), std (b,), differentiable."""
 
-    def __init__(self, model):
+    def __init__(self, model, pending=None):
         import torch
 
         kern = model.covar_module
         self.matern = hasattr(kern, "nu")
         self.inv_ls = 1.0 / kern.lengthscale.detach().reshape(1, -1)
-        self.train_X = model.train_inputs[0].detach()
         self.c = model.mean_module.constant.detach()
-        noise = model.likelihood.noise.detach().reshape(-1)[0]
-        n = len(self.train_X)
-        K = self.k(self.train_X, self.train_X) + (noise + 1e-10) * torch.eye(n, dtype=self.train_X.dtype)
+        self.noise = model.likelihood.noise.detach().reshape(-1)[0]
+        self._factor(model.train_inputs[0].detach(), model.train_targets.detach() - self.c)
+        if pending is not None and len(pending):
+            # Kriging believer (Ginsbourger et al. 2010): the running points as observed at
+            # their posterior mean; the mean is unchanged, the variance around them shrinks
+            P = torch.as_tensor(np.asarray(pending, dtype=float), dtype=self.train_X.dtype).reshape(-1, self.train_X.shape[1])
+            with torch.no_grad():
+                believed = self(P)[0] - self.c
+            self._factor(torch.cat([self.train_X, P]), torch.cat([self.r, believed]))
+
+    def _factor(self, X, r) -> None:
+        import torch
+
+        self.train_X, self.r = X, r.reshape(-1)
+        K = self.k(X, X) + (self.noise + 1e-10) * torch.eye(len(X), dtype=X.dtype)
         self.L = torch.linalg.cholesky(K)
-        r = (model.train_targets.detach() - self.c).reshape(-1, 1)
-        self.alpha = torch.cholesky_solve(r, self.L).reshape(-1)
+        self.alpha = torch.cholesky_solve(self.r.reshape(-1, 1), self.L).reshape(-1)
 
     def k(self, A, B):
         """Kernel matrix (a, b) of A (a, d) and B (b, d); prior variance 1 (standardised data)."""
@@ -185,14 +220,15 @@ class FastPosterior:
         return mean, (1.0 - (V * V).sum(0)).clamp_min(1e-12).sqrt()
 
 
-def fast_log_ei(model, best_f: float):
+def fast_log_ei(model, best_f: float, pending=None):
     """LogEI (Ament et al. 2023) on ``FastPosterior``: the values of BoTorch's
     ``LogExpectedImprovement`` (tested). An ``AcquisitionFunction``, so ``optimize_acqf``
-    takes it; X: (b, 1, d) -> (b,)."""
+    takes it; X: (b, 1, d) -> (b,). ``pending``: (p, d) points being evaluated, believed at
+    their posterior mean (Kriging believer), so that a batch spreads out."""
     from botorch.acquisition import AcquisitionFunction
     from botorch.acquisition.analytic import _log_ei_helper
 
-    post = FastPosterior(model)
+    post = FastPosterior(model, pending)
 
     class _FastLogEI(AcquisitionFunction):
         def forward(self, X):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from llmhpo.optimizers._gp import fit_gp, hyperparameters, posterior_mean_std, seeded_torch
+from llmhpo.optimizers._gp import fit_gp, hyperparameters, posterior_mean_std, preload, seeded_torch
 from llmhpo.optimizers.partition.soo import SOO
 
 
@@ -43,6 +43,7 @@ class BaMSOO(SOO):
         self._y_shift, self._y_scale = 0.0, 1.0
         self.hyper: dict = {}
         self.hyper_n = 0
+        preload()  # the GP's libraries, while the first evaluations run
 
     def beta(self, N: int) -> float:
         return math.sqrt(2 * math.log(math.pi**2 * max(N, 1) ** 2 / (6 * self.eta)))
