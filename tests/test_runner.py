@@ -195,3 +195,21 @@ def test_larger_budget_resumes_the_same_study(tmp_path, monkeypatch):
     st = optuna.load_study(study_name="sleepy", storage="sqlite:///sleepy.db")
     xs = [tuple(t.user_attrs["x"]) for t in st.trials]
     assert len(xs) == 9 and len(set(xs)) == 9  # DIRECT went on where it stopped
+
+
+def test_sleep_durations_vary_by_point_and_draw():
+    """``seconds_sigma``: lognormal durations of mean ``seconds``, fixed per point;
+    ``seconds_seed`` gives another draw for the same points."""
+    import numpy as np
+
+    from llmhpo.objectives.synthetic import SleepSpec, sleep_seconds
+
+    rng = np.random.default_rng(0)
+    points = [{"x0": float(a), "x1": float(b)} for a, b in rng.random((4000, 2))]
+    spec = SleepSpec(seconds=1.0, seconds_sigma=0.5)
+    d = np.array([sleep_seconds(spec, p) for p in points])
+    assert abs(d.mean() - 1.0) < 0.03 and abs(np.log(d).std() - 0.5) < 0.03
+    assert [sleep_seconds(spec, p) for p in points[:5]] == list(d[:5])  # the same point, the same time
+    other = np.array([sleep_seconds(SleepSpec(seconds=1.0, seconds_sigma=0.5, seconds_seed=3), p) for p in points])
+    assert abs(other.mean() - 1.0) < 0.03 and np.corrcoef(np.log(d), np.log(other))[0, 1] < 0.1
+    assert sleep_seconds(SleepSpec(seconds=2.0), points[0]) == 2.0

@@ -154,6 +154,8 @@ class SleepSpec:
     #: durations vary: ``seconds`` times a lognormal factor of mean 1 and this sigma, drawn from the
     #: point itself (the same configuration always takes as long), for parallel-efficiency benchmarks
     seconds_sigma: float = 0.0
+    #: which draw of those durations (another seed: other durations for the same points)
+    seconds_seed: int = 0
 
     def to_tables(self) -> dict[str, dict[str, Any]]:
         return {"objective": asdict(self)}
@@ -164,6 +166,8 @@ def sleep_seconds(spec: "SleepSpec", params: Mapping[str, Any]) -> float:
     if not spec.seconds_sigma:
         return spec.seconds
     key = json.dumps(sorted((k, repr(v)) for k, v in params.items())).encode()
+    if spec.seconds_seed:
+        key += b"|%d" % spec.seconds_seed
     z = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little")).standard_normal()
     s = spec.seconds_sigma
     return spec.seconds * float(np.exp(s * z - s * s / 2))
@@ -200,7 +204,7 @@ class SleepObjective:
 class SleepKind(FunctionKind):
     name = "sleep"
     _allowed = {"seconds": (int, float), "function": (str,), "dim": (int,), "log": (str,), "fail_above": (int, float),
-                "noise": (int, float), "seconds_sigma": (int, float)}
+                "noise": (int, float), "seconds_sigma": (int, float), "seconds_seed": (int,)}
 
     def parse(self, objective, tables, ctx: ParseContext) -> SleepSpec:
         spec = SleepSpec(**_options(self.name, objective, self._allowed))
