@@ -113,12 +113,12 @@ def test_second_driver_while_the_first_runs(tmp_path):
 
 
 def test_wait_queues_behind_the_running_driver(tmp_path):
-    write(tmp_path, trials=4, seconds=0.3)
+    write(tmp_path, trials=4, seconds=1.0)  # long enough that the second is up before the first ends
     a = start(tmp_path)
     deadline = time.time() + 60
     while running_trials(tmp_path / "race.db") == 0 and time.time() < deadline:
         time.sleep(0.05)
-    (tmp_path / "race.toml").write_text(TOML.format(trials=8, seconds=0.3))  # the queued job asks for more
+    (tmp_path / "race.toml").write_text(TOML.format(trials=8, seconds=1.0))  # the queued job asks for more
     b = subprocess.run(CMD + ["--wait"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     a.communicate(timeout=60)
     assert a.returncode == 0 and b.returncode == 0, b.stderr

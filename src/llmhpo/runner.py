@@ -323,14 +323,17 @@ class _Asker:
 
 
 def _lookahead(slots: int, ask_seconds: float, trial_seconds: list[float]) -> int:
-    """Candidates to ask ahead of free workers: as many as workers free up while one ask
-    runs, when asks cost more than 2% of a trial (else a free worker waits for one ask,
-    and each candidate is asked with every result known)."""
-    if slots < 2 or not trial_seconds or ask_seconds <= 0:
+    """Candidates to ask ahead of free workers in a parallel run: one, so that a freed worker
+    starts before the finished trial is written down and told; more when asks cost more than
+    2% of a trial: as many as workers free up while one ask runs. One worker: none (each
+    candidate is asked with every result known: the sequential algorithm)."""
+    if slots < 2:
         return 0
+    if not trial_seconds or ask_seconds <= 0:
+        return 1
     mean = sum(trial_seconds[-20:]) / len(trial_seconds[-20:])
     ratio = ask_seconds / max(mean, 1e-6)
-    return 0 if ratio < 0.02 else min(slots, math.ceil(slots * ratio))
+    return 1 if ratio < 0.02 else min(slots, math.ceil(slots * ratio))
 
 
 def _run_single(config: Config, study: Study, executor: Any, mode: str, t_start: float,
@@ -385,12 +388,12 @@ def _run_single(config: Config, study: Study, executor: Any, mode: str, t_start:
 
     def submit(cand: Candidate) -> None:
         params = config.space.decode(cand.x)
+        executor.submit(cand.id, params)  # the worker starts, then the trial is written down
         extra = {"warm_start": cand.info["warm_start"]} if "warm_start" in cand.info else {}
         tid = study.create_trial(cand, params, extra)
         number = study.trial_number(tid)
         running[cand.id] = (cand, tid, number)
         report.started(number, params)
-        executor.submit(cand.id, params)
 
     def publish_workers() -> None:
         if lease is not None:
