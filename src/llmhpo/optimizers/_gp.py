@@ -57,6 +57,11 @@ def preload() -> None:
         _preloading.start()
 
 
+def loading() -> bool:
+    """Whether ``preload`` is still importing."""
+    return _preloading is not None and _preloading.is_alive()
+
+
 def dtype():
     """The dtype of every tensor here: torch.float64."""
     import torch

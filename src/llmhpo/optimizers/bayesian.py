@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from llmhpo.optimizers._gp import dtype, fast_log_ei, fit_gp, hyperparameters, preload, seeded_torch, warp_outcomes
+from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, hyperparameters, loading, preload, seeded_torch,
+                                   warp_outcomes)
 from llmhpo.optimizers.base import Optimizer
 
 #: best evaluated points that seed local starts, and the step sizes around them
@@ -60,7 +61,6 @@ class BayesianOptimization(Optimizer):
         self.failures, self.fit_maxiter = failures, fit_maxiter
         from scipy.stats import qmc
 
-        preload()  # the model's libraries, while the initial design runs (once per process)
         self.design = qmc.LatinHypercube(d=dim, seed=self._seed()).random(n_init)
         self.n_design_asked = 0
         #: the last fit's raw hyperparameters (warm start of the next fit)
@@ -81,6 +81,9 @@ class BayesianOptimization(Optimizer):
         while len(out) < n and self.n_design_asked < self.n_init:
             out.append((self.design[self.n_design_asked].copy(), {"phase": "initial"}))
             self.n_design_asked += 1
+        # the model's libraries load in the background while the initial design runs (after
+        # its first points are out: imports hold the interpreter's lock)
+        preload()
         if len(out) == n:
             return out
         X, y = self._observed()
@@ -88,6 +91,10 @@ class BayesianOptimization(Optimizer):
             # nothing to model yet: wait for the initial design unless it all failed
             if self.pending or out:
                 return out
+            return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
+        if self.pending and loading():
+            # trials are running and the model's libraries are still loading (the first
+            # seconds of a study of short trials): free workers get random points, not a wait
             return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)

@@ -43,12 +43,12 @@ class BaMSOO(SOO):
         self._y_shift, self._y_scale = 0.0, 1.0
         self.hyper: dict = {}
         self.hyper_n = 0
-        preload()  # the GP's libraries, while the first evaluations run
 
     def beta(self, N: int) -> float:
         return math.sqrt(2 * math.log(math.pi**2 * max(N, 1) ** 2 / (6 * self.eta)))
 
     def _next_batch(self):
+        preload()  # the GP's libraries load in the background while the first evaluations run
         X, y = self._observed()
         # a sweep whose children were all scored by the GP adds no data: keep the fitted model
         if len(y) >= 2 and (self._model is None or self._model_n != len(y)):
