@@ -189,7 +189,8 @@ function = "hartmann6"
 def test_workers_see_the_drivers_environment_of_the_moment(tmp_path, monkeypatch):
     """Workers are forked from a fork server started by the first run of this process; each
     still gets the driver's environment as it is when the worker starts, as a spawned one would."""
-    (tmp_path / "envy.py").write_text("import os\n\ndef objective(x):\n    return float(os.environ['LLMHPO_TEST_ENV'])\n")
+    (tmp_path / "envy.py").write_text("import os\n\nAT_IMPORT = float(os.environ['LLMHPO_TEST_ENV'])\n\n"
+                                      "def objective(x):\n    return AT_IMPORT + float(os.environ['LLMHPO_TEST_ENV'])\n")
     values = []
     for i, value in enumerate(("1.5", "2.5")):
         monkeypatch.setenv("LLMHPO_TEST_ENV", value)
@@ -212,4 +213,52 @@ x = {{ type = "float", low = 0.0, high = 1.0 }}
 """)
         s = run(load_config(p), progress=False, quiet=True)
         values.append(s.best_value)
-    assert values == [1.5, 2.5]
+    assert values == [3.0, 5.0]  # read when the objective's module is imported, and when it runs
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_end_when_the_driver_is_killed(tmp_path):
+    """SIGKILL to the driver alone (not its process group): its workers, mid-trial, end too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow.py").write_text(textwrap.dedent('''
+        import os, time
+        from pathlib import Path
+
+        def objective(x):
+            (Path(__file__).parent / f"worker-{os.getpid()}").write_text("")
+            time.sleep(60)
+            return x
+    '''))
+    (tmp_path / "slow.toml").write_text(TOML.replace("faults", "slow").format(trials=4, runner="")
+                                        .replace("faulty.py", "slow.py").replace("y = {", "# y = {"))
+    p = subprocess.Popen([sys.executable, "-m", "llmhpo.cli", "run", "slow.toml", "--no-progress"], cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("worker-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        pids = [int(f.name.split("-")[1]) for f in tmp_path.glob("worker-*")]
+        assert len(pids) == 2 and all(_alive(q) for q in pids)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        deadline = time.time() + 15
+        while any(_alive(q) for q in pids) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(q) for q in pids), "workers outlived their driver"
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -69,13 +70,28 @@ class _Job:
 
 # ---------------------------------------------------------------- worker side
 def _die_with_parent() -> None:
-    """Linux: end this worker if the driver dies (a killed run must not leave trials running)."""
+    """Linux: end this worker if the driver dies (a killed run must not leave trials running).
+    A worker's parent is the fork server, which ends when the last holder of its "alive" pipe
+    closes it: the driver, and every worker it forked (each gets a copy, to fork from the same
+    server). So the worker gives its copy up: then the driver's death ends the server, and the
+    server's ends the worker (PR_SET_PDEATHSIG)."""
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd, server._forkserver_pid = None, None
+    except Exception:
+        pass
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def run_objective(objective: Any, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> Outcome:
@@ -249,14 +265,45 @@ class _Slot:
         return self.process is not None and self.process.is_alive()
 
 
+_server_env: dict[str, str] | None = None  # the environment the fork server was started with
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+
+
 def worker_context(factory: Callable[[], Any] | None = None) -> Any:
     """The multiprocessing context of worker processes: ``forkserver``. A server process
     started once per driver imports the package (and the objective's module) and forks each
     worker from there, so eight workers are ready in milliseconds, not after eight
     interpreters have imported the package side by side on the driver's cores. The server
     never touches torch or CUDA, so a worker starts as clean as a spawned one; the user's
-    script is imported in each worker as with ``spawn`` (hence the ``__main__`` guard)."""
+    script is imported in each worker as with ``spawn`` (hence the ``__main__`` guard), under
+    the driver's environment (a server started before it changed is replaced)."""
+    global _server_env
+    from multiprocessing import forkserver
+
     ctx = mp.get_context("forkserver")
+    env = dict(os.environ)
+    if _server_env is not None and env != _server_env and not ProcessExecutor.open_pools:
+        # the environment changed since the server started (another run in the same process):
+        # a fresh server, so that the user's script and objective import under today's. The
+        # old one ends by itself once nothing holds its "alive" pipe; a thread reaps it.
+        server = forkserver._forkserver
+        try:
+            with server._lock:
+                pid = server._forkserver_pid
+                if server._forkserver_alive_fd is not None:
+                    os.close(server._forkserver_alive_fd)
+                server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
+            if pid is not None:
+                threading.Thread(target=_reap, args=(pid,), name="llmhpo-reap", daemon=True).start()
+        except Exception:
+            pass
+    _server_env = env
     modules = ["llmhpo.executors"]
     module = getattr(getattr(factory, "func", factory), "__module__", None)
     if module and module.startswith("llmhpo."):
@@ -272,12 +319,17 @@ class ProcessExecutor(_Pool):
     its own pipe: the driver knows which process runs which job, so a lost process costs only
     its own job, and a job past its timeout is stopped by ending its process."""
 
+    #: pools not closed yet in this process (the fork server is not replaced under them)
+    open_pools = 0
+
     def __init__(self, factory: Callable[[], Any], workers: int, devices: tuple[str, ...] = (),
                  max_retries: int = 1, trial_timeout: float | None = None):
         self.slots = workers
         self._factory = factory
         self._init_pool(max_retries, trial_timeout)
         self._ctx = worker_context(factory)
+        ProcessExecutor.open_pools += 1
+        self._open = True
         self._slots = [_Slot(i, devices[i] if devices else None) for i in range(workers)]
         # the fork server starts now and imports the package while the driver opens its
         # storage; each worker is forked from it for its first job
@@ -400,6 +452,9 @@ class ProcessExecutor(_Pool):
             self._stop(s)
             s.job = None
         self._queue.clear()
+        if self._open:
+            self._open = False
+            ProcessExecutor.open_pools -= 1
 
 
 class _TrialActor:
