@@ -37,10 +37,12 @@ _preloading: threading.Thread | None = None
 
 
 def preload() -> None:
-    """Import torch, GPyTorch and BoTorch in a background thread (once per process), and fit
-    one tiny GP (their first call sets up for a third of a second more): a model-based
-    optimiser calls it when it is built, so its first model (1.5 s on a small machine) is not
-    what keeps a parallel study's workers waiting."""
+    """Import torch, GPyTorch and BoTorch in a background thread (once per process): a
+    model-based optimiser calls it once its first points are out, so that its first model
+    (1.5 s of imports on a small machine) is not what keeps a parallel study's workers
+    waiting. Only imports: the GP functions below wait for it before they work, so nothing
+    of theirs (warning filters, torch's random state) runs beside it. Not a daemon thread:
+    an interpreter that ends mid-import of torch can abort."""
     global _preloading
     if _preloading is None:
         def imports() -> None:
@@ -48,13 +50,17 @@ def preload() -> None:
                 import botorch.acquisition  # noqa: F401  (and torch, gpytorch with it)
                 import botorch.fit  # noqa: F401
                 import botorch.models  # noqa: F401
-
-                fit_gp(np.array([[0.1], [0.5], [0.9]]), np.array([-1.0, 0.5, 0.5]), maxiter=5)
             except Exception:  # the ask that needs them reports what is missing
                 pass
 
-        _preloading = threading.Thread(target=imports, name="llmhpo-preload", daemon=True)
+        _preloading = threading.Thread(target=imports, name="llmhpo-preload")
         _preloading.start()
+
+
+def _loaded() -> None:
+    """Wait for ``preload``'s imports, if they run."""
+    if _preloading is not None and _preloading is not threading.current_thread():
+        _preloading.join()
 
 
 def loading() -> bool:
@@ -74,6 +80,7 @@ def seeded_torch(seed: int):
     """Run torch code on a private random stream (no global RNG is touched for good), on
     one intra-op thread: the GP's matrices have at most a few hundred rows, where waking a
     pool of threads costs more than it saves (10x slower fits measured on 2 busy cores)."""
+    _loaded()
     import torch
 
     with one_thread(), torch.random.fork_rng(devices=[]):
@@ -98,6 +105,7 @@ def warp_outcomes(y: np.ndarray, warp: bool = True) -> np.ndarray:
     """y: (n,) values to maximise -> (n,) standardised, Yeo-Johnson-warped, standardised
     again (monotone: the order of the values, and so the incumbent, is kept). ``warp=False``
     only standardises."""
+    _loaded()
     y = np.asarray(y, dtype=float)
     sd = float(y.std())
     z = (y - y.mean()) / (sd if sd > 0 else 1.0)
@@ -125,6 +133,7 @@ def fit_gp(X: np.ndarray, y: np.ndarray, kernel: str = "matern", noise: str = "l
     (``hyperparameters``) to start from; maxiter: L-BFGS-B iterations at most. Returns the
     fitted model, in eval mode.
     """
+    _loaded()
     import torch
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP

@@ -15,12 +15,13 @@ refine, and not only explore (``_gp.py`` for the model):
   start ``num_restarts`` L-BFGS-B runs (BoTorch ``optimize_acqf``); the best optimum whose
   configuration is new is proposed (integers and categoricals are snapped before that
   check, see ``Optimizer.snap``);
-- batches: ``ask(q)`` and still-running trials: sequential greedy LogEI with a Kriging
-  believer (Ginsbourger, Le Riche & Carraro 2010): the running and already chosen points
-  are conditioned on at their posterior mean, which leaves the mean and shrinks the variance
-  around them, so the next point goes elsewhere; analytic, so an ask of q points costs q
-  single-point asks (a Monte-Carlo ``qLogExpectedImprovement`` cost 4-5 times that, and
-  kept eight workers waiting on one second trials);
+- batches: ``ask(q)`` and still-running trials: sequential greedy, each point maximising the
+  expected improvement over the running and already chosen points' outcomes, averaged over
+  16 joint draws of those outcomes from the GP (``_gp.fast_log_ei``): the quantity
+  ``qLogExpectedImprovement`` with ``X_pending`` estimates by Monte Carlo, analytic in the
+  new point, so an ask of q points costs about q single-point asks (the Monte-Carlo version
+  cost 4-5 times that, and kept eight workers waiting on one-second trials; a Kriging
+  believer, cheaper, crowded batches around the incumbent: docs/benchmarks.md);
 - failures: a failed point enters the GP with the worst warped value observed, so the region
   around it loses its expected improvement; the base class never hands it out again.
 
@@ -92,9 +93,9 @@ class BayesianOptimization(Optimizer):
             if self.pending or out:
                 return out
             return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
-        if self.pending and loading():
-            # trials are running and the model's libraries are still loading (the first
-            # seconds of a study of short trials): free workers get random points, not a wait
+        if self.pending and loading() and len(y) < 2 * self.n_init:
+            # the first seconds of a parallel study of short trials: the model's libraries are
+            # still loading, so free workers get random points rather than a wait
             return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)
