@@ -284,6 +284,8 @@ def worker_context(factory: Callable[[], Any] | None = None) -> Any:
     script is imported in each worker as with ``spawn`` (hence the ``__main__`` guard), under
     the driver's environment (a server started before it changed is replaced)."""
     global _server_env
+    if "forkserver" not in mp.get_all_start_methods():  # Windows
+        return mp.get_context("spawn")
     from multiprocessing import forkserver
 
     ctx = mp.get_context("forkserver")
@@ -333,9 +335,10 @@ class ProcessExecutor(_Pool):
         self._slots = [_Slot(i, devices[i] if devices else None) for i in range(workers)]
         # the fork server starts now and imports the package while the driver opens its
         # storage; each worker is forked from it for its first job
-        from multiprocessing import forkserver
+        if self._ctx.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+            forkserver.ensure_running()
 
     def _start(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
