@@ -195,22 +195,8 @@ def test_workers_see_the_drivers_environment_of_the_moment(tmp_path, monkeypatch
     for i, value in enumerate(("1.5", "2.5")):
         monkeypatch.setenv("LLMHPO_TEST_ENV", value)
         p = tmp_path / f"env{i}.toml"
-        p.write_text(f"""
-[study]
-name = "env{i}"
-storage = "sqlite:///env.db"
-[budget]
-trials = 2
-[runner]
-workers = 2
-[optimizer]
-name = "random"
-[objective]
-type = "python"
-target = "envy.py:objective"
-[space]
-x = {{ type = "float", low = 0.0, high = 1.0 }}
-""")
+        p.write_text(TOML.replace("faults", f"env{i}").format(trials=2, runner="")
+                     .replace("faulty.py", "envy.py").replace("y = {", "# y = {"))
         s = run(load_config(p), progress=False, quiet=True)
         values.append(s.best_value)
     assert values == [3.0, 5.0]  # read when the objective's module is imported, and when it runs
