@@ -69,21 +69,31 @@ class _Job:
 
 
 # ---------------------------------------------------------------- worker side
+def _let_go_of_fork_server() -> int | None:
+    """Close this process's end of the fork server's "alive" pipe and forget the server (a
+    later fork starts a new one); the old server ends once no process holds the pipe. Returns
+    the old server's pid (a child to reap, in the driver)."""
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        with server._lock:
+            pid = server._forkserver_pid
+            if server._forkserver_alive_fd is not None:
+                os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
+        return pid
+    except Exception:
+        return None
+
+
 def _die_with_parent() -> None:
     """Linux: end this worker if the driver dies (a killed run must not leave trials running).
     A worker's parent is the fork server, which ends when the last holder of its "alive" pipe
     closes it: the driver, and every worker it forked (each gets a copy, to fork from the same
     server). So the worker gives its copy up: then the driver's death ends the server, and the
     server's ends the worker (PR_SET_PDEATHSIG)."""
-    try:
-        from multiprocessing import forkserver
-
-        server = forkserver._forkserver
-        if server._forkserver_alive_fd is not None:
-            os.close(server._forkserver_alive_fd)
-            server._forkserver_alive_fd, server._forkserver_pid = None, None
-    except Exception:
-        pass
+    _let_go_of_fork_server()
     try:
         import ctypes
 
@@ -286,25 +296,15 @@ def worker_context(factory: Callable[[], Any] | None = None) -> Any:
     global _server_env
     if "forkserver" not in mp.get_all_start_methods():  # Windows
         return mp.get_context("spawn")
-    from multiprocessing import forkserver
-
     ctx = mp.get_context("forkserver")
     env = dict(os.environ)
     if _server_env is not None and env != _server_env and not ProcessExecutor.open_pools:
         # the environment changed since the server started (another run in the same process):
         # a fresh server, so that the user's script and objective import under today's. The
-        # old one ends by itself once nothing holds its "alive" pipe; a thread reaps it.
-        server = forkserver._forkserver
-        try:
-            with server._lock:
-                pid = server._forkserver_pid
-                if server._forkserver_alive_fd is not None:
-                    os.close(server._forkserver_alive_fd)
-                server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
-            if pid is not None:
-                threading.Thread(target=_reap, args=(pid,), name="llmhpo-reap", daemon=True).start()
-        except Exception:
-            pass
+        # old one ends by itself; a thread reaps it.
+        pid = _let_go_of_fork_server()
+        if pid is not None:
+            threading.Thread(target=_reap, args=(pid,), name="llmhpo-reap", daemon=True).start()
     _server_env = env
     modules = ["llmhpo.executors"]
     module = getattr(getattr(factory, "func", factory), "__module__", None)

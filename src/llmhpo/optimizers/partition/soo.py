@@ -148,9 +148,10 @@ class SOO(SweepOptimizer):
         node["value"] = value
         self.n_evals += 1
         # a node split before its value came: its middle child (and so on down) inherits it now
-        heirs = [nd for nd in self.nodes if nd["parent"] == node["id"] and nd.get("inherits") and nd["value"] is None] \
-            if node["expanded"] and value is not None else []
+        heirs = [node] if node["expanded"] and value is not None else []
         while heirs:
-            heir = heirs.pop()
-            heir["value"], heir["approx"] = value, node["approx"]
-            heirs += [nd for nd in self.nodes if nd["parent"] == heir["id"] and nd.get("inherits") and nd["value"] is None]
+            parent = heirs.pop()["id"]
+            for nd in self.nodes:
+                if nd["parent"] == parent and nd.get("inherits") and nd["value"] is None:
+                    nd["value"], nd["approx"] = value, node["approx"]
+                    heirs.append(nd)
