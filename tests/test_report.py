@@ -50,7 +50,7 @@ def _finetune_study(db, name, optimizer, trials):
                     metric="hellaswag/acc_norm", storage=f"sqlite:///{db}", study_name=name, quiet=True,
                     max_repeated_failures=0)
     st = Study.load(f"sqlite:///{db}", name)
-    st.optuna_study.set_user_attr("base_metrics", BASE)
+    st.set_base(BASE["hellaswag/acc_norm"], BASE)
     return Study.load(f"sqlite:///{db}", name)
 
 

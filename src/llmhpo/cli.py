@@ -129,6 +129,28 @@ def run(
         raise typer.Exit(1)
 
 
+def _base_json(st) -> dict | None:
+    base = st.base()
+    return None if base is None else {"value": base[0], "metrics": base[1]}
+
+
+def _say_base(st, best) -> None:
+    """The base model's score beside the best trial's: did fine-tuning help, and by how much."""
+    base = st.base()
+    if base is None:
+        return
+    if best is None:
+        _say(f"base model (no adapter): {base[0]:.6g}")
+        return
+    gain = best.value - base[0]
+    if gain == 0:
+        verdict = "the best trial equals it"
+    else:
+        better = gain > 0 if st.config.study.direction == "maximize" else gain < 0
+        verdict = f"the best trial is {'better' if better else 'worse'} by {abs(gain):.6g}"
+    _say(f"base model (no adapter): {base[0]:.6g}; {verdict}")
+
+
 @app.command()
 def status(
     study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
@@ -166,7 +188,7 @@ def status(
         out = {"study": cfg.study.name, "storage": cfg.study.storage, "optimizer": cfg.optimizer,
                "objective": cfg.kind.describe(cfg.objective), "direction": cfg.study.direction,
                "budget": {"trials": cfg.budget.trials, "resource": cfg.resource_budget()},
-               "counts": c, "best": None if best is None else trial(best), "driver": driver,
+               "counts": c, "best": None if best is None else trial(best), "base": _base_json(st), "driver": driver,
                "workers": (row or {}).get("workers", []) if alive else [],
                "trials": [trial(r) for r in records]}
         print(json.dumps(out, default=str, indent=1))
@@ -200,6 +222,7 @@ def status(
              + ", ".join(f"{v:.6g}" for v in best.attrs["evaluations"]) + ")")
     elif best:
         _say(f"best value {best.value:.6g} (trial {best.number})")
+    _say_base(st, best)
     workers = (row or {}).get("workers") or []
     if alive and workers:
         wt = Table("worker", "host", "device", "trial", "elapsed", title="workers", title_justify="left")
@@ -253,11 +276,12 @@ def best(
         print(json.dumps({"study": cfg.study.name, "storage": cfg.study.storage, "direction": cfg.study.direction,
                           "objective": cfg.kind.describe(cfg.objective), "number": b.number, "value": b.value,
                           "params": b.params, "metrics": metrics, "timings": b.attrs.get("timings", {}),
-                          "adapter_dir": metrics.get("adapter_dir"),
+                          "adapter_dir": metrics.get("adapter_dir"), "base": _base_json(st),
                           "exported": None if export is None else str(where)}, default=str, indent=1))
         return
     else:
         _say(f"best trial {b.number}: value {b.value:.6g}")
+        _say_base(st, b)
         for k, v in b.params.items():
             _say(f"  {k} = {_fmt(v)}")
         for k, v in sorted((b.attrs.get("metrics") or {}).items()):
@@ -559,14 +583,19 @@ def demo(
     workers: int = typer.Option(1, help="Parallel workers (each loads its own model)."),
     out: Path = typer.Option(Path("llmhpo-runs/demo"), help="Folder for the study, the data and the best adapter."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the demo study afresh."),
+    model: Optional[str] = typer.Option(None, "--model",
+                                        help="Another model than the builtin SmolLM2: a local folder, GGUF file or hub id."),
 ):
-    """Offline HPO of SmolLM2-135M on the project's own task, on CPU in about 10 minutes."""
+    """Offline HPO of SmolLM2-135M on the project's own task, on CPU in about 10 minutes.
+    Run it again to resume it, or with more --trials to extend it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from llmhpo.demo import run_demo
 
+    if model is not None and Path(model).expanduser().exists():  # relative to here, not to --out
+        model = str(Path(model).expanduser().resolve())
     try:
-        run_demo(out, trials=trials, workers=workers, overwrite=overwrite, console=console)
+        run_demo(out, trials=trials, workers=workers, overwrite=overwrite, console=console, model=model)
     except LlmhpoError as e:
         _fail(e)
     except KeyboardInterrupt:

@@ -105,12 +105,15 @@ def _die_with_parent() -> None:
 
 
 def run_objective(objective: Any, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> Outcome:
-    """Call the objective (with ``fidelity`` when multi-fidelity); any exception becomes a
-    failed Outcome with its reason."""
+    """Call the objective (with ``fidelity`` when multi-fidelity; params None: the objective's
+    ``base()``, the untuned reference); any exception becomes a failed Outcome with its reason."""
     start = time.time()
     worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
-        r = objective(params) if fidelity is None else objective(params, fidelity=fidelity)
+        if params is None:
+            r = objective.base()
+        else:
+            r = objective(params) if fidelity is None else objective(params, fidelity=fidelity)
         out = Outcome(key, r.value, dict(r.metrics), dict(r.timings), None, worker)
     except TrialFailed as e:
         out = Outcome(key, None, dict(getattr(e, "metrics", {}) or {}), {}, str(e), worker)

@@ -63,6 +63,18 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _say(mode: str, text: str, console: Any = None) -> None:
+    """One line of a run's output: above the bar (``console``: the bar's own), timestamped in
+    ``lines`` mode, nothing when quiet."""
+    if mode == "bar":
+        from rich.console import Console
+        from rich.markup import escape
+
+        (console or Console()).print(escape(text), highlight=False, soft_wrap=True)
+    elif mode == "lines":
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", flush=True)
+
+
 class _Reporter:
     """What a run prints. ``bar``: a rich progress bar (trials done, or resource spent with
     [fidelity]; failures; best so far) with one line per finished job above it; ``lines``:
@@ -87,12 +99,7 @@ class _Reporter:
                                         best="-" if best is None else f"{best:.6g}")
 
     def _line(self, text: str) -> None:
-        if self.mode == "bar":
-            from rich.markup import escape
-
-            self.p.console.print(escape(text), highlight=False, soft_wrap=True)
-        elif self.mode == "lines":
-            print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", flush=True)
+        _say(self.mode, text, self.p.console if self.mode == "bar" else None)
 
     def started(self, number: int, params: dict[str, Any], label: str = "") -> None:
         if self.mode == "lines":
@@ -207,6 +214,9 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         if tracker is not None:
             tracker.log_trials(study.records())  # what an earlier run finished (logged once)
         log = (lambda tid: tracker.log_trial(study.record(tid))) if tracker is not None else (lambda tid: None)
+        if study.lease is not None:  # alive from here: base scoring can outlast the stale limit
+            study.lease.start_heartbeat()
+        _score_base(config, study, executor, mode)
         if config.fidelity is not None:
             return _run_multifidelity(config, study, executor, mode, t_start, log)
         return _run_single(config, study, executor, mode, t_start, log)
@@ -215,6 +225,36 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         if tracker is not None:
             tracker.close()
         study.close()
+
+
+BASE_JOB = ("base",)  # the executor's key of the base-model job (trial keys are ints)
+
+
+def _score_base(config: Config, study: Study, executor: Any, mode: str) -> None:
+    """Score the untuned objective (the base model without an adapter) once per study, on a
+    worker as a trial runs (its worker keeps the loaded model for the trials), and store it with
+    the study: the reference of `status`, `best` and the report. Reused on resume; a failure is
+    said and the study goes on without a reference."""
+    if not config.kind.scores_base(config.objective) or study.base() is not None:
+        return
+    def say(text: str) -> None:
+        _say(mode, text)
+
+    say("scoring the base model once (no adapter), the reference for every trial ([eval] base = false skips it)")
+    executor.submit(BASE_JOB, None)
+    outcomes: list[Any] = []
+    while not outcomes:
+        outcomes = executor.wait()
+        for retry in executor.retries:
+            say(f"base model scoring: {retry.reason}; running it again (retry {retry.attempt})")
+        executor.retries.clear()
+    out = outcomes[0]
+    if out.value is None:
+        say(f"base model scoring failed: {out.error}; the study goes on without a reference")
+        return
+    study.set_base(out.value, out.metrics)
+    say(f"base model: value {out.value:.6g} ({config.kind.describe(config.objective)}), "
+        f"scored in {out.timings.get('trial', 0.0):.0f} s")
 
 
 def _check_lease(lease: Any, name: str) -> None:

@@ -330,6 +330,19 @@ class Study:
         raw = self.storage.get_study_system_attrs(self.study_id).get(STATE_KEY)
         return None if raw is None else json.loads(raw)
 
+    # ------------------------------------------------------------------ the base score
+    def set_base(self, value: float, metrics: dict[str, Any]) -> None:
+        """The untuned objective's score (the base model without an adapter), once per study."""
+        self.storage.set_study_user_attr(self.study_id, "base_metrics", _jsonable(metrics))
+        self.storage.set_study_user_attr(self.study_id, "base_value", float(value))
+
+    def base(self) -> tuple[float, dict[str, Any]] | None:
+        """(value, metrics) of the base model, or None when it was not scored."""
+        attrs = self.storage.get_study_user_attrs(self.study_id)
+        if "base_value" not in attrs:
+            return None
+        return float(attrs["base_value"]), dict(attrs.get("base_metrics") or {})
+
     # ------------------------------------------------------------------ trials
     def create_trial(self, candidate: "Candidate", params: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
         """A RUNNING trial for ``candidate``, params and attributes written in one transaction

@@ -56,8 +56,10 @@ def test_finetune_study_check_run_best_export_merge(tiny_llama, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "3 complete" in r.stdout
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 3 + 3 + 2, r.stdout
-    assert all(" started: " in ln or " done in " in ln for ln in lines[:-2]), r.stdout
+    # the base model is scored once first (two lines), then the trials
+    assert "scoring the base model" in lines[0] and "base model: value" in lines[1], r.stdout
+    assert len(lines) == 2 + 3 + 3 + 2, r.stdout
+    assert all(" started: " in ln or " done in " in ln for ln in lines[2:-2]), r.stdout
     assert "fatal:" not in r.stdout + r.stderr and "it/s" not in r.stdout + r.stderr
     import optuna
 
@@ -67,6 +69,14 @@ def test_finetune_study_check_run_best_export_merge(tiny_llama, tmp_path):
     m = t.user_attrs["metrics"]
     assert {"val_loss", "train_loss_curve", "train_tokens_per_s", "peak_memory_mb", "llmhpo_add/acc"} <= set(m)
     assert {"train", "eval", "model_load"} <= set(t.user_attrs["timings"])
+    base = st.user_attrs["base_value"]
+    assert base == st.user_attrs["base_metrics"]["llmhpo_add/acc"]
+    r = cli("status", "ft.toml", "--json", cwd=tmp_path)
+    assert json.loads(r.stdout)["base"]["value"] == base
+    r = cli("best", "ft.toml", cwd=tmp_path)
+    assert f"base model (no adapter): {base:.6g}" in r.stdout, r.stdout
+    r = cli("run", "ft.toml", "--trials", "4", cwd=tmp_path)  # resumed: the stored base score is reused
+    assert r.returncode == 0 and "base model" not in r.stdout, r.stdout
     r = cli("best", "ft.toml", "--export", "best", "--merge", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     adapter_cfg = json.loads((tmp_path / "best" / "adapter" / "adapter_config.json").read_text())

@@ -101,6 +101,11 @@ class ObjectiveKind:
         Returns lines describing what was found."""
         return []
 
+    def scores_base(self, spec) -> bool:
+        """Whether the study scores the untuned objective once (the objective's ``base()``,
+        e.g. the base model without an adapter), as the reference every trial is compared with."""
+        return False
+
     def fidelity_resources(self, spec) -> tuple[str, ...]:
         """The resources this objective can grow (``[fidelity] resource``), the default first;
         ``("*",)`` for any name; empty when it cannot be run at several fidelities."""

@@ -109,7 +109,7 @@ class StudyData:
                                 scalars, curves, texts, timings, r.attrs.get("error"), start, end,
                                 {int(k): float(v) for k, v in (r.intermediate or {}).items()}, adapter_dir(r)))
             gpu = gpu or str(texts.get("device", "")).startswith("cuda") or bool(worker.get("device"))
-        base = study.optuna_study.user_attrs.get("base_metrics") or {}
+        base = (study.base() or (None, {}))[1]
         base = {k: float(v) for k, v in base.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return cls(cfg.study.name, cfg.optimizer, cfg.kind.describe(cfg.objective), cfg.study.direction,
                    metric_name(cfg), cfg.space, sorted(trials, key=lambda t: t.number), base, study.optuna_study,

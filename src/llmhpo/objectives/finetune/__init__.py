@@ -222,12 +222,17 @@ class FinetuneObjective:
         return str(folder.resolve())
 
     # ------------------------------------------------------------------ base model score
-    def evaluate_base(self) -> dict[str, float]:
-        """The base model's metrics (no adapter)."""
-        from llmhpo.objectives.finetune.evaluate import evaluate
+    def base(self) -> Result:
+        """The base model scored as a trial is (no adapter): the reference every trial is
+        compared with."""
+        from llmhpo.objectives.finetune.evaluate import evaluate, objective_value
 
+        t0 = time.time()
         self.setup()
-        return evaluate(self.model, self.tokenizer, self._tm, self.cfg.eval)
+        t1 = time.time()
+        metrics = evaluate(self.model, self.tokenizer, self._tm, self.cfg.eval)
+        timings = {"setup": t1 - t0, "eval": time.time() - t1, "total": time.time() - t0}
+        return Result(objective_value(metrics, self.cfg.eval.objective), metrics, timings)
 
 
 __all__ = ["FinetuneConfig", "FinetuneObjective"]

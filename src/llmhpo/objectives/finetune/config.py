@@ -75,6 +75,8 @@ class EvalConfig:
     #: sorted out); None: the same as limit
     low_rung_limit: int | float | None = None
     n_questions: int = 200  # size of each builtin question set
+    #: score the base model (no adapter) once per study, as the reference for every trial
+    base: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ class FinetuneConfig:
     def to_tables(self) -> dict[str, dict[str, Any]]:
         """The four tables as written (relative paths stay relative: a moved study resumes)."""
         d = asdict(self)
+        if d["eval"]["base"]:  # the default, left out: studies stored before the key existed keep their hash
+            del d["eval"]["base"]
         return {"objective": {}, **{k: d[k] for k in ("model", "data", "train", "eval")}}
 
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}

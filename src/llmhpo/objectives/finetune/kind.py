@@ -90,6 +90,9 @@ class FinetuneKind(ObjectiveKind):
             lines.append(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
         return lines
 
+    def scores_base(self, spec: FinetuneConfig) -> bool:
+        return spec.eval.base
+
     def fidelity_resources(self, spec) -> tuple[str, ...]:
         return ("max_steps", "epochs")
 

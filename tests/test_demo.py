@@ -1,0 +1,64 @@
+"""`llmhpo demo` as `make demo` runs it: a fresh folder, a real SQLite storage and driver
+lease, the base model scored once; rerun on the finished study, extended, interrupted and
+resumed (a small model instead of SmolLM2, so that each run takes seconds)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+
+def demo(out, model, *args, timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "llmhpo.cli", "demo", "--out", str(out), "--model", str(model),
+                           *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def stored(out):
+    return optuna.load_study(study_name="demo", storage=f"sqlite:///{out / 'demo.db'}")
+
+
+@pytest.mark.slow
+def test_demo_first_run_rerun_more_trials_and_interrupt(tiny_llama, tmp_path):
+    out = tmp_path / "demo"
+    r = demo(out, tiny_llama, "--trials", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "scoring the base model" in r.stdout and "another driver" not in r.stdout + r.stderr
+    st = stored(out)
+    base = st.user_attrs["base_value"]
+    assert [t.state.name for t in st.trials] == ["COMPLETE"]
+    result = json.loads((out / "demo-result.json").read_text())
+    assert result["base"] == base and result["trials"] == 1
+
+    # the finished demo again: nothing refuses it, the stored base score is reused
+    r = demo(out, tiny_llama, "--trials", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "scoring the base model" not in r.stdout
+    assert f"base model   llmhpo_add/acc = {base:.3f}" in r.stdout
+    assert len(stored(out).trials) == 1
+
+    # more trials extend the same study; interrupted during the new trial, then run again
+    p = subprocess.Popen([sys.executable, "-m", "llmhpo.cli", "demo", "--out", str(out), "--model", str(tiny_llama),
+                          "--trials", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"))
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if "trial 1 started" in line:
+            break
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    rest = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, "".join(seen) + rest
+    assert "run `llmhpo demo` again to resume" in rest
+    r = demo(out, tiny_llama, "--trials", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "scoring the base model" not in r.stdout
+    st = stored(out)
+    assert [t.state.name for t in st.trials if not t.user_attrs.get("interrupted")] == ["COMPLETE", "COMPLETE"]
+    assert st.user_attrs["base_value"] == base
