@@ -21,7 +21,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from llmhpo.errors import ConfigError, LlmhpoError  # noqa: E402
+from llmhpo.errors import ConfigError, LlmhpoError, did_you_mean  # noqa: E402
 
 # rich_markup_mode=None: help texts name TOML tables such as [budget], which rich markup would eat
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -419,8 +419,7 @@ def bench(
         for item in names:
             label, _, name = item.rpartition("=")
             name = name.strip()
-            if name not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer {name!r}; choose from: {', '.join(OPTIMIZERS)}")
+            check_optimizer(name)
             specs.append(Spec(label.strip() or name, name, {}))
         by_label = {sp.label: sp for sp in specs}
         if len(by_label) != len(specs):
@@ -492,7 +491,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
     from llmhpo.bench import mf_markdown, run_mf_bench, summarise_mf
     from llmhpo.objectives.functions import get_function
     from llmhpo.objectives.synthetic import FunctionObjective
-    from llmhpo.optimizers import OPTIMIZERS
+    from llmhpo.optimizers import check_optimizer
     from llmhpo.schedulers import SCHEDULERS
 
     try:
@@ -500,11 +499,11 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
         fns = ["branin", "hartmann6"] if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
         scheds = [s.strip() for s in scheduler.split(",") if s.strip()]
         for o in opts:
-            if o not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer {o!r}; choose from: {', '.join(OPTIMIZERS)}")
+            check_optimizer(o)
         for s in scheds:
             if s != "none" and s not in SCHEDULERS:
-                raise ConfigError(f"--scheduler {s!r} is unknown; use none or one of: {', '.join(SCHEDULERS)}")
+                raise ConfigError(f"--scheduler {s!r} is unknown{did_you_mean(s, SCHEDULERS)}; "
+                                  f"use none or one of: {', '.join(SCHEDULERS)}")
         pruners = [p.strip() for p in optuna_pruners.split(",") if p.strip()]
         for p in pruners:
             if p not in ("hyperband", "sh"):
