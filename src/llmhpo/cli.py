@@ -406,7 +406,7 @@ def bench(
     a known final optimum: the resource each method needs to reach the regret that full-fidelity
     random search reaches with its whole budget."""
     from llmhpo.bench import (BUDGETS, Spec, markdown_table, overall, overall_markdown, plot_convergence,
-                              run_bench, runs_to_json, summarise)
+                              run_bench, runs_to_json, summarise, vs_random_cell, vs_random_note)
     from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
     from llmhpo.optimizers import OPTIMIZERS, check_optimizer
 
@@ -458,8 +458,10 @@ def bench(
         table.add_column(header, no_wrap=True, justify="right")
     for s in summary:
         table.add_row(s["function"], s["optimizer"], f"{s['median_regret']:.3g}", f"{s['mean_rank']:.2f}",
-                      "better" if s["better_than_random"] else "", f"{s['mean_seconds']:.1f}")
+                      vs_random_cell(s), f"{s['mean_seconds']:.1f}")
     console.print(table)
+    if note := vs_random_note(summary):
+        console.print(note, highlight=False)
     totals = overall(summary)
     table = Table("optimizer", "mean rank", "beats random on", "s/run", title="over all functions")
     for r in totals:
