@@ -48,3 +48,15 @@ def test_readme_code_blocks_run_as_written(tmp_path):
                     ran += 1
     assert ran >= 4
     assert (tmp_path / "my_study.db").exists() and (tmp_path / "my-study.db").exists()
+
+
+def test_layout_names_every_module_and_nothing_else():
+    """The "## Layout" section names each module and subpackage of src/llmhpo (``name.py``,
+    ``name/``), and every such name it gives exists."""
+    section = README.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(\w+\.py|\w+/)`", section))
+    src = README.parent / "src" / "llmhpo"
+    present = {p.name for p in src.glob("*.py") if p.name != "__init__.py"}
+    present |= {p.name + "/" for p in src.iterdir() if (p / "__init__.py").is_file()}
+    assert not present - named, f"the README's layout does not name {sorted(present - named)}"
+    assert not named - present, f"the README's layout names {sorted(named - present)}, which do not exist"
