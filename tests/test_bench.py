@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llmhpo.bench import BenchRun, Spec, better_than, bootstrap_ci, run_one, summarise
+from llmhpo.bench import (BenchRun, Spec, better_than, bootstrap_ci, markdown_table, min_paired_seeds, run_one,
+                          summarise, vs_random_cell, vs_random_note)
 from llmhpo.cli import app
 from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
 
@@ -80,3 +81,26 @@ def test_cli_bench_options_batch_and_history(tmp_path):
     assert (tmp_path / "fig" / "branin.png").is_file()
     bad = CliRunner().invoke(app, ["bench", "--optimizers", "random", "--option", "bo.n_init=5"])
     assert bad.exit_code == 2 and "LABEL.KEY=VALUE" in bad.output
+
+
+def test_vs_random_says_why_it_is_empty_with_few_seeds():
+    assert min_paired_seeds() == 5  # 2^-4 = 0.0625 is above p = 0.05, 2^-5 is below
+    assert better_than([0.0] * 5, [1.0] * 5)[0] and not better_than([0.0] * 4, [1.0] * 4)[0]
+    few = summarise([_fake("good", s, 0.1) for s in range(2)] + [_fake("random", s, 1.0) for s in range(2)])
+    cells = {r["optimizer"]: vs_random_cell(r) for r in few}
+    assert cells == {"good": "n/a", "random": "-"}
+    note = "vs random: needs at least 5 seeds for a paired test (ran 2); use --seeds 5 or more"
+    assert vs_random_note(few) == note and markdown_table(few).endswith(note)
+    enough = summarise([_fake("good", s, 0.1) for s in range(5)] + [_fake("same", s, 1.0) for s in range(5)]
+                       + [_fake("random", s, 1.0) for s in range(5)])
+    assert {r["optimizer"]: vs_random_cell(r) for r in enough} == {"good": "better", "same": "", "random": "-"}
+    assert vs_random_note(enough) is None
+    alone = summarise([_fake("good", s, 0.1) for s in range(5)])
+    assert vs_random_cell(alone[0]) == "n/a" and "add random to --optimizers" in vs_random_note(alone)
+
+
+def test_cli_bench_prints_why_vs_random_is_empty():
+    r = CliRunner().invoke(app, ["bench", "--optimizers", "random,lhs", "--functions", "branin", "--budget", "4",
+                                 "--seeds", "2"])
+    assert r.exit_code == 0, r.output
+    assert "vs random: needs at least 5 seeds for a paired test (ran 2)" in " ".join(r.output.split())

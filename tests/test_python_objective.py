@@ -69,6 +69,33 @@ def test_api_script_without_main_guard_is_refused_before_anything_runs(tmp_path)
     assert not (tmp_path / "mine.db").exists()
 
 
+TOML_SCRIPT = """
+from llmhpo.config import load_config
+from llmhpo.runner import run
+
+
+def objective(x):
+    print("TRIAL RAN")
+    return (x - 0.3) ** 2
+
+
+run(load_config("s.toml"))
+"""
+
+
+def test_toml_study_run_from_a_script_without_main_guard_is_refused_before_any_worker(tmp_path):
+    (tmp_path / "study.py").write_text(TOML_SCRIPT)
+    (tmp_path / "s.toml").write_text('[budget]\ntrials = 4\n[runner]\nworkers = 2\n[optimizer]\nname = "random"\n'
+                                     '[objective]\ntype = "python"\ntarget = "study.py:objective"\n'
+                                     '[space]\nx = {type = "float", low = 0, high = 1}\n')
+    r = python(["study.py"], tmp_path)
+    assert r.returncode != 0
+    assert 'study.py starts the study at its top level: each worker process re-runs the script' in r.stderr
+    assert 'put the call under `if __name__ == "__main__":`' in r.stderr
+    assert "TRIAL RAN" not in r.stdout + r.stderr and "started" not in r.stdout
+    assert not (tmp_path / "s.db").exists()
+
+
 def quadratic(x, y):
     return (x - 0.3) ** 2 + (y + 0.2) ** 2
 

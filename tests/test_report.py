@@ -15,7 +15,8 @@ import llmhpo
 from llmhpo.cli import app
 from llmhpo.config import Config
 from llmhpo.objectives import Result
-from llmhpo.report import StudyData, build_report, write_report
+from llmhpo.report import StudyData, Trial, build_report, write_report
+from llmhpo.report._curves import plot_curves
 from llmhpo.report._plots import FAIL_Y, importances
 from llmhpo.runner import run
 from llmhpo.study import Study
@@ -263,6 +264,33 @@ def test_multi_fidelity_study_reports_pruned_trials_and_rungs(tmp_path):
     assert curves.axes[0].get_xlabel() == "steps (rung)"
     rep.close()
     assert write_report(sd, tmp_path / "rep").is_file()
+
+
+def test_rung_scores_keep_every_configuration_visible():
+    """Scores tie (an accuracy on a few hundred questions): each configuration is still a line
+    of its own with a marker at each rung, set apart sideways near the rung, the best on top;
+    the colour scale spans the scores drawn, not only the complete trials' few values."""
+    tied = {4: 0.34, 12: 0.355, 36: 0.39}
+    trials = [Trial(n, "COMPLETE", 0.39, {}, rungs=dict(tied)) for n in range(4)]
+    trials += [Trial(4, "COMPLETE", 0.38, {}, rungs={4: 0.34, 12: 0.35, 36: 0.38}),
+               Trial(9, "PRUNED", None, {}, rungs={4: 0.34, 12: 0.35})]
+    trials += [Trial(n, "PRUNED", None, {}, rungs={4: 0.33}) for n in range(5, 9)]
+    fig = plot_curves(StudyData("mf", "random", "f", "maximize", "acc", None, trials))
+    ax = fig.axes[0]
+    lines = gid(ax, "trial") + gid(ax, "pruned") + gid(ax, "best")
+    assert len(lines) == len(trials) and len(gid(ax, "best")) == 1
+    assert len({tuple(line.get_xdata()) for line in lines}) == len(trials)  # no two on top of each other
+    for line in lines:
+        assert line.get_marker() == "o"
+        rungs = sorted(tied)[:len(line.get_xdata())]
+        assert all(0.75 < x / r < 1.35 for x, r in zip(line.get_xdata(), rungs))
+    assert gid(ax, "best")[0].get_zorder() > max(line.get_zorder() for line in lines[:-1])
+    drawn = sorted(tuple(line.get_ydata()) for line in gid(ax, "trial"))
+    assert drawn == [(0.34, 0.35, 0.38)] + [(0.34, 0.355, 0.39)] * 3  # the scores themselves are not moved
+    (bar,) = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert bar.get_ylim() == pytest.approx((0.33, 0.39))
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["4", "12", "36"]
+    plt.close("all")
 
 
 def test_best_json_is_valid_json(studies):

@@ -95,8 +95,8 @@ def optimize(
 
 def _check_spawn_safe(objective: Callable[..., Any], module: str) -> None:
     """Worker processes start clean (forked from a fork server, not from the driver): they
-    import the objective by name, and re-run the script that defines it up to its
-    ``if __name__ == "__main__":`` guard."""
+    import the objective by name. (That they re-run the script up to its
+    ``if __name__ == "__main__":`` guard is checked by ``run``, for TOML studies too.)"""
     try:
         pickle.dumps(objective)
     except Exception as e:
@@ -109,7 +109,3 @@ def _check_spawn_safe(objective: Callable[..., Any], module: str) -> None:
         raise ConfigError("with workers > 1 the objective must live in a .py file (worker processes import it "
                           "from there); a function typed into python -c, stdin or a notebook cannot be sent to "
                           "them: move it to a module, or use workers = 1")
-    if module == "__main__":
-        if not re.search(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", Path(path).read_text(), re.M):
-            raise ConfigError(f"{path} starts the study at its top level: each worker process re-runs the script "
-                              "and would start it again; put the call under `if __name__ == \"__main__\":`")

@@ -12,7 +12,8 @@ The protocol (single fidelity), chosen so that it cannot flatter an algorithm:
 - summary per function and budget: median and mean best regret, a 95% bootstrap confidence
   interval of the median (2,000 resamples of the seeds), the mean rank among the optimisers
   on each seed (ties share their mean rank), and whether the optimiser beats random search on
-  that function: a one-sided Wilcoxon signed-rank test on the seeds' paired regrets, p < 0.05.
+  that function: a one-sided Wilcoxon signed-rank test on the seeds' paired regrets, p < 0.05
+  (it needs at least 5 seeds to reach that: with fewer the table says n/a, and why).
 """
 
 from __future__ import annotations
@@ -171,6 +172,34 @@ def better_than(a: list[float], b: list[float], alpha: float = 0.05) -> tuple[bo
     return p < alpha, p
 
 
+def min_paired_seeds(alpha: float = 0.05) -> int:
+    """The fewest seeds with which ``better_than`` can reach p < alpha: with n pairs the
+    one-sided signed-rank test's smallest p-value is 2^-n (every pair on one side)."""
+    return math.floor(math.log2(1 / alpha)) + 1
+
+
+def vs_random_cell(row: dict[str, Any]) -> str:
+    """A summary row's "vs random" cell: "better", "" (not significantly), "-" for random
+    itself, "n/a" where no paired test could say better (see ``vs_random_note``)."""
+    if row["better_than_random"]:
+        return "better"
+    if row.get("paired_seeds") is None:
+        return "-"
+    return "" if row["paired_seeds"] >= min_paired_seeds() else "n/a"
+
+
+def vs_random_note(summary: list[dict[str, Any]], reference: str = "random") -> str | None:
+    """Why the "vs random" column says n/a, or None when every test could be made."""
+    tested = [s for s in summary if s["optimizer"] != reference]
+    if tested and not any(s["optimizer"] == reference for s in summary):
+        return f"vs {reference}: no {reference} search ran; add {reference} to --optimizers for the paired test"
+    few = sorted({s["paired_seeds"] for s in tested if s.get("paired_seeds", 0) < min_paired_seeds()})
+    if not few:
+        return None
+    return (f"vs {reference}: needs at least {min_paired_seeds()} seeds for a paired test "
+            f"(ran {', '.join(map(str, few))}); use --seeds {min_paired_seeds()} or more")
+
+
 def _ranks(regrets: np.ndarray) -> np.ndarray:
     """1 = best; ties share their mean rank."""
     from scipy.stats import rankdata
@@ -210,8 +239,10 @@ def summarise(rows: list[BenchRun], budget: int | None = None, reference: str = 
             common = [s for s in seeds if s in ref]
             row["better_than_random"], row["p_vs_random"] = better_than([by_seed[s] for s in common],
                                                                         [ref[s] for s in common])
-        else:
+            row["paired_seeds"] = len(common)
+        else:  # paired_seeds: None for the reference itself, 0 where it did not run
             row["better_than_random"], row["p_vs_random"] = False, math.nan
+            row["paired_seeds"] = None if o == reference else 0
         out.append(row)
     out.sort(key=lambda r: (r["function"], r["mean_rank"]))
     return out
@@ -239,11 +270,12 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
              "beats random | s / run | ask (median) |",
              "|---|---|---:|---|---:|---:|:---:|---:|---:|"]
     for s in summary:
-        star = "yes" if s["better_than_random"] else ""
+        star = {"better": "yes"}.get(vs_random_cell(s), vs_random_cell(s))
         lines.append(f"| {s['function']} | {s['optimizer']} | {_g(s['median_regret'])} | "
                      f"[{_g(s['ci_low'])}, {_g(s['ci_high'])}] | {_g(s['mean_regret'])} | {s['mean_rank']:.2f} | "
                      f"{star} | {s['mean_seconds']:.1f} | {1000 * s['median_ask_seconds']:.1f} ms |")
-    return "\n".join(lines)
+    note = vs_random_note(summary)
+    return "\n".join(lines + ([f"\n{note}"] if note else []))
 
 
 def overall_markdown(rows: list[dict[str, Any]]) -> str:

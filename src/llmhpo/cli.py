@@ -21,7 +21,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from llmhpo.errors import ConfigError, LlmhpoError  # noqa: E402
+from llmhpo.errors import ConfigError, LlmhpoError, did_you_mean  # noqa: E402
 
 # rich_markup_mode=None: help texts name TOML tables such as [budget], which rich markup would eat
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -430,7 +430,7 @@ def bench(
     a known final optimum: the resource each method needs to reach the regret that full-fidelity
     random search reaches with its whole budget."""
     from llmhpo.bench import (BUDGETS, Spec, markdown_table, overall, overall_markdown, plot_convergence,
-                              run_bench, runs_to_json, summarise)
+                              run_bench, runs_to_json, summarise, vs_random_cell, vs_random_note)
     from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
     from llmhpo.optimizers import OPTIMIZERS, check_optimizer
 
@@ -443,8 +443,7 @@ def bench(
         for item in names:
             label, _, name = item.rpartition("=")
             name = name.strip()
-            if name not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer {name!r}; choose from: {', '.join(OPTIMIZERS)}")
+            check_optimizer(name)
             specs.append(Spec(label.strip() or name, name, {}))
         by_label = {sp.label: sp for sp in specs}
         if len(by_label) != len(specs):
@@ -483,8 +482,10 @@ def bench(
         table.add_column(header, no_wrap=True, justify="right")
     for s in summary:
         table.add_row(s["function"], s["optimizer"], f"{s['median_regret']:.3g}", f"{s['mean_rank']:.2f}",
-                      "better" if s["better_than_random"] else "", f"{s['mean_seconds']:.1f}")
+                      vs_random_cell(s), f"{s['mean_seconds']:.1f}")
     console.print(table)
+    if note := vs_random_note(summary):
+        console.print(note, highlight=False)
     totals = overall(summary)
     table = Table("optimizer", "mean rank", "beats random on", "s/run", title="over all functions")
     for r in totals:
@@ -516,7 +517,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
     from llmhpo.bench import mf_markdown, run_mf_bench, summarise_mf
     from llmhpo.objectives.functions import get_function
     from llmhpo.objectives.synthetic import FunctionObjective
-    from llmhpo.optimizers import OPTIMIZERS
+    from llmhpo.optimizers import check_optimizer
     from llmhpo.schedulers import SCHEDULERS
 
     try:
@@ -524,11 +525,11 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
         fns = ["branin", "hartmann6"] if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
         scheds = [s.strip() for s in scheduler.split(",") if s.strip()]
         for o in opts:
-            if o not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer {o!r}; choose from: {', '.join(OPTIMIZERS)}")
+            check_optimizer(o)
         for s in scheds:
             if s != "none" and s not in SCHEDULERS:
-                raise ConfigError(f"--scheduler {s!r} is unknown; use none or one of: {', '.join(SCHEDULERS)}")
+                raise ConfigError(f"--scheduler {s!r} is unknown{did_you_mean(s, SCHEDULERS)}; "
+                                  f"use none or one of: {', '.join(SCHEDULERS)}")
         pruners = [p.strip() for p in optuna_pruners.split(",") if p.strip()]
         for p in pruners:
             if p not in ("hyperband", "sh"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from llmhpo.errors import ConfigError
+from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
 from llmhpo.optimizers import check_optimizer
 
@@ -49,7 +49,8 @@ def _expect(section: str, table: Mapping[str, Any], key: str, types: tuple, defa
 def _no_unknown(section: str, table: Mapping[str, Any], allowed: set[str]) -> None:
     extra = sorted(set(table) - allowed)
     if extra:
-        raise ConfigError(f"[{section}] has an unknown key '{extra[0]}'; allowed keys: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"[{section}] has an unknown key '{extra[0]}'{did_you_mean(extra[0], allowed)}; "
+                          f"allowed keys: {', '.join(sorted(allowed))}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
@@ -409,7 +410,8 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfi
                           f"lower min to at most {r_max / eta:g} or lower eta")
     scheduler = _expect("fidelity", fd, "scheduler", (str,), "asha")
     if scheduler not in SCHEDULERS:
-        raise ConfigError(f"[fidelity] scheduler = {scheduler!r} is unknown; use one of: {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"[fidelity] scheduler = {scheduler!r} is unknown{did_you_mean(scheduler, SCHEDULERS)}; "
+                          f"use one of: {', '.join(SCHEDULERS)}")
     keep = _expect("fidelity", fd, "keep_checkpoints", (int,), 2)
     if keep < 0:
         raise ConfigError(f"[fidelity] keep_checkpoints = {keep} must be >= 0")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class LlmhpoError(Exception):
     """Base class of the errors llmhpo raises on purpose."""
@@ -21,3 +24,15 @@ class ObjectiveSetupError(LlmhpoError, RuntimeError):
 
 class TrialFailed(LlmhpoError, RuntimeError):
     """Raised inside an objective: the trial is recorded as FAIL with this reason."""
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'soo'?)`` when ``name`` is a near miss of one of ``choices`` (a typo,
+    another case, ``-`` for ``_``), else ``""``: messages add it next to the bad name and
+    still list every valid one."""
+    if not isinstance(name, str):
+        return ""
+    # compare in one spelling, answer with the name as it is written
+    folded = {c.lower().replace("-", "_"): c for c in choices}
+    close = difflib.get_close_matches(name.lower().replace("-", "_"), list(folded), n=1, cutoff=0.6)
+    return f" (did you mean {folded[close[0]]!r}?)" if close else ""

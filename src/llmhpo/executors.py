@@ -635,15 +635,21 @@ class RayExecutor(_Pool):
             self._ray.shutdown()
 
 
-def make_executor(factory: Callable[[], Any], runner: Any, isolate: bool = False):
-    """The executor ``runner`` (a RunnerConfig) asks for. ``auto``: the driver's own process
-    for one worker (unless the objective asks to be isolated, or a trial timeout needs a
-    process to stop), else worker processes."""
+def runs_inline(runner: Any, isolate: bool = False) -> bool:
+    """Whether trials run in the driver's own process: ``inline``, or ``auto`` with one
+    worker (unless the objective asks to be isolated, or a trial timeout needs a process to
+    stop)."""
     kind = runner.executor
-    if kind == "ray":
+    return kind == "inline" or (kind == "auto" and runner.workers == 1 and not runner.devices and not isolate
+                                and runner.trial_timeout is None)
+
+
+def make_executor(factory: Callable[[], Any], runner: Any, isolate: bool = False):
+    """The executor ``runner`` (a RunnerConfig) asks for: the driver's own process
+    (``runs_inline``), Ray, or worker processes."""
+    if runner.executor == "ray":
         return RayExecutor(factory, runner.workers, runner.address, runner.cpus_per_trial, runner.gpus_per_trial,
                            runner.max_retries, runner.trial_timeout)
-    if kind == "inline" or (kind == "auto" and runner.workers == 1 and not runner.devices and not isolate
-                            and runner.trial_timeout is None):
+    if runs_inline(runner, isolate):
         return InlineExecutor(factory)
     return ProcessExecutor(factory, runner.workers, runner.devices, runner.max_retries, runner.trial_timeout)

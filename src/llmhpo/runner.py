@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import re
 import signal
 import sys
 import threading
@@ -23,9 +24,9 @@ from typing import Any, Callable
 import numpy as np
 
 from llmhpo.config import Config
-from llmhpo.executors import make_executor
+from llmhpo.executors import make_executor, runs_inline
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
-from llmhpo.errors import StudyError
+from llmhpo.errors import ConfigError, StudyError
 from llmhpo.study import Study
 
 
@@ -175,6 +176,27 @@ def _in_spawned_worker_import() -> bool:
     return bool(getattr(mp.current_process(), "_inheriting", False))
 
 
+_MAIN_GUARD = re.compile(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.M)
+
+
+def refuse_unguarded_script(config: Config) -> None:
+    """Raise ConfigError, before any worker starts, when the study runs in worker processes
+    and was started from a script without an ``if __name__ == "__main__":`` guard: each
+    worker imports the script as ``spawn`` does and would start the study again (and a
+    ``python`` objective whose target is the script re-runs it in the driver's preflight)."""
+    if _in_spawned_worker_import():
+        raise SystemExit("llmhpo: a worker process imported the script that starts the study and reached the "
+                         "call again; put the call under `if __name__ == \"__main__\":`")
+    if runs_inline(config.runner, config.kind.isolate):
+        return
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not (path and Path(path).is_file()):
+        return  # python -c, stdin, a notebook: no script for a worker to re-run
+    if not _MAIN_GUARD.search(Path(path).read_text(errors="replace")):
+        raise ConfigError(f"{path} starts the study at its top level: each worker process re-runs the script "
+                          "and would start it again; put the call under `if __name__ == \"__main__\":`")
+
+
 def run(config: Config, *, overwrite: bool = False, progress: bool | None = None,
         quiet: bool = False, preflight: bool = True) -> RunSummary:
     """Run (or resume) the study described by ``config`` until its budget is spent.
@@ -185,9 +207,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     preflight: first check what the objective needs (model, data, tasks, user code), so that
     a study in which every trial would fail stops before its first; raises LlmhpoError.
     """
-    if _in_spawned_worker_import():
-        raise SystemExit("llmhpo: a worker process imported the script that starts the study and reached the "
-                         "call again; put the call under `if __name__ == \"__main__\":`")
+    refuse_unguarded_script(config)
     from llmhpo.study import open_storage
 
     storage = None  # one storage (one engine) for the whole run

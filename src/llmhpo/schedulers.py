@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from llmhpo.errors import did_you_mean
+
 SCHEDULERS = ("asha", "sh", "hyperband")
 
 
@@ -228,4 +230,4 @@ def make_scheduler(name: str, rung_resources: list[float], eta: int) -> Schedule
         return Hyperband(rung_resources, eta)
     if name == "sh":
         return Hyperband(rung_resources, eta, brackets=[len(rung_resources) - 1])
-    raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    raise ValueError(f"unknown scheduler {name!r}{did_you_mean(name, SCHEDULERS)}; choose one of {', '.join(SCHEDULERS)}")

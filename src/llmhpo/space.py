@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from llmhpo.errors import ConfigError
+from llmhpo.errors import ConfigError, did_you_mean
 
 Value = Union[float, int, str, bool]
 
@@ -284,11 +284,13 @@ def variable_from_dict(item: Any) -> Variable:
     kind = item.get("type")
     if kind not in _KEYS:
         raise ConfigError(
-            f"variable '{name}': unknown type {kind!r}; use one of \"float\", \"int\", \"categorical\""
+            f"variable '{name}': unknown type {kind!r}{did_you_mean(kind, _KEYS)}; "
+            "use one of \"float\", \"int\", \"categorical\""
         )
     extra = sorted(set(item) - _KEYS[kind])
     if extra:
-        raise ConfigError(f"variable '{name}': unknown key '{extra[0]}' for type {kind}; allowed: {sorted(_KEYS[kind] - {'name', 'type'})}")
+        raise ConfigError(f"variable '{name}': unknown key '{extra[0]}'{did_you_mean(extra[0], _KEYS[kind])} "
+                          f"for type {kind}; allowed: {sorted(_KEYS[kind] - {'name', 'type'})}")
     if kind == "categorical":
         if "choices" not in item:
             raise ConfigError(f"variable '{name}': missing key 'choices' for a categorical variable")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
-from llmhpo.errors import ConfigError, TrialFailed
+from llmhpo.errors import ConfigError, TrialFailed, did_you_mean
 
 
 @dataclass
@@ -150,7 +150,8 @@ _KINDS = {
 def get_kind(name: str) -> ObjectiveKind:
     """The kind registered for ``[objective] type = name``."""
     if name not in _KINDS:
-        raise ConfigError(f"[objective] type = {name!r} is unknown; use one of: {', '.join(_KINDS)}")
+        raise ConfigError(f"[objective] type = {name!r} is unknown{did_you_mean(name, _KINDS)}; "
+                          f"use one of: {', '.join(_KINDS)}")
     module, cls = _KINDS[name].split(":")
     return getattr(importlib.import_module(module), cls)()
 

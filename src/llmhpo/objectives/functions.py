@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from llmhpo.errors import ConfigError
+from llmhpo.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,8 @@ def get_function(name: str, dim: int | None = None) -> Function:
     """A benchmark function by name; ``dim`` for those defined in any dimension."""
     key = name.replace("-", "_")
     if key not in _FUNCTIONS:
-        raise ConfigError(f"unknown function {name!r}; choose one of: {', '.join(FUNCTION_NAMES)}")
+        raise ConfigError(f"unknown function {name!r}{did_you_mean(name, FUNCTION_NAMES)}; "
+                          f"choose one of: {', '.join(FUNCTION_NAMES)}")
     make, fixed, default = _FUNCTIONS[key]
     if dim is not None and fixed is not None and dim != fixed:
         raise ConfigError(f"function '{name}' is {fixed}-dimensional; remove dim = {dim} or set it to {fixed}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
-from llmhpo.errors import ConfigError, ObjectiveSetupError, TrialFailed
+from llmhpo.errors import ConfigError, ObjectiveSetupError, TrialFailed, did_you_mean
 from llmhpo.objectives import ObjectiveKind, ParseContext, Result
 
 _TARGET = re.compile(r"^(?P<module>[^:]+):(?P<attr>[A-Za-z_][\w.]*)$")
@@ -158,7 +158,8 @@ class PythonKind(ObjectiveKind):
     def parse(self, objective, tables, ctx: ParseContext) -> PythonSpec:
         extra = sorted(set(objective) - {"target", "metric"})
         if extra:
-            raise ConfigError(f"[objective] has an unknown key '{extra[0]}' for type \"python\"; "
+            raise ConfigError(f"[objective] has an unknown key '{extra[0]}'{did_you_mean(extra[0], ('target', 'metric'))} "
+                              "for type \"python\"; "
                               "allowed keys: type, target, metric")
         target = objective.get("target")
         if not isinstance(target, str) or not _TARGET.match(target):

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from llmhpo.errors import ConfigError, TrialFailed
+from llmhpo.errors import ConfigError, TrialFailed, did_you_mean
 from llmhpo.objectives import Fidelity, ObjectiveKind, ParseContext, Result
 from llmhpo.objectives.functions import get_function
 from llmhpo.space import Float, SearchSpace
@@ -39,7 +39,7 @@ def _options(kind: str, table: Mapping[str, Any], allowed: dict[str, tuple]) -> 
     out = {}
     for key, value in table.items():
         if key not in allowed:
-            raise ConfigError(f"[objective] has an unknown key '{key}' for type \"{kind}\"; "
+            raise ConfigError(f"[objective] has an unknown key '{key}'{did_you_mean(key, allowed)} for type \"{kind}\"; "
                               f"allowed keys: {', '.join(['type', *allowed])}")
         types = allowed[key]
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from llmhpo.errors import ConfigError
+from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.optimizers.base import Candidate, Optimizer
 
 _P = "llmhpo.optimizers."
@@ -82,13 +82,15 @@ def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
     """Raise ConfigError for an unknown optimiser, option or (where cheap to find) option
     value, before anything runs. Imports the one implementation, which must stay light."""
     if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; "
+                          f"choose one of: {', '.join(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
     allowed = cls.options()
     for key in options or {}:
         if key not in allowed:
             raise ConfigError(
-                f"optimizer '{name}' has no option '{key}'; its options are: {', '.join(allowed) or 'none'}"
+                f"optimizer '{name}' has no option '{key}'{did_you_mean(key, allowed)}; "
+                f"its options are: {', '.join(allowed) or 'none'}"
             )
     try:
         cls.check_values(dict(options or {}))

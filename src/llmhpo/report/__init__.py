@@ -20,8 +20,9 @@ from typing import Iterable
 from llmhpo.report._data import StudyData, Trial, metric_name, spans_decades
 from llmhpo.report._page import (Section, failure_table, facts, render_html, render_markdown, summary_table,
                                  time_table, top_table)
-from llmhpo.report._plots import (plot_comparison, plot_curves, plot_history, plot_importance, plot_metrics,
-                                  plot_parallel, plot_params)
+from llmhpo.report._plots import (plot_comparison, plot_history, plot_importance, plot_metrics, plot_parallel,
+                                  plot_params)
+from llmhpo.report._curves import plot_curves
 
 DPI = 110
 
@@ -99,7 +100,9 @@ def _study_section(rep: Report, sd: StudyData) -> Section:
     add("metrics", plot_metrics(sd), "The other metrics of each complete trial; the star is the best trial by "
         f"{sd.metric}. A validation loss that rises while the score rises is the sign of overfitting.")
     add("curves", plot_curves(sd), "Curves recorded during each trial, coloured by the trial's final value; the "
-        "best trial in bold.")
+        "best trial in bold." + (" Scores at each rung: every configuration has a marker at each rung it reached, "
+                                 "set a little to the side of the rung so that equal scores stay apart; grey ones "
+                                 "were stopped." if any(t.rungs for t in sd.trials) else ""))
     add("params", plot_params(sd), f"{sd.metric} against each hyperparameter (log axes for log-scaled ones); colour "
         "is the trial number, the star the best trial.")
     fig, how = plot_importance(sd)

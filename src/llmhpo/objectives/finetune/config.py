@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from llmhpo.errors import ConfigError
+from llmhpo.errors import ConfigError, did_you_mean
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 DEFAULT_DATA = "builtin:add"
@@ -172,7 +172,8 @@ def _build(section: str, cls, table: Mapping[str, Any]):
     kwargs = {}
     for key, value in table.items():
         if key not in allowed:
-            raise ConfigError(f"[{section}] has an unknown key '{key}'; allowed keys: {', '.join(allowed)}")
+            raise ConfigError(f"[{section}] has an unknown key '{key}'{did_you_mean(key, allowed)}; "
+                              f"allowed keys: {', '.join(allowed)}")
         default = getattr(cls(), key)
         if isinstance(default, tuple):
             if isinstance(value, str):

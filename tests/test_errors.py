@@ -1,0 +1,94 @@
+"""A mistyped name gets "did you mean ...?" next to the list of valid names, wherever a
+name is looked up: optimisers, functions, objective types, schedulers, TOML tables and keys,
+variable types, and the names given to `llmhpo bench`."""
+
+import pytest
+from typer.testing import CliRunner
+
+from llmhpo.cli import app
+from llmhpo.config import load_config
+from llmhpo.errors import ConfigError, did_you_mean
+from llmhpo.objectives import get_kind
+from llmhpo.objectives.functions import get_function
+from llmhpo.optimizers import check_optimizer, make_optimizer
+from llmhpo.schedulers import make_scheduler
+
+
+def test_did_you_mean_finds_near_misses_only():
+    names = ["random", "soo", "bamsoo", "optuna_tpe"]
+    assert did_you_mean("sooo", names) == " (did you mean 'soo'?)"
+    assert did_you_mean("SOO", names) == " (did you mean 'soo'?)"
+    assert did_you_mean("optuna-tpe", names) == " (did you mean 'optuna_tpe'?)"
+    assert did_you_mean("xyz", names) == ""
+    assert did_you_mean(3, names) == ""
+
+
+def test_optimizer_names_and_options():
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'sooo' \(did you mean 'soo'\?\); choose one of: random"):
+        check_optimizer("sooo")
+    with pytest.raises(ConfigError, match=r"did you mean 'bamsoo'\?"):
+        make_optimizer("bamso", 2, __import__("numpy").random.default_rng(0))
+    with pytest.raises(ConfigError, match=r"no option 'n_inti' \(did you mean 'n_init'\?\); its options are"):
+        check_optimizer("bo", {"n_inti": 3})
+
+
+def test_function_kind_and_scheduler_names():
+    with pytest.raises(ConfigError, match=r"'hartman6' \(did you mean 'hartmann6'\?\); choose one of: .*branin"):
+        get_function("hartman6")
+    with pytest.raises(ConfigError, match=r"type = 'fintune' is unknown \(did you mean 'finetune'\?\); use one of"):
+        get_kind("fintune")
+    with pytest.raises(ValueError, match=r"'ashha' \(did you mean 'asha'\?\); choose one of asha"):
+        make_scheduler("ashha", [1.0, 3.0, 9.0], 3)
+
+
+GOOD = """
+[budget]
+trials = 5
+[optimizer]
+name = "random"
+[objective]
+type = "function"
+name = "branin"
+"""
+
+CASES = {
+    "table": (GOOD + "[optimiser]\nname = 'bo'\n", "unknown key 'optimiser' (did you mean 'optimizer'?); allowed keys:"),
+    "key": (GOOD + "[runner]\nworker = 2\n", "[runner] has an unknown key 'worker' (did you mean 'workers'?)"),
+    "optimizer": (GOOD.replace('"random"', '"radnom"'), "unknown optimizer 'radnom' (did you mean 'random'?)"),
+    "function": (GOOD.replace('"branin"', '"branni"'), "unknown function 'branni' (did you mean 'branin'?)"),
+    "objective key": (GOOD.replace('name = "branin"', 'nmae = "branin"'), "unknown key 'nmae' (did you mean 'name'?)"),
+    "scheduler": (GOOD + "[fidelity]\nmin = 1\nmax = 9\nscheduler = 'hyperbnad'\n",
+                  "scheduler = 'hyperbnad' is unknown (did you mean 'hyperband'?); use one of: asha"),
+    "variable type": (GOOD + "[space.x0]\ntype = 'flaot'\nlow = 0\nhigh = 1\n",
+                      "unknown type 'flaot' (did you mean 'float'?)"),
+    "finetune table": ('[budget]\ntrials = 2\n[optimizer]\nname = "random"\n[objective]\ntype = "finetune"\n'
+                       "[train]\nmax_step = 3\n", "[train] has an unknown key 'max_step' (did you mean 'max_steps'?)"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_config_files(tmp_path, case):
+    text, message = CASES[case]
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "s.toml")
+    assert message in str(e.value)
+
+
+def test_no_suggestion_when_nothing_is_close(tmp_path):
+    (tmp_path / "s.toml").write_text(GOOD.replace('"random"', '"zzz"'))
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "s.toml")
+    assert "did you mean" not in str(e.value) and "choose one of: random, grid" in str(e.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizers", "random,sooo"], "did you mean 'soo'?"),
+    (["--optimizers", "random", "--functions", "brainn"], "did you mean 'branin'?"),
+    (["--optimizers", "rnadom", "--scheduler", "asha"], "did you mean 'random'?"),
+    (["--optimizers", "random", "--scheduler", "ahsa"], "did you mean 'asha'?"),
+])
+def test_bench_names(args, message):
+    r = CliRunner().invoke(app, ["bench", *args, "--budget", "2", "--seeds", "1"])
+    assert r.exit_code == 2
+    assert message in " ".join(r.output.split())
