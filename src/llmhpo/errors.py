@@ -21,3 +21,12 @@ class ObjectiveSetupError(LlmhpoError, RuntimeError):
 
 class TrialFailed(LlmhpoError, RuntimeError):
     """Raised inside an objective: the trial is recorded as FAIL with this reason."""
+
+
+class SetupProblems(ObjectiveSetupError):
+    """Everything found missing before the first trial, at once: ``problems`` holds one
+    line for each (naming the key and the fix); the message is those lines."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
