@@ -11,21 +11,21 @@ from llmhpo.errors import LlmhpoError, SetupProblems, StudyError
 
 
 def preflight(config: Config) -> list[str]:
-    """Lines describing what was found; raises SetupProblems listing every problem (one
-    line each, naming the key and the fix)."""
-    lines, problems = [], []
+    """Lines describing what was found. A single problem is raised as it came (a
+    ConfigError stays one); several as SetupProblems listing them all, one line each."""
+    lines, errors = [], []
     try:
         lines.append(f"storage: {check_storage(config.study.storage)}")
     except LlmhpoError as e:
-        problems.append(_first_line(e))
+        errors.append(e)
     try:
         lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
-    except SetupProblems as e:
-        problems += e.problems
     except LlmhpoError as e:
-        problems.append(_first_line(e))
-    if problems:
-        raise SetupProblems(problems)
+        errors.append(e)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise SetupProblems([p for e in errors for p in getattr(e, "problems", None) or [_first_line(e)]])
     return lines
 
 

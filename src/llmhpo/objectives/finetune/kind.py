@@ -53,19 +53,21 @@ class FinetuneKind(ObjectiveKind):
 
     def preflight(self, spec: FinetuneConfig, space, devices=(), fidelity=None) -> list[str]:
         """The model, data, tasks (and the objective metric) and GPUs can be had; raises
-        SetupProblems naming every one that cannot. Converts a GGUF model and writes the
+        SetupProblems naming every one that cannot (a lone problem as its own error). Converts a GGUF model and writes the
         builtin tasks once, here, rather than in every worker."""
         fc = spec.resolved()
-        lines, problems = [], []
+        lines, errors = [], []
         for check in (_check_model, _check_data, _check_tasks):
             try:
                 lines += check(fc)
             except LlmhpoError as e:
-                problems.append(str(e))
+                errors.append(e)
         device_lines, device_problems = check_devices(devices)
         lines += device_lines
-        if problems or device_problems:
-            raise SetupProblems(problems + device_problems)
+        if len(errors) == 1 and not device_problems:
+            raise errors[0]  # as it came: a ConfigError stays one
+        if errors or device_problems:
+            raise SetupProblems([(str(e).splitlines() or [type(e).__name__])[0] for e in errors] + device_problems)
         return lines
 
     def fidelity_resources(self, spec) -> tuple[str, ...]:
