@@ -113,7 +113,9 @@ def pick_dtype(cfg: ModelConfig, device: str):
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    """Whether the hub is switched off (as huggingface_hub reads it)."""
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return flag.upper() in ("1", "ON", "YES", "TRUE")
 
 
 @functools.lru_cache(maxsize=1)
