@@ -39,8 +39,9 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 def _fail(e: BaseException) -> None:
     if _STATE["debug"]:
         raise e
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    # several problems found at once (before the first trial): one line each
+    for msg in getattr(e, "problems", None) or [str(e).splitlines()[0] if str(e) else type(e).__name__]:
+        err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -378,8 +379,10 @@ def figures(
 
 @app.command()
 def check(config: Path = typer.Argument(..., help="Study TOML file.")):
-    """Validate a config and what it needs (model, data, tasks, devices) without training."""
+    """Validate a config and what it needs (storage, model, data, tasks, devices) without
+    training or creating anything; lists every problem found."""
     from llmhpo.config import load_config
+    from llmhpo.preflight import preflight
 
     try:
         cfg = load_config(config)
@@ -388,12 +391,11 @@ def check(config: Path = typer.Argument(..., help="Study TOML file.")):
              + (f"{cfg.runner.workers} worker(s)" if cfg.runner.workers else "as many workers as the Ray cluster fits")
              + (f" on Ray ({cfg.runner.address or 'a local cluster'})" if cfg.runner.executor == "ray" else ""))
         _say(f"space: {cfg.space}")
-        _say(f"study: {cfg.study.storage}")
         if cfg.fidelity is not None:
             fd = cfg.fidelity
             _say(f"fidelity: {fd.resource} rungs " + ", ".join(_fmt(v) for v in fd.rungs())
                  + f" ({fd.scheduler}, eta {fd.eta}); budget {cfg.resource_budget():.6g} {fd.resource}")
-        for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices, cfg.fidelity):
+        for line in preflight(cfg):
             _say(f"  {line}")
     except LlmhpoError as e:
         _fail(e)

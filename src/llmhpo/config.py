@@ -53,6 +53,21 @@ def _no_unknown(section: str, table: Mapping[str, Any], allowed: set[str]) -> No
                           f"allowed keys: {', '.join(sorted(allowed))}")
 
 
+# what CUDA_VISIBLE_DEVICES accepts: an index, a GPU or MIG UUID (or a unique prefix of one),
+# or the older MIG-GPU-<uuid>/<gpu instance>/<compute instance>
+_DEVICE = re.compile(r"^([0-9]+|GPU-[0-9a-fA-F][0-9a-fA-F-]*|MIG-[0-9a-fA-F][0-9a-fA-F-]*|MIG-GPU-[0-9a-fA-F-]+/\d+/\d+)$")
+
+
+def _device(d: Any) -> str:
+    """One [runner] devices entry as CUDA_VISIBLE_DEVICES will get it."""
+    if isinstance(d, int) and not isinstance(d, bool) and d >= 0:
+        return str(d)
+    if isinstance(d, str) and _DEVICE.match(d):
+        return d
+    raise ConfigError(f"[runner] devices has {d!r}, which CUDA_VISIBLE_DEVICES does not accept; give GPU indices "
+                      "(0, 1, ...), GPU-<uuid> or MIG-<uuid> as `nvidia-smi -L` shows them")
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
 
 
@@ -311,8 +326,7 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     executor = _expect("runner", rn, "executor", (str,), "auto")
     if executor not in ("auto", "inline", "process", "ray"):
         raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\", \"process\" or \"ray\"")
-    devices = _expect("runner", rn, "devices", (list,), [])
-    devices = tuple(str(d) for d in devices)
+    devices = tuple(_device(d) for d in _expect("runner", rn, "devices", (list,), []))
     if devices and executor == "ray":
         raise ConfigError("[runner] devices is for the process executor; with executor = \"ray\" set "
                           "gpus_per_trial and Ray places each trial on a free GPU")

@@ -43,7 +43,9 @@ def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = Fal
     cfg = demo_config(out, trials, workers, model)
     console.print(f"[bold]llmhpo demo[/]: {cfg.optimizer.upper()} over the report's search space "
                   f"({', '.join(cfg.space.names)}), {trials} trials")
-    for line in cfg.kind.preflight(cfg.objective, cfg.space, cfg.runner.devices, cfg.fidelity):
+    from llmhpo.preflight import preflight
+
+    for line in preflight(cfg):
         console.print(f"  {escape(line)}", highlight=False)
 
     summary = run(cfg, overwrite=overwrite, preflight=False)  # the base model is scored in it, once

@@ -26,6 +26,15 @@ class TrialFailed(LlmhpoError, RuntimeError):
     """Raised inside an objective: the trial is recorded as FAIL with this reason."""
 
 
+class SetupProblems(ObjectiveSetupError):
+    """Everything found missing before the first trial, at once: ``problems`` holds one
+    line for each (naming the key and the fix); the message is those lines."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
 def did_you_mean(name: object, choices: Iterable[str]) -> str:
     """`` (did you mean 'soo'?)`` when ``name`` is a near miss of one of ``choices`` (a typo,
     another case, ``-`` for ``_``), else ``""``: messages add it next to the bad name and

@@ -215,7 +215,9 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         storage = open_storage(config.study.storage)
         _refuse_if_driven(config, storage)
     if preflight:
-        config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
+        from llmhpo.preflight import preflight as check_all
+
+        check_all(config)  # every problem at once, the storage's too
     t_start = time.time()
     # the workers start first: their start-up (a fork server importing the package, Ray
     # actors) overlaps the storage's opening; they only build the objective on their first trial

@@ -46,8 +46,6 @@ class FinetuneObjective:
         # deprecation notices of the libraries, once per trial, would bury the study's output
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|lm_eval)")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(transformers|peft|lm_eval)")
-        # saving an adapter that names the hub model, offline: peft cannot check its vocabulary
-        warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars in every worker's output
@@ -215,7 +213,10 @@ class FinetuneObjective:
         # local folder it was loaded from
         for pc in peft_model.peft_config.values():
             pc.base_model_name_or_path = portable_name(self.cfg.model)
-        peft_model.save_pretrained(folder)
+        # peft's "auto" fetches the base model's config (from the hub, for a hub id) to see
+        # whether the vocabulary was resized; a trial never resizes it, so the full embedding
+        # matrix is never needed and saving makes no network call
+        peft_model.save_pretrained(folder, save_embedding_layers=False)
         (folder / "llmhpo_trial.json").write_text(json.dumps(
             {"params": params, "knobs": knobs, "model": self.cfg.model.name,
              "target_modules": list(self.cfg.model.target_modules)}, indent=1, default=str))

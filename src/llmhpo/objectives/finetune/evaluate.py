@@ -119,7 +119,11 @@ def _build(tm, cfg: EvalConfig) -> dict[str, Any]:
     if key in built:
         return built[key]
     tops: dict[str, Any] = {}
-    with _quiet():
+    import datasets.config
+
+    # datasets pings its S3 bucket to count the loads of its json builder, even for local
+    # files: a network call (and a DNS wait, offline) for nothing the task needs
+    with _quiet(), _swapped(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False):
         for name in cfg.tasks:
             try:
                 loaded = tm.load(name)

@@ -5,10 +5,12 @@ objective (one per process, so the base model and task index load once)."""
 from __future__ import annotations
 
 import functools
-import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
-from llmhpo.errors import ConfigError, ObjectiveSetupError
+from llmhpo.errors import ConfigError, LlmhpoError, SetupProblems
 from llmhpo.objectives import ObjectiveKind, ParseContext
 from llmhpo.objectives.finetune.config import FinetuneConfig
 from llmhpo.space import preset
@@ -50,44 +52,22 @@ class FinetuneKind(ObjectiveKind):
         spec.check(space)
 
     def preflight(self, spec: FinetuneConfig, space, devices=(), fidelity=None) -> list[str]:
-        """The model, data, tasks (and the objective metric) and GPUs can be had. Converts a
-        GGUF model and writes the builtin tasks once, here, rather than in every worker."""
-        from llmhpo.objectives.finetune import model as model_lib
-        from llmhpo.objectives.finetune.data import load_records, split
-        from llmhpo.objectives.finetune.evaluate import check_tasks, task_manager
-
+        """The model, data, tasks (and the objective metric) and GPUs can be had; raises
+        SetupProblems naming every one that cannot (a lone problem as its own error). Converts a GGUF model and writes the
+        builtin tasks once, here, rather than in every worker."""
         fc = spec.resolved()
-        lines = []
-        where, gguf = model_lib.resolve(fc.model)
-        if not Path(where).is_dir():  # a hub id: its config must be reachable (cache or network)
+        lines, errors = [], []
+        for check in (_check_model, _check_data, _check_tasks):
             try:
-                from transformers import AutoConfig
-
-                AutoConfig.from_pretrained(where, revision=fc.model.revision, **({"gguf_file": gguf} if gguf else {}))
-            except Exception as e:
-                offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-                hint = ("no network (HF_HUB_OFFLINE=1): set [model] name to a local folder or GGUF file"
-                        if offline else f"check the id, your network and access to gated models ({type(e).__name__})")
-                raise ObjectiveSetupError(f"cannot load model {fc.model.name!r}: {hint}") from e
-        lines.append(f"model: {fc.model.name} -> {where}")
-        train, val = split(load_records(fc.data), fc.data)
-        lines.append(f"data: {fc.data.dataset}: {len(train)} training and {len(val)} held-out examples")
-        tm = task_manager(fc.eval)
-        found = check_tasks(tm, fc.eval)  # data loads, the objective metric is reported
-        limit = "all" if fc.eval.limit is None else fc.eval.limit
-        lines.append(f"tasks: {', '.join(fc.eval.tasks)} (objective {fc.eval.objective}, limit {limit})")
-        lines.append(f"metrics: {found}")
-        import torch
-
-        if devices:
-            n = torch.cuda.device_count()
-            for d in devices:
-                if not d.isdigit() or int(d) >= n:
-                    raise ObjectiveSetupError(f"[runner] devices lists GPU {d!r} but this machine has {n} GPU(s); "
-                                              f"use ids 0..{max(n - 1, 0)} or remove devices")
-            lines.append(f"devices: GPUs {', '.join(devices)}")
-        else:
-            lines.append(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
+                lines += check(fc)
+            except LlmhpoError as e:
+                errors.append(e)
+        device_lines, device_problems = check_devices(devices)
+        lines += device_lines
+        if len(errors) == 1 and not device_problems:
+            raise errors[0]  # as it came: a ConfigError stays one
+        if errors or device_problems:
+            raise SetupProblems([(str(e).splitlines() or [type(e).__name__])[0] for e in errors] + device_problems)
         return lines
 
     def scores_base(self, spec: FinetuneConfig) -> bool:
@@ -106,3 +86,62 @@ class FinetuneKind(ObjectiveKind):
         from llmhpo.objectives.finetune.export import export_best
 
         return export_best(spec.resolved(), record, out, merge)
+
+
+# ---------------------------------------------------------------- the checks of preflight
+def _check_model(fc: FinetuneConfig) -> list[str]:
+    from llmhpo.objectives.finetune import model as model_lib
+
+    where, gguf = model_lib.resolve(fc.model)
+    if not Path(where).is_dir():  # a hub id: its config must be reachable (cache or network)
+        where = model_lib.check_hub_model(fc.model, where, gguf)
+    return [f"model: {fc.model.name} -> {where}"]
+
+
+def _check_data(fc: FinetuneConfig) -> list[str]:
+    from llmhpo.objectives.finetune.data import load_records, split
+
+    train, val = split(load_records(fc.data), fc.data)
+    return [f"data: {fc.data.dataset}: {len(train)} training and {len(val)} held-out examples"]
+
+
+def _check_tasks(fc: FinetuneConfig) -> list[str]:
+    from llmhpo.objectives.finetune.evaluate import check_tasks, task_manager
+
+    found = check_tasks(task_manager(fc.eval), fc.eval)  # data loads, the objective metric is reported
+    limit = "all" if fc.eval.limit is None else fc.eval.limit
+    return [f"tasks: {', '.join(fc.eval.tasks)} (objective {fc.eval.objective}, limit {limit})",
+            f"metrics: {found}"]
+
+
+def check_devices(devices: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """([runner] devices as found, one problem per device this machine does not have)."""
+    import torch
+
+    if not devices:
+        return [f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}"], []
+    n = torch.cuda.device_count()
+    if n == 0:
+        return [], [f"[runner] devices lists {'GPU ' * d.isdigit()}{d} but this machine has no CUDA GPU "
+                    "(torch sees none); remove devices to run on the CPU" for d in devices]
+    problems = [f"[runner] devices lists GPU {d} but this machine has {n} CUDA GPU(s), ids 0..{n - 1}; "
+                f"use ids in 0..{n - 1} or remove devices" for d in devices if d.isdigit() and int(d) >= n]
+    uuids = [d for d in devices if not d.isdigit()]
+    known = _gpu_uuids() if uuids else None
+    if known is not None:  # without nvidia-smi, CUDA itself judges the UUIDs in the worker
+        problems += [f"[runner] devices lists {d} but `nvidia-smi -L` does not show it on this machine "
+                     f"(it shows {', '.join(known) or 'none'}); use one of those or a GPU id 0..{n - 1}"
+                     for d in uuids if not any(k.startswith(d) for k in known)]
+    return [f"devices: GPUs {', '.join(devices)}"], problems
+
+
+def _gpu_uuids() -> list[str] | None:
+    """The GPU and MIG UUIDs `nvidia-smi -L` lists, or None when it cannot say."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return re.findall(r"UUID:\s*((?:GPU|MIG)-[^)\s]+)", out)

@@ -5,10 +5,15 @@ trained or saved as is). ``builtin:smollm2-135m-instruct`` is SmolLM2-135M-Instr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import shutil
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from llmhpo.errors import ObjectiveSetupError
@@ -107,22 +112,89 @@ def pick_dtype(cfg: ModelConfig, device: str):
     return torch.float32
 
 
+def hub_offline() -> bool:
+    """Whether the hub is switched off (as huggingface_hub reads it)."""
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return flag.upper() in ("1", "ON", "YES", "TRUE")
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or the HTTPS proxy on the way to it) accepts a TCP
+    connection within ``timeout`` seconds. Without network huggingface_hub retries every
+    file for about 25 s before it looks in its cache; this answers in seconds. Run in a
+    thread because a name lookup has no timeout of its own. Asked once per process."""
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+def _hub_kwargs(cfg: ModelConfig, gguf: str | None) -> dict:
+    """from_pretrained's keyword arguments for a hub id: the cache only when the hub is out
+    of reach, so that a cached model loads at once instead of after the retries."""
+    kwargs: dict = {"revision": cfg.revision} if cfg.revision else {}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    if not hub_offline() and not hub_reachable():
+        kwargs["local_files_only"] = True
+    return kwargs
+
+
+def _load_error(cfg: ModelConfig, kwargs: dict, e: Exception) -> ObjectiveSetupError:
+    if hub_offline():
+        hint = "no network (HF_HUB_OFFLINE=1): set [model] name to a local folder or GGUF file"
+    elif kwargs.get("local_files_only"):
+        from huggingface_hub import constants
+
+        hint = (f"no network ({urllib.parse.urlsplit(constants.ENDPOINT).hostname} cannot be reached) and it is not "
+                "in the local Hugging Face cache: connect and run again, or set [model] name to a local folder "
+                "or GGUF file")
+    else:
+        hint = f"check the model id, your network and `hf auth login` for gated models ({type(e).__name__})"
+    return ObjectiveSetupError(f"cannot load model {cfg.name!r}: {hint}")
+
+
+def check_hub_model(cfg: ModelConfig, where: str, gguf: str | None) -> str:
+    """A hub model's config can be had (from the hub, or from the cache without network);
+    returns where it comes from."""
+    from transformers import AutoConfig
+
+    kwargs = _hub_kwargs(cfg, gguf)
+    try:
+        AutoConfig.from_pretrained(where, **kwargs)
+    except Exception as e:
+        raise _load_error(cfg, kwargs, e) from e
+    return f"{where} (Hugging Face cache; no network)" if kwargs.get("local_files_only") else where
+
+
 def load(cfg: ModelConfig, device: str):
     """(model, tokenizer) on ``device``; errors name the fix."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = resolve(cfg)
-    kwargs = {"revision": cfg.revision} if cfg.revision else {}
-    if gguf:
-        kwargs["gguf_file"] = gguf
+    kwargs = {} if Path(where).is_dir() else _hub_kwargs(cfg, gguf)
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=pick_dtype(cfg, device), **kwargs)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = ("no network (HF_HUB_OFFLINE=1): set [model] name to a local folder or GGUF file"
-                if offline else "check the model id, your network and `huggingface-cli login` for gated models")
-        raise ObjectiveSetupError(f"cannot load model {cfg.name!r}: {hint}") from e
+        raise _load_error(cfg, kwargs, e) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.to(device)

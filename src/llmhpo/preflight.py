@@ -1,0 +1,95 @@
+"""The checks before a study's first trial, shared by ``llmhpo check`` and ``run``: the
+storage ``run`` would open (looked at read-only: nothing is created) and everything the
+objective needs, with every problem reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmhpo.config import Config
+from llmhpo.errors import LlmhpoError, SetupProblems, StudyError
+
+
+def preflight(config: Config) -> list[str]:
+    """Lines describing what was found. A single problem is raised as it came (a
+    ConfigError stays one); several as SetupProblems listing them all, one line each."""
+    lines, errors = [], []
+    try:
+        lines.append(f"storage: {check_storage(config.study.storage)}")
+    except LlmhpoError as e:
+        errors.append(e)
+    try:
+        lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
+    except LlmhpoError as e:
+        errors.append(e)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise SetupProblems([p for e in errors for p in getattr(e, "problems", None) or [_first_line(e)]])
+    return lines
+
+
+def check_storage(url: str | None) -> str:
+    """What ``open_storage(url)`` would find, without creating or changing anything;
+    raises StudyError naming the problem and the fix."""
+    if url is None:
+        return "in memory (nothing is kept)"
+    if url.startswith("journal://"):
+        return _check_file(Path(url[len("journal://"):]), "journal file")
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        from llmhpo import study
+
+        path = Path(url[len("sqlite:///"):])
+        study._check_sqlite_file(path)  # a folder, an empty file, not SQLite, another program's tables
+        return _check_file(path, "SQLite file")
+    return _check_database(url)
+
+
+def _check_file(path: Path, kind: str) -> str:
+    if path.is_dir():
+        raise StudyError(f"storage path {path} is a folder; give a file in it, e.g. {path}/study.db")
+    if path.exists():
+        return f"{path} ({kind}, exists)"
+    if not path.parent.is_dir():
+        raise StudyError(f"the folder of storage {path} does not exist; create it or fix [study] storage")
+    return f"{path} (new {kind}, made by the first run)"
+
+
+def _check_database(url: str) -> str:
+    """A database server's URL: a dialect SQLAlchemy knows, its driver installed, and the
+    server answering (connecting creates nothing; Optuna's tables are made by `run`)."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = sa.engine.make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise StudyError(f"[study] storage = {url!r} is not a storage URL llmhpo knows; use sqlite:///file.db, "
+                         "postgresql://user@host/db, mysql://user@host/db or journal:///path/file.log") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        module = e.name or parsed.drivername
+        raise StudyError(f"[study] storage = {url!r} needs the database driver {module!r}, which is not installed; "
+                         f"pip install {_PIP.get(module, module)}") from None
+    timeout = {"connect_timeout": 5} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+    engine = sa.create_engine(parsed, connect_args=timeout)
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:
+        raise StudyError(f"cannot connect to storage {parsed.render_as_string(hide_password=True)}: "
+                         f"{_first_line(e)}; check the URL, the server and your access") from None
+    finally:
+        engine.dispose()
+    return f"{parsed.render_as_string(hide_password=True)} (database server answers)"
+
+
+# drivers whose pip package has another name than their module
+_PIP = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "psycopg": "psycopg[binary]"}
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -1,0 +1,161 @@
+"""`llmhpo check` (and `run`, before its first trial) reports every problem at once: the
+storage, looked at read-only, the model, data, tasks and GPUs; [runner] devices takes only
+what CUDA_VISIBLE_DEVICES accepts."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llmhpo.config import Config
+from llmhpo.errors import ConfigError, SetupProblems, StudyError
+from llmhpo.preflight import check_storage
+
+FUNCTION = """
+[study]
+name = "s"
+storage = "{storage}"
+[budget]
+trials = 2
+[optimizer]
+name = "random"
+[objective]
+type = "function"
+name = "branin"
+"""
+
+
+def llmhpo(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "llmhpo.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def errors(stderr: str) -> list[str]:
+    return [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_check_lists_every_missing_thing_at_once(tmp_path):
+    (tmp_path / "s.toml").write_text("""
+[study]
+name = "s"
+storage = "sqlite:///no/such/folder/s.db"
+[budget]
+trials = 2
+[optimizer]
+name = "random"
+[objective]
+type = "finetune"
+[model]
+name = "/nowhere/model"
+[data]
+dataset = "missing.jsonl"
+[eval]
+tasks = ["llmhpo_nope"]
+objective = "llmhpo_nope/acc"
+[runner]
+devices = [0]
+""")
+    r = llmhpo("check", "s.toml", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2 and "ready" not in r.stdout
+    found = errors(r.stderr)
+    assert len(found) == 5, r.stderr
+    assert found[0].startswith("the folder of storage") and "no/such/folder/s.db does not exist" in found[0]
+    assert found[1] == "[model] name = '/nowhere/model': no such folder or file"
+    assert found[2].startswith("[data] dataset = ") and found[2].endswith("missing.jsonl': no such file")
+    assert found[3].startswith("[eval] task 'llmhpo_nope' is not known to lm-eval")
+    assert found[4] == ("[runner] devices lists GPU 0 but this machine has no CUDA GPU (torch sees none); "
+                        "remove devices to run on the CPU")
+    assert not (tmp_path / "no").exists()
+
+
+def test_run_reports_every_problem_before_the_first_trial_too(tmp_path):
+    from llmhpo.runner import run
+
+    cfg = Config.from_dict({"study": {"storage": "sqlite:///no/such/s.db"}, "budget": {"trials": 2},
+                            "optimizer": {"name": "random"}, "objective": {"type": "python", "target": "gone.py:f"},
+                            "space": {"x": {"type": "float", "low": 0, "high": 1}}}, base_dir=tmp_path)
+    with pytest.raises(SetupProblems) as e:
+        run(cfg, quiet=True)
+    assert len(e.value.problems) == 2
+    assert "the folder of storage" in e.value.problems[0] and "no such file" in e.value.problems[1]
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("postgres://nowhere", "[study] storage = 'postgres://nowhere' is not a storage URL llmhpo knows; use sqlite:///"),
+    ("sqlite:///no/such/folder/x.db", "the folder of storage"),
+])
+def test_check_fails_on_a_storage_that_run_cannot_open(tmp_path, storage, message):
+    (tmp_path / "s.toml").write_text(FUNCTION.format(storage=storage))
+    r = llmhpo("check", "s.toml", cwd=tmp_path)
+    assert r.returncode == 2 and "ready" not in r.stdout
+    assert len(errors(r.stderr)) == 1 and message in errors(r.stderr)[0]
+
+
+def test_check_creates_no_storage(tmp_path):
+    (tmp_path / "s.toml").write_text(FUNCTION.format(storage="sqlite:///s.db"))
+    r = llmhpo("check", "s.toml", cwd=tmp_path)
+    assert r.returncode == 0 and "ready" in r.stdout and "new SQLite file" in r.stdout
+    assert sorted(os.listdir(tmp_path)) == ["s.toml"]
+
+
+def test_storage_problems_name_the_fix(tmp_path):
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(StudyError, match="is not a SQLite database; choose another"):
+        check_storage(f"sqlite:///{tmp_path}/notes.db")
+    with pytest.raises(StudyError, match="the folder of storage .* does not exist"):
+        check_storage(f"journal:///{tmp_path}/gone/s.log")
+    with pytest.raises(StudyError, match="is not a storage URL llmhpo knows"):
+        check_storage("postgress://u@h/db")
+    assert "in memory" in check_storage(None)
+    assert "new journal file" in check_storage(f"journal:///{tmp_path}/s.log")
+    assert os.listdir(tmp_path) == ["notes.db"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("MySQLdb") is not None, reason="the MySQL driver is installed")
+def test_a_missing_database_driver_names_the_package():
+    with pytest.raises(StudyError, match="needs the database driver 'MySQLdb', which is not installed; "
+                                         "pip install mysqlclient"):
+        check_storage("mysql://u@localhost/db")
+
+
+def _runner(devices):
+    return Config.from_dict({"budget": {"trials": 2}, "optimizer": {"name": "random"},
+                             "objective": {"type": "function", "name": "branin"},
+                             "runner": {"devices": devices}}).runner
+
+
+@pytest.mark.parametrize("bad", ["cuda:0", -1, True, 1.0, "GPU-xyz", "0,1", ""])
+def test_devices_take_only_what_cuda_visible_devices_accepts(bad):
+    with pytest.raises(ConfigError) as e:
+        _runner([bad])
+    assert str(e.value) == (f"[runner] devices has {bad!r}, which CUDA_VISIBLE_DEVICES does not accept; give GPU "
+                            "indices (0, 1, ...), GPU-<uuid> or MIG-<uuid> as `nvidia-smi -L` shows them")
+
+
+def test_devices_accept_indices_and_uuids():
+    good = [0, "1", "GPU-8f0c6d2e-1b9a-4c3e-9f1a-2b3c4d5e6f70", "MIG-5c1f0e3a-77aa-5d1e-b1c2-0123456789ab",
+            "MIG-GPU-8f0c6d2e-1b9a-4c3e-9f1a-2b3c4d5e6f70/1/0"]
+    assert _runner(good).devices == ("0", "1", *good[2:])
+
+
+def test_devices_against_the_gpus_this_machine_has(monkeypatch):
+    import torch
+
+    from llmhpo.objectives.finetune import kind
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert kind.check_devices(("0",))[1] == ["[runner] devices lists GPU 0 but this machine has no CUDA GPU "
+                                              "(torch sees none); remove devices to run on the CPU"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert kind.check_devices(("0", "1"))[1] == []
+    assert kind.check_devices(("1", "3"))[1] == ["[runner] devices lists GPU 3 but this machine has 2 CUDA GPU(s), "
+                                                 "ids 0..1; use ids in 0..1 or remove devices"]
+    monkeypatch.setattr(kind, "_gpu_uuids", lambda: None)  # no nvidia-smi: CUDA judges the UUID in the worker
+    assert kind.check_devices(("GPU-abc",))[1] == []
+    monkeypatch.setattr(kind, "_gpu_uuids", lambda: ["GPU-abc1", "GPU-def2"])
+    assert kind.check_devices(("GPU-abc", "GPU-999"))[1] == [
+        "[runner] devices lists GPU-999 but `nvidia-smi -L` does not show it on this machine (it shows GPU-abc1, "
+        "GPU-def2); use one of those or a GPU id 0..1"]
