@@ -85,7 +85,6 @@ def evaluate(model, tokenizer, tm, cfg: EvalConfig) -> dict[str, float]:
     import lm_eval.models.huggingface as hf
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    progress("scoring")  # building the requests comes first, and takes a while
     tasks = _flat(_build(tm, cfg))  # built by check_tasks already, normally: no second load
     lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
     try:
