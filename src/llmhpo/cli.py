@@ -469,11 +469,12 @@ def bench(
             raise ConfigError("--budget, --seeds, --workers and --batch must be at least 1")
     except LlmhpoError as e:
         _fail(e)
-    from rich.progress import Progress
+    from llmhpo.live import RunsProgress
 
-    with Progress(console=err, transient=True) as p:
-        task = p.add_task("bench", total=len(specs) * len(fns) * seeds)
-        rows = run_bench(specs, fns, budget, seeds, workers, dim, batch, on_row=lambda r: p.advance(task))
+    # a bar on a terminal, a line per run in a log (stderr: the tables go to stdout)
+    with RunsProgress(err, len(specs) * len(fns) * seeds, lambda r: f"{r.optimizer} on {r.function}, seed {r.seed}: "
+                      f"best regret {r.best_regret():.3g} in {r.seconds:.1f} s") as runs_done:
+        rows = run_bench(specs, fns, budget, seeds, workers, dim, batch, on_row=runs_done)
     budgets = [b for b in BUDGETS if b < budget] + [budget]
     summaries = {b: summarise(rows, b) for b in budgets}
     summary = summaries[budget]
@@ -552,15 +553,14 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
     methods = [o if s == "none" else f"{s}:{o}" for s in scheds for o in opts] + [f"optuna:{p}" for p in pruners]
     if "random" not in methods:
         methods.insert(0, "random")  # the reference every method is measured against
-    from rich.progress import Progress
+    from llmhpo.live import RunsProgress
 
     rows = []
-    with Progress(console=err, transient=True) as p:
-        task = p.add_task("bench", total=len(fns) * len(methods) * seeds)
+    with RunsProgress(err, len(fns) * len(methods) * seeds, lambda r: f"{r.method} on {r.function}, seed {r.seed}: "
+                      f"{len(r.trace)} full-fidelity trials in {r.seconds:.1f} s") as runs_done:
         for f in fns:  # noise relative to each function's own scale
             sigma = noise * FunctionObjective(f).scale()
-            rows += run_mf_bench(methods, [f], budget, seeds, r_min, r_max, eta, sigma, workers,
-                                 on_row=lambda r: p.advance(task))
+            rows += run_mf_bench(methods, [f], budget, seeds, r_min, r_max, eta, sigma, workers, on_row=runs_done)
     summary = summarise_mf(rows)
     table = Table("function", "method", "median final regret", "budget to reach random's best", "reached", "s/run",
                   title=f"{budget} full-fidelity trials of resource, rungs {fidelity}, {seeds} seeds")

@@ -15,6 +15,11 @@ Faults touch only the job they hit:
   "timeout after ...";
 - ``sys.exit`` in the objective fails the job; the worker goes on.
 
+What a job reports with ``llmhpo.objectives.progress`` goes to ``on_progress(key, phase,
+done, total, unit)``, set by the runner: a worker process sends it over its pipe before the
+job's Outcome (throttled to a few messages a second); the inline executor calls it directly;
+Ray actors report nothing.
+
 With ``devices`` (process executor), worker i sees only GPU devices[i]
 (CUDA_VISIBLE_DEVICES is set before torch is imported there); Ray gives each actor the
 GPUs it reserved (``gpus_per_trial``).
@@ -35,7 +40,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+from llmhpo._progress import reporting
 from llmhpo.errors import ConfigError, TrialFailed
+
+#: the runner's callback for progress reports: (key, phase, done, total, unit) -> None
+OnProgress = Callable[[Hashable, str, "int | None", "int | None", str], None]
 
 
 @dataclass
@@ -58,6 +67,17 @@ class Retry:
     key: Hashable
     reason: str
     attempt: int  # 1 for the first retry
+
+
+@dataclass
+class Progress:
+    """A running job's report (``llmhpo.objectives.progress``), sent before its Outcome."""
+
+    key: Hashable
+    phase: str
+    done: int | None
+    total: int | None
+    unit: str = ""
 
 
 @dataclass
@@ -147,11 +167,42 @@ class _WorkerObjective:
         return run_objective(self._objective, key, params, fidelity)
 
 
+class _PipeSink:
+    """Sends a job's progress reports to the driver; a driver gone ends the reports, not the job."""
+
+    def __init__(self, conn: mpc.Connection, key: Hashable):
+        self.conn, self.key, self.dead = conn, key, False
+
+    def __call__(self, phase: str, done: int | None, total: int | None, unit: str) -> None:
+        if self.dead:
+            return
+        try:
+            self.conn.send(Progress(self.key, phase, done, total, unit))
+        except Exception:  # a dead driver (its Outcome will not arrive either), or an odd value
+            self.dead = True
+
+
+def _send_outcome(conn: mpc.Connection, out: Outcome) -> bool:
+    """Send a job's Outcome; False when the driver is gone (the worker then ends quietly:
+    nobody reads its traceback, and it would bury the log of a run that was stopped)."""
+    try:
+        conn.send(out)
+    except (OSError, EOFError):
+        return False
+    except Exception as e:  # e.g. a metric that cannot be pickled
+        try:
+            conn.send(Outcome(out.key, None, {}, out.timings,
+                              f"the trial's result could not be sent back: {type(e).__name__}: {e}", out.worker))
+        except (OSError, EOFError):
+            return False
+    return True
+
+
 def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str | None,
                   env: dict[str, str] | None = None) -> None:
-    """A worker process: jobs in, outcomes out, until told to stop (None) or the driver goes.
-    ``env``: the driver's environment when the worker was started (a forked worker would
-    otherwise have the fork server's, from when that started)."""
+    """A worker process: jobs in, progress reports and outcomes out, until told to stop (None)
+    or the driver goes. ``env``: the driver's environment when the worker was started (a
+    forked worker would otherwise have the fork server's, from when that started)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     if env is not None:
@@ -167,12 +218,10 @@ def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str 
             return
         if job is None:
             return
-        out = objective(*job)
-        try:
-            conn.send(out)
-        except Exception as e:  # e.g. a metric that cannot be pickled
-            conn.send(Outcome(out.key, None, {}, out.timings,
-                              f"the trial's result could not be sent back: {type(e).__name__}: {e}", out.worker))
+        with reporting(_PipeSink(conn, job[0])):
+            out = objective(*job)
+        if not _send_outcome(conn, out):
+            return
 
 
 def _describe_exit(pid: int | None, exitcode: int | None) -> tuple[str, bool]:
@@ -202,6 +251,7 @@ class InlineExecutor:
         self._objective = _WorkerObjective(factory)
         self._jobs: deque[_Job] = deque()
         self.retries: list[Retry] = []
+        self.on_progress: OnProgress | None = None
 
     def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
         self._jobs.append(_Job(key, params, fidelity))
@@ -210,7 +260,11 @@ class InlineExecutor:
         if not self._jobs:
             return []
         job = self._jobs.popleft()
-        return [self._objective(job.key, job.params, job.fidelity)]
+        on_progress = self.on_progress
+        sink = None if on_progress is None else (
+            lambda phase, done, total, unit: on_progress(job.key, phase, done, total, unit))
+        with reporting(sink):
+            return [self._objective(job.key, job.params, job.fidelity)]
 
     def workers(self) -> list[dict[str, Any]]:
         return [{"host": socket.gethostname(), "pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -231,6 +285,7 @@ class _Pool:
         self.max_retries, self.trial_timeout = max_retries, trial_timeout
         self._queue: deque[_Job] = deque()
         self.retries: list[Retry] = []
+        self.on_progress: OnProgress | None = None
 
     def submit(self, key: Hashable, params: dict[str, Any], fidelity: Any = None) -> None:
         self._queue.append(_Job(key, params, fidelity))
@@ -410,12 +465,7 @@ class ProcessExecutor(_Pool):
                 if slot.index in seen or slot.job is None:
                     continue
                 seen.add(slot.index)
-                result = None
-                try:
-                    if slot.conn.poll():
-                        result = slot.conn.recv()
-                except (EOFError, OSError):
-                    result = None
+                result = self._receive(slot)
                 if result is not None:
                     result.retries = slot.job.retries
                     result.worker.setdefault("slot", slot.index)
@@ -436,6 +486,20 @@ class ProcessExecutor(_Pool):
             self._dispatch()
             if out or (deadline is not None and time.time() >= deadline):
                 return out
+
+    def _receive(self, slot: _Slot) -> Outcome | None:
+        """The slot's Outcome if it has arrived (None if not, or the pipe broke); the progress
+        reports that came before it go to ``on_progress``."""
+        try:
+            while slot.conn.poll():
+                msg = slot.conn.recv()
+                if not isinstance(msg, Progress):
+                    return msg
+                if self.on_progress is not None:
+                    self.on_progress(msg.key, msg.phase, msg.done, msg.total, msg.unit)
+        except (EOFError, OSError):
+            pass
+        return None
 
     def workers(self) -> list[dict[str, Any]]:
         host = socket.gethostname()
@@ -633,6 +697,19 @@ class RayExecutor(_Pool):
         self._queue.clear()
         if self._started:
             self._ray.shutdown()
+
+
+def startup_note(runner: Any) -> str | None:
+    """What the executor ``runner`` asks for will do first that takes seconds (starting or
+    joining a Ray cluster), for the run to say before it waits; None when nothing is slow."""
+    if runner.executor != "ray":
+        return None
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():  # the caller's own cluster: joined already
+        return None
+    if runner.address is None:
+        return "starting a local Ray cluster..."
+    return f"connecting to Ray at {runner.address}..."
 
 
 def runs_inline(runner: Any, isolate: bool = False) -> bool:

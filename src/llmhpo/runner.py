@@ -24,7 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from llmhpo.config import Config
-from llmhpo.executors import make_executor, runs_inline
+from llmhpo.executors import make_executor, runs_inline, startup_note
+from llmhpo.live import JobProgress, job_column
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
 from llmhpo.errors import ConfigError, StudyError
 from llmhpo.study import Study
@@ -78,9 +79,9 @@ def _say(mode: str, text: str, console: Any = None) -> None:
 
 class _Reporter:
     """What a run prints. ``bar``: a rich progress bar (trials done, or resource spent with
-    [fidelity]; failures; best so far) with one line per finished job above it; ``lines``:
-    one plain, flushed line per job start and end, for logs of batch jobs (nohup, Slurm);
-    ``quiet``: nothing."""
+    [fidelity]; failures; best so far) with one line per finished job above it and a row per
+    running trial (its phase and progress); ``lines``: one plain, flushed line per job start,
+    phase and end, for logs of batch jobs (nohup, Slurm); ``quiet``: nothing."""
 
     def __init__(self, mode: str, total: float, done: float, failed: int, best: float | None, name: str,
                  unit: str = "trials"):
@@ -92,17 +93,21 @@ class _Reporter:
 
             count = MofNCompleteColumn() if unit == "trials" else TextColumn(
                 "{task.completed:.4g}/{task.total:.4g} " + unit)
-            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), count,
-                              TextColumn("fail {task.fields[failed]}"), TextColumn("best {task.fields[best]}"),
-                              TimeElapsedColumn())
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), job_column(count, True),
+                              job_column(TextColumn("fail {task.fields[failed]}")),
+                              job_column(TextColumn("best {task.fields[best]}")), TimeElapsedColumn())
             self.p.start()
             self.task = self.p.add_task(name, total=total, completed=min(done, total), failed=failed,
                                         best="-" if best is None else f"{best:.6g}")
+        self.jobs = JobProgress(self._line, self.p if mode == "bar" else None)
 
     def _line(self, text: str) -> None:
         _say(self.mode, text, self.p.console if self.mode == "bar" else None)
 
-    def started(self, number: int, params: dict[str, Any], label: str = "") -> None:
+    def started(self, number: int, params: dict[str, Any], label: str = "", key: Any = None) -> None:
+        """Trial ``number`` started (as the executor's job ``key``, whose progress it shows)."""
+        if key is not None:
+            self.jobs.started(key, number)
         if self.mode == "lines":
             what = f"trial {number}" + (f" {label}" if label else "")
             self._line(f"{what} started: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
@@ -112,6 +117,7 @@ class _Reporter:
         self.done += amount
         self.failed += value is None
         self.best = best
+        self.jobs.finished(number)
         done = f"{self.done:.4g}/{self.total:.4g} {self.unit}" if self.unit != "trials" else \
             f"{self.done:.0f}/{self.total} done"
         count = f"[{done}, {self.failed} failed]"
@@ -128,6 +134,11 @@ class _Reporter:
 
     def note(self, text: str) -> None:
         self._line(text)
+
+    def progress(self, key: Any, phase: str, done: int | None, total: int | None, unit: str = "") -> None:
+        """A running job's report (the executor's ``on_progress``)."""
+        if self.mode != "quiet":
+            self.jobs.report(key, phase, done, total, unit)
 
     def close(self) -> None:
         if self.mode == "bar":
@@ -210,15 +221,23 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     refuse_unguarded_script(config)
     from llmhpo.study import open_storage
 
+    mode = "quiet" if quiet else _output_mode(progress)
     storage = None  # one storage (one engine) for the whole run
     if _storage_exists(config.study.storage):  # a second driver learns it before the preflight's work
         storage = open_storage(config.study.storage)
         _refuse_if_driven(config, storage)
+        finished = None if overwrite else _finished_study(config, storage)
+        if finished is not None:  # nothing to do: no preflight, no worker
+            _say(mode, finished[1])
+            return finished[0]
     if preflight:
         from llmhpo.preflight import preflight as check_all
 
         check_all(config)  # every problem at once, the storage's too
     t_start = time.time()
+    note = startup_note(config.runner)
+    if note is not None:  # it takes seconds: say why nothing happens
+        _say(mode, note)
     # the workers start first: their start-up (a fork server importing the package, Ray
     # actors) overlaps the storage's opening; they only build the objective on their first trial
     executor = make_executor(objective_factory(config), config.runner, config.kind.isolate)
@@ -227,7 +246,6 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     except BaseException:
         executor.close()
         raise
-    mode = "quiet" if quiet else _output_mode(progress)
     tracker = None
     try:
         from llmhpo.tracking import open_trackers
@@ -263,6 +281,9 @@ def _score_base(config: Config, study: Study, executor: Any, mode: str) -> None:
         _say(mode, text)
 
     say("scoring the base model once (no adapter), the reference for every trial ([eval] base = false skips it)")
+    jobs = JobProgress(say)  # its phases as lines, also on a terminal: no bar exists yet
+    jobs.name(BASE_JOB, "base model")
+    executor.on_progress = jobs.report
     executor.submit(BASE_JOB, None)
     outcomes: list[Any] = []
     while not outcomes:
@@ -277,6 +298,43 @@ def _score_base(config: Config, study: Study, executor: Any, mode: str) -> None:
     study.set_base(out.value, out.metrics)
     say(f"base model: value {out.value:.6g} ({config.kind.describe(config.objective)}), "
         f"scored in {out.timings.get('trial', 0.0):.0f} s")
+
+
+def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | None:
+    """(summary, the line saying how to run more) for a stored study whose budget is met,
+    counted as the run loops count it, and with nothing running, waiting or left to
+    re-evaluate; None when a run has work to do, or the study is new or changed (then
+    ``Study.open`` says what to do)."""
+    import optuna
+
+    from llmhpo.study import HASH_KEY
+
+    name = config.study.name
+    if name not in [s.study_name for s in storage.get_all_studies()]:
+        return None
+    if storage.get_study_system_attrs(storage.get_study_id_from_name(name)).get(HASH_KEY) != config.search_hash():
+        return None
+    study = Study(storage, optuna.load_study(study_name=name, storage=storage), config)
+    counts, records = study.counts(), study.records()
+    if counts["RUNNING"] or counts["WAITING"]:
+        return None
+    spent = None
+    if config.fidelity is None:
+        used, budget, unit = counts["COMPLETE"] + counts["FAIL"], config.budget.trials, "trials"
+        if used < budget or (config.study.reevaluate and _reevaluation_queue(config, records)):
+            return None
+    else:  # met when not even a new configuration's first rung fits in what is left
+        spent = used = _resource_spent(records)
+        budget, unit = config.resource_budget(), config.fidelity.resource
+        if budget - used >= config.fidelity.rungs()[0] - 1e-9:
+            return None
+    how = "raise [budget] resource" if config.fidelity is not None and config.budget.resource is not None \
+        else "raise [budget] trials (or pass --trials N)"
+    best = study.best()
+    summary = RunSummary(name, config.study.storage, counts["COMPLETE"], counts["FAIL"],
+                         best.value if best else None, best.params if best else None,
+                         best.number if best else None, "budget", 0.0, None, spent)
+    return summary, f"study '{name}' has met its budget ({used:g} of {budget:g} {unit}); {how} to run more"
 
 
 def _check_lease(lease: Any, name: str) -> None:
@@ -442,6 +500,7 @@ def _run_single(config: Config, study: Study, executor: Any, mode: str, t_start:
     running: dict[int, tuple[Candidate, int, int]] = {}  # candidate id -> (candidate, trial id, number)
     best = study.best()
     report = _Reporter(mode, budget, complete + failed, failed, best.value if best else None, config.study.name)
+    executor.on_progress = report.progress
     streak = _FailureStreak(config.runner.max_repeated_failures)
     asker = _Asker(optimizer, threaded=executor.slots > 1)
     lease = study.lease
@@ -455,7 +514,7 @@ def _run_single(config: Config, study: Study, executor: Any, mode: str, t_start:
         tid = study.create_trial(cand, params, extra)
         number = study.trial_number(tid)
         running[cand.id] = (cand, tid, number)
-        report.started(number, params)
+        report.started(number, params, key=cand.id)
 
     def publish_workers() -> None:
         if lease is not None:
@@ -569,13 +628,7 @@ def _reevaluate(config: Config, study: Study, executor: Any, report: _Reporter, 
     """[study] reevaluate: the best configurations once more each, with another seed where the
     objective takes one; ``Study.best`` then ranks them by their mean. A resumed study does
     only those not re-evaluated yet."""
-    sign = 1.0 if config.study.direction == "minimize" else -1.0
-    records = study.records()
-    again = {int(r.attrs["reevaluation_of"]) for r in records
-             if "reevaluation_of" in r.attrs and r.state in ("COMPLETE", "FAIL")}
-    first = [r for r in records if r.state == "COMPLETE" and "reevaluation_of" not in r.attrs]
-    top = sorted(first, key=lambda r: (sign * r.value, r.number))[:config.study.reevaluate]
-    queue = [r for r in top if r.number not in again]
+    queue = _reevaluation_queue(config, study.records())
     if not queue:
         return
     report.note(f"re-evaluating the best {len(queue)} configuration(s) once more ([study] reevaluate)")
@@ -587,7 +640,7 @@ def _reevaluate(config: Config, study: Study, executor: Any, report: _Reporter, 
             tid = study.create_reevaluation(r, seed)
             number = study.trial_number(tid)
             pending[("again", tid)] = (tid, number, r)
-            report.started(number, r.params, f"(trial {r.number} again, seed {seed})")
+            report.started(number, r.params, f"(trial {r.number} again, seed {seed})", key=("again", tid))
             executor.submit(("again", tid), config.kind.reseed(config.objective, r.params, seed))
         for out in executor.wait():
             tid, number, r = pending.pop(out.key)
@@ -597,7 +650,23 @@ def _reevaluate(config: Config, study: Study, executor: Any, report: _Reporter, 
             report.note(f"trial {number} (trial {r.number} again): "
                         + (f"value {out.value:.6g} (first {r.value:.6g})" if out.value is not None
                            else f"failed: {out.error}"))
+            report.jobs.finished(number)
         executor.retries.clear()
+
+
+def _reevaluation_queue(config: Config, records: list[Any]) -> list[Any]:
+    """The records of the best configurations that ``[study] reevaluate`` has yet to evaluate again."""
+    sign = 1.0 if config.study.direction == "minimize" else -1.0
+    again = {int(r.attrs["reevaluation_of"]) for r in records
+             if "reevaluation_of" in r.attrs and r.state in ("COMPLETE", "FAIL")}
+    first = [r for r in records if r.state == "COMPLETE" and "reevaluation_of" not in r.attrs]
+    top = sorted(first, key=lambda r: (sign * r.value, r.number))[:config.study.reevaluate]
+    return [r for r in top if r.number not in again]
+
+
+def _resource_spent(records: list[Any]) -> float:
+    """Resource units the study's configurations have trained: what a [fidelity] budget counts."""
+    return sum(float(r.attrs.get("resource_spent", 0.0)) for r in records if "bracket" in r.attrs and not r.interrupted)
 
 
 def _raise_interrupt(signum, frame):
@@ -659,15 +728,15 @@ def _run_multifidelity(config: Config, study: Study, executor: Any, mode: str, t
     # ---- rebuild the scheduler from storage
     trials: dict[int, Any] = {}  # config id (trial id) -> record
     unit_x: dict[int, Any] = {}  # config id -> its point of [0, 1]^d
-    spent = 0.0
+    records = study.records()
+    spent = _resource_spent(records)
     requeue: list[Job] = []  # jobs cut short by the last run
     by_candidate: dict[int, Any] = {}
-    for rec in study.records():
+    for rec in records:
         if "bracket" not in rec.attrs or rec.interrupted:
             continue
         trials[rec.trial_id] = rec
         unit_x[rec.trial_id] = np.asarray(rec.attrs["x"], dtype=float)
-        spent += float(rec.attrs.get("resource_spent", 0.0))
         by_candidate[rec.candidate_id] = rec
         c = scheduler.add(rec.trial_id, Job(int(rec.attrs["start_rung"]), int(rec.attrs["bracket"])))
         c.running = None
@@ -723,6 +792,7 @@ def _run_multifidelity(config: Config, study: Study, executor: Any, mode: str, t
     lease = study.lease
     running: dict[int, tuple[int, int, float]] = {}  # config id -> (rung, trial number, planned cost)
     report = _Reporter(mode, budget, spent, 0, None, config.study.name, unit=fd.resource)
+    executor.on_progress = report.progress
     report.best = study.best()
     counts = study.counts()
     complete, failed = counts["COMPLETE"], counts["FAIL"]
@@ -777,7 +847,7 @@ def _run_multifidelity(config: Config, study: Study, executor: Any, mode: str, t
         else:
             ckpt_start = "" if job.rung == scheduler.configs[cid].start_rung else "continued"
         report.started(rec.number, rec.params, f"rung {job.rung} ({_fmt(r[job.rung])} {fd.resource}"
-                       + (f", {ckpt_start}" if ckpt_start else "") + ")")
+                       + (f", {ckpt_start}" if ckpt_start else "") + ")", key=cid)
         executor.submit(cid, rec.params, Fidelity(fd.resource, r[job.rung], r[-1], str(ckpt)))
         return True
 

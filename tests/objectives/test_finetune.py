@@ -243,3 +243,17 @@ def test_epochs_as_the_resource(tiny_llama, tmp_path):
     n = r1.metrics["train_steps"]
     assert n >= 1 and r2.metrics["train_steps"] == pytest.approx(3 * n, abs=1)
     assert r2.metrics["steps_trained_now"] == r2.metrics["train_steps"] - n
+
+
+def test_a_trial_reports_its_phases_steps_and_scored_requests(objective):
+    from llmhpo._progress import reporting
+
+    seen = []
+    with reporting(lambda *report: seen.append(report)):
+        objective(dict(PARAMS, max_steps=5))
+    phases = list(dict.fromkeys(phase for phase, *_ in seen))
+    assert phases == ["training", "validation loss", "scoring", "saving adapter"]
+    steps = [(done, total, unit) for phase, done, total, unit in seen if phase == "training"]
+    assert steps[0] == (0, 5, "steps") and steps[-1] == (5, 5, "steps")
+    scored = [(done, total) for phase, done, total, _ in seen if phase == "scoring" and total is not None]
+    assert scored[-1][0] == scored[-1][1] > 0  # every request of the lm-eval call counted

@@ -3,6 +3,7 @@ SmolLM2-135M with the offline task (slow)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -52,14 +53,21 @@ def test_finetune_study_check_run_best_export_merge(tiny_llama, tmp_path):
     r = cli("check", "ft.toml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "ready" in r.stdout and "tasks: llmhpo_add" in r.stdout
-    r = cli("run", "ft.toml", cwd=tmp_path)  # no terminal: one line per trial start and end, nothing else
+    r = cli("run", "ft.toml", cwd=tmp_path)  # no terminal: one line per trial start, phase and end, nothing else
     assert r.returncode == 0, r.stderr
     assert "3 complete" in r.stdout
-    lines = r.stdout.strip().splitlines()
-    # the base model is scored once first (two lines), then the trials
-    assert "scoring the base model" in lines[0] and "base model: value" in lines[1], r.stdout
-    assert len(lines) == 2 + 3 + 3 + 2, r.stdout
-    assert all(" started: " in ln or " done in " in ln for ln in lines[2:-2]), r.stdout
+    lines = [ln.split("] ", 1)[1] for ln in r.stdout.strip().splitlines()[:-2]]
+    # the base model is scored once first (it loads the model), then the trials
+    assert lines[0].startswith("scoring the base model"), r.stdout
+    base_lines = [ln for ln in lines if ln.startswith("base model")]
+    assert base_lines[-1].startswith("base model: value"), r.stdout
+    lines = lines[lines.index(base_lines[-1]) + 1:]
+    assert len([ln for ln in lines if " started: " in ln or " done in " in ln]) == 3 + 3, r.stdout
+    for n in range(3):  # one line per phase, none per step or request
+        phases = [ln.split(": ", 1)[1] for ln in lines if ln.startswith(f"trial {n}: ")]
+        assert phases[-4:-2] == ["training 4 steps", "validation loss 1 batches"], r.stdout
+        assert re.fullmatch(r"scoring \d+ requests", phases[-2]) and phases[-1] == "saving adapter", r.stdout
+    assert len(lines) == 3 + 3 + 3 * 4, r.stdout  # the model was loaded for the base model
     assert "fatal:" not in r.stdout + r.stderr and "it/s" not in r.stdout + r.stderr
     import optuna
 

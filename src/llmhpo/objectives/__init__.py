@@ -5,7 +5,8 @@ nothing of optimisers or storage. Each kind (``function``, ``sleep``, ``python``
 ``finetune``) is one :class:`ObjectiveKind` that owns the TOML tables it reads and their
 parsing into a frozen spec, its default search space and direction, the checks made before
 the first trial, how a worker builds the objective, and what ``best --export`` writes.
-Nothing outside this package asks which kind a study uses.
+Nothing outside this package asks which kind a study uses. A running objective may say how
+far it is with :func:`progress` (shown by the run's progress bar or log).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
+from llmhpo._progress import progress
 from llmhpo.errors import ConfigError, TrialFailed, did_you_mean
 
 
@@ -161,4 +163,4 @@ def all_tables() -> dict[str, str]:
     return {t: name for name in _KINDS for t in get_kind(name).tables}
 
 
-__all__ = ["Fidelity", "ObjectiveKind", "ParseContext", "Result", "all_tables", "get_kind"]
+__all__ = ["Fidelity", "ObjectiveKind", "ParseContext", "Result", "all_tables", "get_kind", "progress"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmhpo.errors import ObjectiveSetupError, TrialFailed
-from llmhpo.objectives import Result
+from llmhpo.objectives import Result, progress
 from llmhpo.objectives.finetune.config import FinetuneConfig
 
 
@@ -121,6 +121,8 @@ class FinetuneObjective:
             gc.collect()
         t0 = time.time()
         first = self.model is None
+        if first or self._tm is None or self._records is None:
+            progress("loading")
         self.setup()
         timings["model_load"] = self.load_seconds if first else 0.0
         timings["setup"] = time.time() - t0
@@ -152,6 +154,7 @@ class FinetuneObjective:
                                      self._autocast_dtype(), int(knobs["seed"]), inject_nan_at,
                                      None if resume is None else resume["train"], until)
             if ckpt is not None:
+                progress("saving checkpoint")
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt.with_name(f"state.pt.tmp-{os.getpid()}")
                 torch.save({"adapter": get_peft_model_state_dict(peft_model), "train": state}, tmp)
@@ -179,6 +182,7 @@ class FinetuneObjective:
             timings["eval"] = time.time() - t1
             value = objective_value(metrics, self.cfg.eval.objective)
             if self.cfg.train.save_adapters:
+                progress("saving adapter")
                 metrics["adapter_dir"] = self._save_adapter(peft_model, params, knobs)
         except TrialFailed:
             raise

@@ -6,7 +6,8 @@ not in every trial; ``evaluate`` reuses them. Every metric of every task is retu
 ``task/metric``.
 
 Evaluation is quiet: the tool prints one line per trial, and lm-eval's, datasets' and
-transformers' progress bars (and lm-eval's ``git describe``) would bury it.
+transformers' progress bars (and lm-eval's ``git describe``) would bury it. The requests
+scored so far go to ``progress("scoring", k, M, "requests")`` instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import weakref
 from typing import Any
 
 from llmhpo.errors import ObjectiveSetupError
+from llmhpo.objectives import progress
 from llmhpo.objectives.finetune.config import EvalConfig
 from llmhpo.objectives.finetune.tasks import builtin_task_names, write_tasks
 
@@ -80,12 +82,13 @@ def check_tasks(tm, cfg: EvalConfig) -> str:
 def evaluate(model, tokenizer, tm, cfg: EvalConfig) -> dict[str, float]:
     """Run lm-eval; returns {"task/metric": value} (stderr entries dropped)."""
     import lm_eval
+    import lm_eval.models.huggingface as hf
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     tasks = _flat(_build(tm, cfg))  # built by check_tasks already, normally: no second load
     lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
     try:
-        with _quiet():
+        with _quiet(), _swapped(hf, "tqdm", _counting_bar):
             out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=cfg.limit,
                                           num_fewshot=cfg.num_fewshot, log_samples=False, verbosity="ERROR",
                                           bootstrap_iters=0)
@@ -202,12 +205,15 @@ def _quiet_hflm():
 
         class QuietHFLM(HFLM):
             def loglikelihood(self, requests, disable_tqdm: bool = True):
+                _Scored.start(len(requests))
                 return super().loglikelihood(requests, disable_tqdm=True)
 
             def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
+                _Scored.start(None)  # its windows are counted, and known only as they are made
                 return super().loglikelihood_rolling(requests, disable_tqdm=True)
 
             def generate_until(self, requests, disable_tqdm: bool = True):
+                _Scored.start(len(requests))
                 return super().generate_until(requests, disable_tqdm=True)
 
             def _loglikelihood_tokens(self, requests, disable_tqdm: bool = True, **kwargs):
@@ -216,6 +222,34 @@ def _quiet_hflm():
 
         _QuietHFLM = QuietHFLM
     return _QuietHFLM
+
+
+class _Scored:
+    """The requests HFLM has scored in its current call (all the log-likelihood requests of
+    every task, or all the generations), counted through its progress bars (``_counting_bar``)."""
+
+    done = 0
+    total: int | None = None
+
+    @classmethod
+    def start(cls, total: int | None) -> None:
+        cls.done, cls.total = 0, total
+        progress("scoring", 0, total, "requests")
+
+    @classmethod
+    def update(cls, n: int = 1) -> None:
+        cls.done += n
+        progress("scoring", cls.done, cls.total, "requests")
+
+    def close(self) -> None:
+        pass
+
+
+def _counting_bar(iterable=None, *args, **kwargs):
+    """Stands in for tqdm in lm-eval's HFLM: a bar over requests (``total=``) counts them in
+    ``_Scored``; a bar over an iterable (the documents a rolling log-likelihood cuts into
+    windows) is the iterable itself."""
+    return _Scored() if iterable is None else iterable
 
 
 @contextlib.contextmanager

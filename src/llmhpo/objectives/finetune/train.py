@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from llmhpo.errors import TrialFailed
+from llmhpo.objectives import progress
 from llmhpo.objectives.finetune.data import Tokenized, collate
 
 
@@ -77,6 +78,7 @@ def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autoca
             torch.cuda.set_rng_state(resume["cuda_rng"])
     model.train()
     t0 = time.time()
+    progress("training", first - 1, until, "steps")
     for step in range(first, until + 1):
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
@@ -106,6 +108,7 @@ def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autoca
         sched.step()
         stats.losses.append(step_loss)
         stats.steps = step
+        progress("training", step, until, "steps")
     stats.seconds = time.time() - t0
     model.eval()
     state = {"step": max(until, first - 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -122,6 +125,8 @@ def validation_loss(model, data: Tokenized, pad_id: int, device: str, batch_size
 
     total, count = 0.0, 0
     model.eval()
+    batches = math.ceil(len(data) / batch_size)
+    progress("validation loss", 0, batches, "batches")
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             ids, mask, labels = collate(data.input_ids[i: i + batch_size], data.labels[i: i + batch_size], pad_id)
@@ -134,4 +139,5 @@ def validation_loss(model, data: Tokenized, pad_id: int, device: str, batch_size
                                                      shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
             total += loss.item()
             count += int((shift_labels != -100).sum())
+            progress("validation loss", i // batch_size + 1, batches, "batches")
     return total / max(count, 1)
