@@ -103,7 +103,7 @@ def test_every_scheduler_with_model_based_and_other_optimisers(tmp_path, monkeyp
 def test_asha_keeps_every_worker_busy(tmp_path, monkeypatch):
     """Whenever the runner waits for a result, every worker has a job, until the budget is
     committed: ASHA always has a promotion or a new configuration for a free worker."""
-    import llmhpo.runner as runner_mod
+    import llmhpo.runner.start as runner_mod
     from llmhpo.executors import run_objective
 
     seen = []

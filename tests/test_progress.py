@@ -117,7 +117,7 @@ def test_rerunning_a_finished_study_says_so_and_starts_no_worker(tmp_path, capsy
     def no_executor(*a, **k):
         raise AssertionError("a worker was started for a finished study")
 
-    monkeypatch.setattr("llmhpo.runner.make_executor", no_executor)
+    monkeypatch.setattr("llmhpo.runner.start.make_executor", no_executor)
     s = run(cfg, progress=False)
     out = capsys.readouterr().out
     assert "study 'phases' has met its budget (2 of 2 trials); raise [budget] trials (or pass --trials N) " \
@@ -133,7 +133,7 @@ def test_rerunning_a_finished_multi_fidelity_study_says_so(tmp_path, capsys, mon
     first = run(cfg, progress=False)
     assert first.stopped == "budget" and first.resource_spent == 3
     capsys.readouterr()
-    monkeypatch.setattr("llmhpo.runner.make_executor", lambda *a, **k: pytest.fail("a worker was started"))
+    monkeypatch.setattr("llmhpo.runner.start.make_executor", lambda *a, **k: pytest.fail("a worker was started"))
     again = run(cfg, progress=False)
     assert "study 'phases' has met its budget (3 of 3 steps); raise [budget] resource to run more" \
         in capsys.readouterr().out
@@ -156,7 +156,7 @@ def test_ray_start_is_announced_before_the_wait(tmp_path, capsys, monkeypatch):
         print("EXECUTOR", flush=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("llmhpo.runner.make_executor", slow_ray)
+    monkeypatch.setattr("llmhpo.runner.start.make_executor", slow_ray)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, progress=False, preflight=False)
     out = capsys.readouterr().out

@@ -223,6 +223,22 @@ class Hyperband(Scheduler):
         return {c.id for c in self.waiting()}
 
 
+class OneRung(Scheduler):
+    """Full fidelity, the one-rung case: every configuration runs once, at its only rung, and
+    a free worker always starts a new one."""
+
+    name = "one-rung"
+
+    def __init__(self):
+        super().__init__([1.0], 1)
+
+    def next_job(self) -> Job | None:
+        return Job(0, 0)
+
+    def keep_checkpoints(self, extra: int) -> set[int]:
+        return set()
+
+
 def make_scheduler(name: str, rung_resources: list[float], eta: int) -> Scheduler:
     if name == "asha":
         return ASHA(rung_resources, eta)

@@ -290,6 +290,17 @@ class Study:
             storage.set_study_system_attr(study._study_id, CONFIG_KEY, json.dumps(config.to_dict(), default=str))
         return study
 
+    @classmethod
+    def peek(cls, storage: BaseStorage, config: Config) -> "Study | None":
+        """``config``'s stored study, for a look (no lease, nothing written); None when there is
+        none, or it was made with another configuration (``open`` then says what to do)."""
+        name = config.study.name
+        if name not in [s.study_name for s in storage.get_all_studies()]:
+            return None
+        if storage.get_study_system_attrs(storage.get_study_id_from_name(name)).get(HASH_KEY) != config.search_hash():
+            return None
+        return cls(storage, optuna.load_study(study_name=name, storage=storage), config)
+
     def close(self) -> None:
         """Let go of the study (the next driver may take it)."""
         lease = getattr(self, "lease", None)
@@ -407,6 +418,20 @@ class Study:
     def prune(self, trial_id: int) -> None:
         """Stopped by the scheduler: PRUNED, its last rung's score kept as an intermediate value."""
         self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+
+    def cut_short(self, trial_id: int, rung: int) -> None:
+        """A multi-fidelity job stopped by its driver: the configuration waits, and ``rung``
+        runs again (from its checkpoint) when the study resumes."""
+        self.storage.set_trial_user_attr(trial_id, "cut_short_rung", rung)
+        self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+
+    def resumed(self, trial_id: int) -> None:
+        """The rung a job was cut short at runs again."""
+        self.storage.set_trial_user_attr(trial_id, "cut_short_rung", None)
+
+    def note_checkpoint(self, trial_id: int, deleted: bool) -> None:
+        """Whether the configuration's checkpoint was deleted (a promotion then trains from the start)."""
+        self.storage.set_trial_user_attr(trial_id, "checkpoint_deleted", deleted)
 
     def mark_interrupted(self, trial_id: int) -> None:
         """A trial left RUNNING by a crash: FAIL, flagged so it is neither counted nor told."""
