@@ -491,12 +491,14 @@ def _run_single(config: Config, study: Study, executor: Any, mode: str, t_start:
         executor.close()
         if asker.busy():
             asker.collect(timeout=60)
-        if not (lease is not None and lease.lost.is_set()):
-            # trials stopped here (interrupt, wall time, failures) rerun on resume
-            for _, tid, _ in running.values():
-                study.mark_interrupted(tid)
-            study.save_optimizer_state(optimizer.state_dict())
-        report.close()
+        try:
+            if not (lease is not None and lease.lost.is_set()):
+                # trials stopped here (interrupt, wall time, failures) rerun on resume
+                for _, tid, _ in running.values():
+                    study.mark_interrupted(tid)
+                study.save_optimizer_state(optimizer.state_dict())
+        finally:  # the bar goes, even when the storage stays locked (StorageBusy)
+            report.close()
     best = study.best()
     return RunSummary(config.study.name, config.study.storage, complete, failed,
                       best.value if best else None, best.params if best else None,
@@ -852,10 +854,12 @@ def _run_multifidelity(config: Config, study: Study, executor: Any, mode: str, t
     finally:
         restore_sigterm()
         executor.close()
-        for cid, (rung, _, _) in running.items():  # cut short: waits, and reruns this rung on resume
-            study.storage.set_trial_user_attr(cid, "cut_short_rung", rung)
-            study.set_waiting(cid)
-        report.close()
+        try:
+            for cid, (rung, _, _) in running.items():  # cut short: waits, and reruns this rung on resume
+                study.storage.set_trial_user_attr(cid, "cut_short_rung", rung)
+                study.set_waiting(cid)
+        finally:  # the bar goes, even when the storage stays locked (StorageBusy)
+            report.close()
     if stopped in ("budget", "optimizer exhausted"):
         # the study is over: configurations still waiting for a promotion stop here
         import shutil
