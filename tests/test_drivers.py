@@ -51,7 +51,7 @@ def states(tmp_path):
 
 
 def running_trials(db) -> int:
-    """The number of RUNNING trials, read with sqlite3 alone (the file appears whole: see study._create_sqlite)."""
+    """The number of RUNNING trials, read with sqlite3 alone (the file appears whole: see storage._create_sqlite)."""
     if not db.exists():
         return 0
     try:

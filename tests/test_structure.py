@@ -11,10 +11,11 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmhpo"
 
-# cli -> api/demo -> runner/bench/report/figures -> preflight -> study/tracking/live -> config -> optimizers/objectives/executors/lease -> space/errors
+# cli -> api/demo -> runner/bench/report/figures -> preflight -> study/tracking/live -> config
+# -> optimizers/objectives/executors/lease -> space/storage -> errors
 LAYERS = {
     "errors": 0, "_json": 0, "_progress": 0,
-    "space": 1,
+    "space": 1, "storage": 1,
     "optimizers": 2, "objectives": 2, "executors": 2, "schedulers": 2, "lease": 2,
     "config": 3,
     "study": 4, "tracking": 4, "live": 4,

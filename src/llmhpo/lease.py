@@ -10,7 +10,8 @@ The lease row also carries the study's live state for ``llmhpo status``: the hea
 and each worker's host, device, trial and start time.
 
 Backends: a table ``llmhpo_drivers`` in an RDB storage (SQLite, PostgreSQL, MySQL; its
-conditional UPDATE is the atomic compare-and-set), a ``.driver`` file beside a journal
+conditional UPDATE is the atomic compare-and-set; each statement waits out a busy database
+as the storage's own calls do, ``storage.retrying``), a ``.driver`` file beside a journal
 file (an ``fcntl`` lock guards it), nothing for in-memory studies.
 """
 
@@ -26,9 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmhpo.errors import StudyError
+from llmhpo.storage import StorageBusy, patience, retrying
 
 HEARTBEAT_EVERY = 5.0  # seconds
 STALE_AFTER = 30.0  # a lease not renewed for this long belongs to a dead driver
+RELEASE_PATIENCE = 5.0  # seconds the release at the end waits out a busy database
 
 
 class DriverBusy(StudyError):
@@ -68,10 +71,10 @@ def describe(row: dict[str, Any], now: float | None = None) -> str:
 class _SqlBackend:
     TABLE = "llmhpo_drivers"
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, where: str):
         import sqlalchemy as sa
 
-        self.sa, self.engine = sa, engine
+        self.sa, self.engine, self.where = sa, engine, where
         meta = sa.MetaData()
         self.table = sa.Table(
             self.TABLE, meta,
@@ -92,16 +95,25 @@ class _SqlBackend:
                     raise
                 time.sleep(0.1 * (attempt + 1))
 
+    def _write(self, statement: Any, patience_s: float | None = None) -> int:
+        """Run one statement in its own transaction, waiting out a busy database; its rowcount."""
+        def go() -> int:
+            with self.engine.begin() as c:
+                return c.execute(statement).rowcount
+        return retrying(go, self.where, patience_s)
+
     def read(self, name: str) -> dict[str, Any] | None:
         t = self.table
-        with self.engine.connect() as c:
-            row = c.execute(self.sa.select(t).where(t.c.study_name == name)).mappings().first()
+
+        def go():
+            with self.engine.connect() as c:
+                return c.execute(self.sa.select(t).where(t.c.study_name == name)).mappings().first()
+        row = retrying(go, self.where)
         return None if row is None else dict(row)
 
     def insert(self, row: dict[str, Any]) -> bool:
         try:
-            with self.engine.begin() as c:
-                c.execute(self.table.insert().values(**row))
+            self._write(self.table.insert().values(**row))
             return True
         except self.sa.exc.IntegrityError:
             return False
@@ -112,14 +124,12 @@ class _SqlBackend:
         t = self.table
         cond = t.c.study_name == name
         cond &= (t.c.token.is_(None) if old_token is None else t.c.token == old_token)
-        with self.engine.begin() as c:
-            return c.execute(t.update().where(cond).values(**row)).rowcount == 1
+        return self._write(t.update().where(cond).values(**row)) == 1
 
-    def update_mine(self, name: str, token: str, values: dict[str, Any]) -> bool:
+    def update_mine(self, name: str, token: str, values: dict[str, Any], patience_s: float | None = None) -> bool:
         t = self.table
-        with self.engine.begin() as c:
-            return c.execute(t.update().where((t.c.study_name == name) & (t.c.token == token))
-                             .values(**values)).rowcount == 1
+        return self._write(t.update().where((t.c.study_name == name) & (t.c.token == token)).values(**values),
+                           patience_s) == 1
 
 
 class _FileBackend:
@@ -166,7 +176,7 @@ class _FileBackend:
             return True
         return self._locked(go)
 
-    def update_mine(self, name: str, token: str, values: dict[str, Any]) -> bool:
+    def update_mine(self, name: str, token: str, values: dict[str, Any], patience_s: float | None = None) -> bool:
         def go(rows):
             cur = rows.get(name)
             if cur is None or cur.get("token") != token:
@@ -181,7 +191,8 @@ def backend_for(storage: Any) -> Any:
     inner = getattr(storage, "_backend", storage)
     engine = getattr(inner, "engine", None)
     if engine is not None:
-        return _SqlBackend(engine)
+        where = getattr(storage, "where", None) or engine.url.render_as_string(hide_password=True)
+        return _SqlBackend(engine, where)
     for journal in (inner, getattr(inner, "_backend", None)):  # JournalStorage -> JournalFileBackend
         path = getattr(journal, "_file_path", None)
         if path is not None:
@@ -196,7 +207,8 @@ def read(storage: Any, name: str) -> dict[str, Any] | None:
     if engine is not None:
         import sqlalchemy as sa
 
-        if not sa.inspect(engine).has_table(_SqlBackend.TABLE):
+        where = getattr(storage, "where", None) or engine.url.render_as_string(hide_password=True)
+        if not retrying(lambda: sa.inspect(engine).has_table(_SqlBackend.TABLE), where):
             return None
     b = backend_for(storage)
     if b is None:
@@ -255,7 +267,10 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):
-            self.beat()
+            try:  # a beat waits out a busy database until the next one is due, which tries again
+                self.beat(patience_s=HEARTBEAT_EVERY)
+            except StorageBusy:
+                pass
 
     def publish(self, workers: list[dict[str, Any]]) -> None:
         """The driver's workers now; written at once when a trial started or ended on one."""
@@ -265,14 +280,18 @@ class Lease:
         if changed:
             self.beat()
 
-    def beat(self) -> None:
-        """Renew the lease now, with the current workers."""
+    def beat(self, patience_s: float | None = None) -> None:
+        """Renew the lease now, with the current workers. A busy database is waited out (for
+        ``patience_s``, default the storage's patience), then ``StorageBusy``."""
         if self.backend is None or self.lost.is_set():
             return
         try:
             ok = self.backend.update_mine(self.name, self.token, {"heartbeat": time.time(),
-                                                                  "workers": json.dumps(self.workers, default=str)})
-        except Exception:  # a busy database: the next beat tries again
+                                                                  "workers": json.dumps(self.workers, default=str)},
+                                          patience_s=patience_s)
+        except StorageBusy:
+            raise
+        except Exception:  # e.g. a database server that went away for a moment: the next beat tries again
             return
         if not ok:
             self.lost.set()
@@ -282,8 +301,8 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.backend is not None and not self.lost.is_set():
-            try:
+            try:  # not for long: a row left behind is taken over (at once on this host: its pid is gone)
                 self.backend.update_mine(self.name, self.token, {"token": None, "heartbeat": time.time(),
-                                                                 "workers": "[]"})
+                                                                 "workers": "[]"}, patience_s=min(RELEASE_PATIENCE, patience()))
             except Exception:
                 pass

@@ -37,10 +37,10 @@ def check_storage(url: str | None) -> str:
     if url.startswith("journal://"):
         return _check_file(Path(url[len("journal://"):]), "journal file")
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        from llmhpo import study
+        from llmhpo.storage import check_sqlite_file
 
         path = Path(url[len("sqlite:///"):])
-        study._check_sqlite_file(path)  # a folder, an empty file, not SQLite, another program's tables
+        check_sqlite_file(path)  # a folder, an empty file, not SQLite, another program's tables
         return _check_file(path, "SQLite file")
     return _check_database(url)
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +25,7 @@ from llmhpo import __version__
 from llmhpo.config import Config, search_part
 from llmhpo.errors import StudyError
 from llmhpo.space import Categorical, Float, SearchSpace
+from llmhpo.storage import StorageBusy, open_storage  # noqa: F401 (re-exported: callers import them from here)
 
 if TYPE_CHECKING:  # the optimisers (and torch) are not needed to read a study
     from llmhpo.optimizers import Candidate
@@ -48,161 +47,6 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
         else:
             out[v.name] = IntDistribution(v.low, v.high, log=v.log)
     return out
-
-
-def _check_sqlite_file(path: Path) -> None:
-    """Refuse a file that is not an Optuna SQLite storage before Optuna writes its tables
-    into it: an empty file, another kind of file, another program's database."""
-    if not path.exists():
-        return
-    if path.is_dir():
-        raise StudyError(f"storage path {path} is a folder; give a .db file, e.g. sqlite:///{path}/study.db")
-    size = path.stat().st_size
-    if size == 0:
-        raise StudyError(f"{path} is an empty file (0 bytes), not a study database; delete it, or choose "
-                         "another [study] storage")
-    with open(path, "rb") as f:
-        header = f.read(16)
-    if header != b"SQLite format 3\x00":
-        raise StudyError(f"{path} is not a SQLite database; choose another [study] storage path")
-    import sqlite3
-
-    try:
-        # read-write: a hot journal left by a killed driver is rolled back (SQLite's own recovery)
-        con = sqlite3.connect(path, timeout=10)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            con.close()
-    except sqlite3.Error as e:
-        raise StudyError(f"{path} cannot be read as a SQLite database ({e}); choose another [study] storage") from e
-    if tables and not {"studies", "trials"} <= tables:
-        shown = ", ".join(sorted(tables)[:4])
-        raise StudyError(f"{path} is another program's database (tables {shown}), not an Optuna study storage; "
-                         "choose another [study] storage path")
-
-
-def _local_disk(path: Path) -> bool:
-    """Whether ``path`` is on a local file system (SQLite's WAL mode needs one: not NFS,
-    Lustre, GPFS or another shared disk)."""
-    try:
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return False
-    real = str(path.resolve().parent)
-    best = max((m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
-               key=lambda m: len(m[0]), default=None)
-    network = ("nfs", "nfs4", "cifs", "smb", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse", "9p", "glusterfs")
-    return best is not None and not any(best[1].startswith(n) for n in network)
-
-
-def _fast_sqlite(storage: BaseStorage, path: Path) -> None:
-    """SQLite in WAL mode with synchronous=NORMAL: a commit costs microseconds instead of an
-    fsync (~15 ms here), so recording a trial never keeps a worker waiting, and `status` reads
-    while the driver writes. A killed process loses nothing; a power cut may lose the last
-    commits, never the file's integrity. Only on local disks (see ``_local_disk``)."""
-    import sqlalchemy as sa
-
-    engine = getattr(storage, "_backend", storage).engine
-
-    def pragmas(con, _record):
-        con.execute("PRAGMA synchronous=NORMAL")
-
-    sa.event.listen(engine, "connect", pragmas)
-    engine.dispose()  # connections opened so far did not get the pragma
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(path, timeout=10)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")  # kept in the file
-        finally:
-            con.close()
-    except sqlite3.Error:
-        pass  # another process holds it: stays in its journal mode, still correct
-
-
-def _create_sqlite(path: Path) -> None:
-    """A new SQLite storage appears whole: Optuna's tables are made in a scratch file, copied
-    (SQLite's backup API) into a second one that no connection of this process has open,
-    and that one is linked to ``path`` (atomic; if another driver linked first, its file is
-    kept). A kill at any moment leaves no file or a complete one, never an empty one. (The
-    copy matters: SQLite shares a file's WAL index between the connections of a process by
-    inode, so reopening the scratch file's inode under the new name would hide this
-    process's writes from every other process, e.g. `llmhpo status`.)"""
-    import sqlite3
-
-    if not path.parent.is_dir():
-        raise StudyError(f"the folder of storage {path} does not exist; create it or fix [study] storage")
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.scratch")
-    final = path.with_name(f".{path.name}.{os.getpid()}.creating")
-    try:
-        def connect():  # no fsync per commit for Optuna's ~90 table-creating commits
-            con = sqlite3.connect(scratch, timeout=10, check_same_thread=False)
-            con.execute("PRAGMA synchronous=OFF")
-            return con
-
-        storage = optuna.storages.RDBStorage(f"sqlite:///{scratch}", engine_kwargs={"creator": connect})
-        storage.scoped_session.remove()
-        storage.engine.dispose()
-        src, dst = sqlite3.connect(scratch), sqlite3.connect(final)
-        try:
-            src.backup(dst)
-            if _local_disk(path):
-                dst.execute("PRAGMA journal_mode=WAL")  # kept in the file (see _fast_sqlite)
-            dst.commit()
-        finally:
-            src.close()
-            dst.close()
-        try:
-            os.link(final, path)
-        except FileExistsError:
-            pass
-    except StudyError:
-        raise
-    except Exception as e:
-        raise StudyError(f"cannot create storage {path}: {e}") from e
-    finally:
-        for f in (scratch, final):
-            f.unlink(missing_ok=True)
-            for side in ("-wal", "-shm", "-journal"):
-                Path(str(f) + side).unlink(missing_ok=True)
-
-
-def open_storage(url: str | None) -> BaseStorage:
-    """An Optuna storage from its URL: sqlite:///file.db, postgresql://..., mysql://...,
-    journal:///path/file.log (Optuna's journal file, for a shared disk without a database
-    server), or None for memory."""
-    if url is None:
-        return optuna.storages.InMemoryStorage()
-    if url.startswith("journal://"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(url[len("journal://"):])
-        try:
-            return JournalStorage(JournalFileBackend(str(path)))
-        except Exception as e:
-            raise StudyError(f"cannot open journal storage {path}: {e}") from e
-    path = None
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url[len("sqlite:///"):])
-        _check_sqlite_file(path)
-        if not path.exists():
-            _create_sqlite(path)
-    for attempt in range(5):
-        try:
-            storage = optuna.storages.get_storage(url)
-            if path is not None and _local_disk(path):
-                _fast_sqlite(storage, path)
-            return storage
-        except Exception as e:  # a wrong URL or a missing driver; or another process creating the tables
-            # two drivers creating Optuna's tables at once: the loser sees the winner's tables
-            racing = any(w in str(e) for w in ("already exists", "UNIQUE constraint", "database is locked"))
-            if racing and attempt < 4:
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            raise StudyError(f"cannot open storage {url!r}: {e}; use e.g. sqlite:///study.db") from e
-    raise AssertionError("unreachable")
 
 
 @dataclass
