@@ -9,7 +9,7 @@ import datetime as _dt
 import html
 from dataclasses import dataclass, field
 
-from llmhpo import __version__
+from llmhpo._version import __version__
 from llmhpo.report._data import StudyData, is_bookkeeping
 
 TOP = 10  # trials in the "top trials" table
