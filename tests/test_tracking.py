@@ -15,7 +15,8 @@ from llmhpo.errors import ConfigError
 from llmhpo.objectives import Result
 from llmhpo.runner import run
 from llmhpo.study import Study
-from llmhpo.tracking import Tracker, TrialLog, open_trackers, split_metrics
+from llmhpo._metrics import split_metrics
+from llmhpo.tracking import Tracker, TrialLog, open_trackers
 
 FUNCTION_STUDY = """
 [study]
