@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from llmhpo.space import SearchSpace, preset
+from llmhpo.space import SearchSpace
 
 _SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging"}
 
@@ -116,11 +116,18 @@ class FidelityConfig:
     #: checkpoints kept beyond those that can still be promoted (0: only those)
     keep_checkpoints: int = 2
     checkpoint_dir: str = "llmhpo-runs"  # relative to the TOML's folder
+    #: whether the resource counts whole units, so rungs are whole numbers: the objective
+    #: kind's answer (``ObjectiveKind.integer_resource``), set at parse; not a TOML key
+    integer: bool = True
 
     def rungs(self) -> list[float]:
         from llmhpo.schedulers import rungs
 
-        return rungs(self.min, self.max, self.eta, integer=self.resource != "epochs")
+        return rungs(self.min, self.max, self.eta, integer=self.integer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The [fidelity] table (``integer`` is the kind's to say, not the file's)."""
+        return {k: v for k, v in vars(self).items() if k != "integer"}
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,7 @@ class Config:
             "space": {v.pop("name"): v for v in self.space.to_dict()},
             "warm_start": [dict(w) for w in self.warm_start],
             "base_dir": self.base_dir,
-            **({"fidelity": dict(vars(self.fidelity))} if self.fidelity else {}),
+            **({"fidelity": self.fidelity.to_dict()} if self.fidelity else {}),
             **tables,
             "runner": self.runner.to_dict(),
             **({"logging": self.logging.to_dict()} if self.logging.enabled else {}),
@@ -396,6 +403,8 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
             raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
 
     fidelity = _fidelity(raw["fidelity"], kind, spec) if "fidelity" in raw else None
+    if fidelity is not None:
+        _check_resource_params(space, kind, spec, fidelity.resource)
     logging = _logging(raw.get("logging", {}), base_dir)
     return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), str(base_dir),
                   fidelity, logging)
@@ -430,10 +439,18 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfi
     if keep < 0:
         raise ConfigError(f"[fidelity] keep_checkpoints = {keep} must be >= 0")
     folder = _expect("fidelity", fd, "checkpoint_dir", (str,), "llmhpo-runs")
-    out = FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder)
-    if resource != "epochs" and any(r != int(r) for r in (r_min, r_max)):
+    integer = kind.integer_resource(spec, resource)
+    if integer and any(r != int(r) for r in (r_min, r_max)):
         raise ConfigError(f"[fidelity] min and max count {resource}: give whole numbers")
-    return out
+    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer)
+
+
+def _check_resource_params(space: SearchSpace, kind: ObjectiveKind, spec, resource: str) -> None:
+    """A searched variable that every multi-fidelity call overwrites would be searched in vain."""
+    for name in kind.resource_params(spec, resource):
+        if name in space.names:
+            raise ConfigError(f"[space.{name}] is searched, but [fidelity] resource = {resource!r} sets {name} "
+                              f"for every rung; remove [space.{name}] (or [fidelity])")
 
 
 def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
@@ -488,7 +505,7 @@ def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
         p = sp.pop("preset")
         if not isinstance(p, str):
             raise ConfigError(f"[space] preset = {p!r} must be a string such as \"paper\"")
-        base = list(preset(p).variables)
+        base = list(kind.preset(spec, p).variables)
     elif not sp:
         default = kind.default_space(spec)
         if default is None:
