@@ -116,9 +116,7 @@ class FidelityConfig:
     #: checkpoints kept beyond those that can still be promoted (0: only those)
     keep_checkpoints: int = 2
     checkpoint_dir: str = "llmhpo-runs"  # relative to the TOML's folder
-    #: whether the resource counts whole units, so rungs are whole numbers: the objective
-    #: kind's answer (``ObjectiveKind.integer_resource``), set at parse; not a TOML key
-    integer: bool = True
+    integer: bool = True  # whole-number rungs: the kind's answer (integer_resource), set at parse, not in TOML
 
     def rungs(self) -> list[float]:
         from llmhpo.schedulers import rungs
@@ -402,15 +400,13 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
         except ConfigError as e:
             raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
 
-    fidelity = _fidelity(raw["fidelity"], kind, spec) if "fidelity" in raw else None
-    if fidelity is not None:
-        _check_resource_params(space, kind, spec, fidelity.resource)
+    fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
     logging = _logging(raw.get("logging", {}), base_dir)
     return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), str(base_dir),
                   fidelity, logging)
 
 
-def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfig:
+def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:
     from llmhpo.schedulers import SCHEDULERS
 
     _no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir"})
@@ -442,15 +438,10 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfi
     integer = kind.integer_resource(spec, resource)
     if integer and any(r != int(r) for r in (r_min, r_max)):
         raise ConfigError(f"[fidelity] min and max count {resource}: give whole numbers")
+    for name in sorted(set(kind.resource_params(spec, resource)) & set(space.names)):  # searched in vain
+        raise ConfigError(f"[space.{name}] is searched, but [fidelity] resource = {resource!r} sets {name} "
+                          f"for every rung; remove [space.{name}] (or [fidelity])")
     return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer)
-
-
-def _check_resource_params(space: SearchSpace, kind: ObjectiveKind, spec, resource: str) -> None:
-    """A searched variable that every multi-fidelity call overwrites would be searched in vain."""
-    for name in kind.resource_params(spec, resource):
-        if name in space.names:
-            raise ConfigError(f"[space.{name}] is searched, but [fidelity] resource = {resource!r} sets {name} "
-                              f"for every rung; remove [space.{name}] (or [fidelity])")
 
 
 def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
