@@ -121,6 +121,7 @@ def test_no_objective_kind_branch_outside_objectives():
     assert not bad, "objective-kind checks outside objectives/: " + ", ".join(bad)
 
 
+@pytest.mark.slow  # a study run and read through the CLI in subprocesses (~15 s)
 def test_reading_a_study_imports_no_torch(tmp_path):
     (tmp_path / "s.toml").write_text('[budget]\ntrials = 3\n[optimizer]\nname = "bo"\n[objective]\ntype = "function"\n')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

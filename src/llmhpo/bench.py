@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from llmhpo._format import fmt
 from llmhpo.config import Budget, Config, RunnerConfig, StudyConfig
 from llmhpo.objectives.functions import get_function
 
