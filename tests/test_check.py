@@ -36,6 +36,7 @@ def errors(stderr: str) -> list[str]:
     return [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
 
 
+@pytest.mark.slow  # loads lm-eval's tasks and the model through the CLI (~30 s)
 def test_check_lists_every_missing_thing_at_once(tmp_path):
     (tmp_path / "s.toml").write_text("""
 [study]

@@ -90,6 +90,7 @@ def test_help_on_every_command(tmp_path):
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
 
 
+@pytest.mark.slow  # several CLI runs in subprocesses (6-19 s)
 def test_run_status_best_report_round_trip(tmp_path):
     (tmp_path / "s.toml").write_text(GOOD)
     r = llmhpo("run", "s.toml", "--no-progress", cwd=tmp_path)
@@ -105,6 +106,7 @@ def test_run_status_best_report_round_trip(tmp_path):
     assert "| trial |" in (tmp_path / "rep" / "report.md").read_text()
 
 
+@pytest.mark.slow  # several CLI runs in subprocesses (6-19 s)
 def test_changed_config_refuses_to_resume_unless_overwrite(tmp_path):
     (tmp_path / "s.toml").write_text(GOOD)
     assert llmhpo("run", "s.toml", "--no-progress", cwd=tmp_path).returncode == 0
@@ -117,6 +119,7 @@ def test_changed_config_refuses_to_resume_unless_overwrite(tmp_path):
     assert r.returncode == 0 and "5 complete" in r.stdout
 
 
+@pytest.mark.slow  # several CLI runs in subprocesses (6-19 s)
 def test_bench_cli_prints_table_and_json(tmp_path):
     r = llmhpo("bench", "--optimizers", "random,direct", "--functions", "branin", "--budget", "20", "--seeds", "3",
                "--workers", "2", "--json", "b.json", cwd=tmp_path)
@@ -248,6 +251,7 @@ def test_check_rejects_unknown_optuna_sampler_options(tmp_path):
     assert "n_startup_trials" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # several CLI runs in subprocesses (6-19 s)
 def test_bench_multi_fidelity_compares_schedulers_and_optuna_pruners(tmp_path):
     r = llmhpo("bench", "--scheduler", "none,asha,hyperband", "--optimizers", "random", "--functions", "branin",
                "--budget", "10", "--seeds", "2", "--fidelity", "1:9:3", "--json", "mf.json", cwd=tmp_path)

@@ -73,6 +73,7 @@ def check_exact(tmp_path, budget):
     assert len({tuple(t.user_attrs["x"]) for t in complete}) == budget  # no point evaluated twice
 
 
+@pytest.mark.slow  # driver processes racing or killed: repeated CLI runs
 def test_two_drivers_started_together(tmp_path):
     """20 times: both start at once; one runs the study, the other is refused with a line
     naming it (or, if it came late, finds the study done): the budget exactly, no traceback."""
@@ -91,6 +92,7 @@ def test_two_drivers_started_together(tmp_path):
         check_exact(d, 4)
 
 
+@pytest.mark.slow  # driver processes racing or killed: repeated CLI runs
 def test_second_driver_while_the_first_runs(tmp_path):
     """20 times: the second driver comes while the first has trials running; it is refused and
     the first finishes untouched."""
@@ -112,6 +114,7 @@ def test_second_driver_while_the_first_runs(tmp_path):
         check_exact(d, 4)
 
 
+@pytest.mark.slow  # driver processes racing or killed: repeated CLI runs
 def test_wait_queues_behind_the_running_driver(tmp_path):
     write(tmp_path, trials=4, seconds=1.0)  # long enough that the second is up before the first ends
     a = start(tmp_path)
@@ -126,6 +129,7 @@ def test_wait_queues_behind_the_running_driver(tmp_path):
     check_exact(tmp_path, 8)
 
 
+@pytest.mark.slow  # driver processes racing or killed: repeated CLI runs
 def test_kill_right_after_creation_leaves_a_resumable_study(tmp_path):
     """SIGKILL at moments across the study's creation: the next run always resumes it."""
     for delay in [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6]:
@@ -147,6 +151,7 @@ def test_kill_right_after_creation_leaves_a_resumable_study(tmp_path):
         assert st.returncode == 0 and "3 complete" in st.stdout, (delay, st.stdout, st.stderr)
 
 
+@pytest.mark.slow  # driver processes racing or killed: repeated CLI runs
 def test_status_tells_a_dead_driver_and_the_next_one_takes_over(tmp_path):
     write(tmp_path, trials=4, seconds=1.5)
     p = start(tmp_path)
@@ -169,6 +174,7 @@ def test_status_tells_a_dead_driver_and_the_next_one_takes_over(tmp_path):
     check_exact(tmp_path, 4)
 
 
+@pytest.mark.slow  # driver processes racing or killed: repeated CLI runs
 def test_live_workers_in_status_json(tmp_path):
     write(tmp_path, trials=4, seconds=3.0)
     p = start(tmp_path)
@@ -211,6 +217,7 @@ def test_another_programs_database_is_refused_untouched(tmp_path):
     assert [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")] == ["customers"]
 
 
+@pytest.mark.slow  # driver processes racing or killed: repeated CLI runs
 def test_journal_storage_has_one_driver_too(tmp_path):
     """Optuna's journal file (shared disks without a database server): the lease is a file
     beside it, under flock."""

@@ -79,6 +79,7 @@ def calls(tmp_path):
     return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # many timed trials in worker processes (8-12 s)
 def test_sixteen_one_second_trials_on_four_local_workers(tmp_path):
     p = tmp_path / "s.toml"
     p.write_text("""
@@ -159,6 +160,7 @@ def test_one_worker_with_a_timeout_runs_in_a_process(tmp_path):
     assert s.complete == 1 and s.failed == 1
 
 
+@pytest.mark.slow  # many timed trials in worker processes (8-12 s)
 def test_results_are_recorded_while_the_optimiser_computes(tmp_path):
     """BO asks in a thread of its own: a trial's end is written the moment its worker
     returns, not after the next ask (which costs BO a good part of a second here)."""

@@ -70,6 +70,7 @@ def check_study(tmp_path, rungs=(4, 12, 36)):
     return st
 
 
+@pytest.mark.slow  # a study in worker processes, killed and rerun (6-14 s)
 def test_asha_study_stores_rungs_prunes_and_trains_only_extra_steps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(write(tmp_path, budget="trials = 5", seconds=0.2))
@@ -139,6 +140,7 @@ def test_asha_keeps_every_worker_busy(tmp_path, monkeypatch):
     check_study(tmp_path)
 
 
+@pytest.mark.slow  # a study in worker processes, killed and rerun (6-14 s)
 def test_sigkill_then_rerun_loses_and_repeats_nothing(tmp_path):
     toml = write(tmp_path, budget="resource = 250", seconds=0.8, workers=2)
     cmd = [sys.executable, "-m", "llmhpo.cli", "run", str(toml), "--no-progress"]

@@ -39,6 +39,7 @@ def python(args, cwd, **kw):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env, **kw)
 
 
+@pytest.mark.slow  # scripts and the CLI in subprocesses, two workers (8-12 s)
 def test_api_two_workers_from_a_script_stored_resumed_and_read_by_the_cli(tmp_path):
     (tmp_path / "mine.py").write_text(SCRIPT.replace("TRIALS", "8"))
     r = python(["mine.py"], tmp_path)
@@ -169,6 +170,7 @@ high = 1.0
 '''
 
 
+@pytest.mark.slow  # scripts and the CLI in subprocesses, two workers (8-12 s)
 def test_cli_python_target_relative_to_the_toml_two_workers_and_whole_reasons(tmp_path):
     (tmp_path / "conf" / "obj").mkdir(parents=True)
     (tmp_path / "conf" / "obj" / "train.py").write_text(OBJ_FILE)

@@ -19,6 +19,9 @@ from llmhpo.runner import run  # noqa: E402
 from test_faults import make  # noqa: E402
 from test_faults import trials as fault_trials  # noqa: E402
 
+# a two-node Ray cluster and Ray workers: tens of seconds
+pytestmark = pytest.mark.slow
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 SLEEP = """

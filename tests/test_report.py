@@ -227,6 +227,7 @@ def test_html_is_self_contained_with_tables(ft, tmp_path):
     assert "| train | " in md and "| load | " in md and "| evaluate | " in md
 
 
+@pytest.mark.slow  # three studies and their figures (9 s)
 def test_several_studies_compared_on_the_same_axes(studies, tmp_path):
     rep = build_report(studies)
     fig = rep.figure("compare")

@@ -126,6 +126,7 @@ def test_grid_exhaustion_ends_the_study(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("optimizer", ["soo", "bo"])
+@pytest.mark.slow  # a driver subprocess killed and rerun (10-14 s)
 def test_sigkill_then_rerun_gives_exact_budget_nothing_twice(tmp_path, optimizer):
     budget = 10
     toml = write(tmp_path, trials=budget, seconds=0.4, workers=2, optimizer=optimizer)

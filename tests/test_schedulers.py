@@ -96,8 +96,11 @@ def test_asha_promotes_when_in_the_top_third_and_never_idles():
         asha2.add(cid, Job(0, 0))
         asha2.finished(cid, 0, v)
     assert asha2.next_job() == Job(1, 0, 1)
-    for _ in range(50):  # ASHA always has something for a free worker
-        assert ASHA(rungs(1, 9, 3), 3).next_job() is not None
+    asha3 = ASHA(rungs(1, 9, 3), 3)
+    for cid in range(50):  # ASHA always has something for a free worker: a new configuration here
+        job = asha3.next_job()
+        assert job == Job(0, 0)
+        asha3.add(cid, job)
 
 
 def test_rung_sizes_are_exact_integers():

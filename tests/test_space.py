@@ -2,18 +2,8 @@ import numpy as np
 import pytest
 
 from llmhpo.errors import ConfigError
-from llmhpo.space import Categorical, Float, Int, SearchSpace, paper_space, preset
-
-
-def test_paper_preset_is_table_3_1():
-    s = preset("paper")
-    assert s.names == ["learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "weight_decay"]
-    lr, r, a, d, wd = s.variables
-    assert (lr.low, lr.high, lr.log) == (1e-10, 1e-1, True)
-    assert (r.low, r.high, isinstance(r, Int)) == (2, 32, True)
-    assert (a.low, a.high, isinstance(a, Int)) == (16, 64, True)
-    assert (d.low, d.high, d.log) == (0.0, 0.5, False)
-    assert (wd.low, wd.high, wd.log) == (1e-3, 1e-1, True)
+from llmhpo.objectives.finetune.presets import paper_space  # a realistic five-variable space
+from llmhpo.space import Categorical, Float, Int, SearchSpace
 
 
 def test_ints_and_categoricals_round_trip_exactly():

@@ -15,7 +15,8 @@ from llmhpo.errors import ConfigError
 from llmhpo.objectives import Result
 from llmhpo.runner import run
 from llmhpo.study import Study
-from llmhpo.tracking import Tracker, TrialLog, open_trackers, split_metrics
+from llmhpo._metrics import split_metrics
+from llmhpo.tracking import Tracker, TrialLog, open_trackers
 
 FUNCTION_STUDY = """
 [study]
@@ -66,6 +67,7 @@ def test_logging_table_parses_resolves_paths_and_stays_out_of_the_search_hash(tm
     assert open_trackers(a) is None
 
 
+@pytest.mark.slow  # MLflow's store (6-14 s)
 def test_mlflow_run_per_trial_of_a_function_study_read_back_with_search_runs(tmp_path):
     import mlflow
 
@@ -102,6 +104,7 @@ def test_mlflow_run_per_trial_of_a_function_study_read_back_with_search_runs(tmp
     assert len((tb / "llmhpo-logged.jsonl").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow  # MLflow's store (6-14 s)
 def test_curves_failures_and_adapter_reach_mlflow_and_tensorboard(tmp_path):
     import mlflow
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

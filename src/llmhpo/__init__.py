@@ -1,9 +1,8 @@
 """llmhpo: hyperparameter optimisation for LLM fine-tuning."""
 
+from llmhpo._version import __version__
 from llmhpo.errors import ConfigError, LlmhpoError, StudyError, TrialFailed
 from llmhpo.space import Categorical, Float, Int, SearchSpace
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):

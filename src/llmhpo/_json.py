@@ -1,8 +1,14 @@
-"""JSON round-trip for optimiser state: numpy arrays and scalars survive, nothing is pickled."""
+"""Values made JSON-safe, two ways.
+
+``encode``/``decode`` round-trip optimiser state exactly (numpy arrays and non-finite floats
+are tagged, nothing is pickled). ``jsonable`` is one-way and lossy, for what people and
+other tools read (a trial's metrics and timings, ``--json`` output): strict JSON, every
+value readable, nothing that makes a run crash.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any
 
 import numpy as np
@@ -38,9 +44,19 @@ def decode(obj: Any) -> Any:
     return obj
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(encode(obj), sort_keys=True, allow_nan=False)
-
-
-def loads(text: str) -> Any:
-    return decode(json.loads(text))
+def jsonable(v: Any) -> Any:
+    """``v`` as plain, strict JSON types: non-finite floats and unknown objects as their text,
+    numpy and torch scalars and arrays as numbers and lists, sets as sorted lists."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (set, frozenset)):
+        return [jsonable(x) for x in sorted(v, key=str)]
+    if hasattr(v, "tolist"):  # numpy and torch scalars and arrays
+        return jsonable(v.tolist())
+    return str(v)  # anything else, readable rather than a crash of the run

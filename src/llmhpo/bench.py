@@ -29,9 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from llmhpo._format import fmt
 from llmhpo.config import Budget, Config, RunnerConfig, StudyConfig
 from llmhpo.objectives.functions import get_function
-from llmhpo.objectives.synthetic import FunctionObjective, FunctionSpec
+
 
 #: the budgets a summary reports, among those a run reaches
 BUDGETS = (10, 25, 50, 100)
@@ -75,17 +76,6 @@ class BenchRun:
     @property
     def seconds(self) -> float:
         return self.wall[-1] if self.wall else 0.0
-
-
-def function_config(function: str, optimizer: str, budget: int, seed: int, dim: int | None = None,
-                    options: dict[str, Any] | None = None) -> Config:
-    """A study config that runs ``optimizer`` on ``function`` (its own, unshifted box)."""
-    return Config(
-        study=StudyConfig(f"bench-{function}-{optimizer}-{seed}", None, "minimize", seed),
-        budget=Budget(budget), runner=RunnerConfig(1, "inline", max_repeated_failures=0),
-        optimizer=optimizer, optimizer_options=dict(options or {}),
-        objective=FunctionSpec(function, dim), space=FunctionObjective(function, dim).space(),
-    )
 
 
 def run_one(function: str, spec: Spec, budget: int, seed: int, batch: int = 1, dim: int | None = None) -> BenchRun:
@@ -261,19 +251,15 @@ def overall(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _g(v: float) -> str:
-    return "inf" if v == math.inf else f"{v:.3g}"
-
-
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     lines = ["| function | optimizer | median regret | 95% CI of the median | mean regret | mean rank | "
              "beats random | s / run | ask (median) |",
              "|---|---|---:|---|---:|---:|:---:|---:|---:|"]
     for s in summary:
         star = {"better": "yes"}.get(vs_random_cell(s), vs_random_cell(s))
-        lines.append(f"| {s['function']} | {s['optimizer']} | {_g(s['median_regret'])} | "
-                     f"[{_g(s['ci_low'])}, {_g(s['ci_high'])}] | {_g(s['mean_regret'])} | {s['mean_rank']:.2f} | "
-                     f"{star} | {s['mean_seconds']:.1f} | {1000 * s['median_ask_seconds']:.1f} ms |")
+        lines.append(f"| {s['function']} | {s['optimizer']} | {fmt(s['median_regret'], 3)} | "
+                     f"[{fmt(s['ci_low'], 3)}, {fmt(s['ci_high'], 3)}] | {fmt(s['mean_regret'], 3)} | "
+                     f"{s['mean_rank']:.2f} | {star} | {s['mean_seconds']:.1f} | {1000 * s['median_ask_seconds']:.1f} ms |")
     note = vs_random_note(summary)
     return "\n".join(lines + ([f"\n{note}"] if note else []))
 
@@ -330,11 +316,6 @@ def plot_convergence(rows: list[BenchRun], folder: Path) -> list[Path]:
 
 def runs_to_json(rows: list[BenchRun]) -> list[dict[str, Any]]:
     return [dict(asdict(r), evaluations=len(r.values)) for r in rows]
-
-
-def runs_from_json(items: list[dict[str, Any]]) -> list[BenchRun]:
-    names = set(BenchRun.__dataclass_fields__)
-    return [BenchRun(**{k: v for k, v in d.items() if k in names}) for d in items]
 
 
 # ---------------------------------------------------------------------------- multi-fidelity

@@ -21,6 +21,8 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from llmhpo._format import fmt  # noqa: E402
+from llmhpo._json import jsonable  # noqa: E402
 from llmhpo.errors import ConfigError, LlmhpoError, did_you_mean  # noqa: E402
 
 # rich_markup_mode=None: help texts name TOML tables such as [budget], which rich markup would eat
@@ -57,12 +59,6 @@ def _open_study(ref: str, name: Optional[str]):
     if not Path(ref).exists():
         raise ConfigError(f"'{ref}' is neither a study TOML file, a storage URL nor an existing .db file")
     return Study.load(f"sqlite:///{ref}", name)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _say(text: str, style: str | None = None) -> None:
@@ -120,7 +116,7 @@ def run(
          f"stopped by {summary.stopped} after {summary.seconds:.1f} s")
     if summary.best_value is not None:
         _say(f"best value {summary.best_value:.6g} (trial {summary.best_number}): "
-             + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.best_params.items()))
+             + ", ".join(f"{k}={fmt(v)}" for k, v in summary.best_params.items()))
     if summary.failure is not None:
         err.print(f"[bold red]error:[/] {escape(summary.failure)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -192,7 +188,7 @@ def status(
                "counts": c, "best": None if best is None else trial(best), "base": _base_json(st), "driver": driver,
                "workers": (row or {}).get("workers", []) if alive else [],
                "trials": [trial(r) for r in records]}
-        print(json.dumps(out, default=str, indent=1))
+        print(json.dumps(jsonable(out), indent=1))
         return
     _say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
          f"{cfg.study.direction}")
@@ -205,7 +201,7 @@ def status(
         _say(f"{c['COMPLETE']} complete (top rung), {c['PRUNED']} pruned, {c['WAITING']} waiting, {c['FAIL']} failed, "
              f"{c['RUNNING']} running, {c['interrupted']} interrupted")
         _say(f"{fd.resource}: {spent:.6g} spent of {cfg.resource_budget():.6g}; rungs "
-             + ", ".join(_fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
+             + ", ".join(fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
     if row is not None and row.get("token"):
         if alive:
             _say(f"driver: running, {lease.describe(row, now)}")
@@ -246,7 +242,7 @@ def status(
             state = "RUNNING (driver gone)"
         table.add_row(str(r.number), state,
                       "" if value is None else f"{value:.6g}" + (f" @{max(r.intermediate)}" if r.intermediate else ""),
-                      escape(", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())),
+                      escape(", ".join(f"{k}={fmt(v)}" for k, v in r.params.items())),
                       escape(r.attrs.get("error") or ""))
     console.print(table)
 
@@ -274,20 +270,20 @@ def best(
     if as_json:  # plain print: valid JSON on any terminal width, nothing else on stdout
         cfg = st.config
         metrics = {k: v for k, v in (b.attrs.get("metrics") or {}).items() if k != "traceback"}
-        print(json.dumps({"study": cfg.study.name, "storage": cfg.study.storage, "direction": cfg.study.direction,
+        print(json.dumps(jsonable({"study": cfg.study.name, "storage": cfg.study.storage, "direction": cfg.study.direction,
                           "objective": cfg.kind.describe(cfg.objective), "number": b.number, "value": b.value,
                           "params": b.params, "metrics": metrics, "timings": b.attrs.get("timings", {}),
                           "adapter_dir": metrics.get("adapter_dir"), "base": _base_json(st),
-                          "exported": None if export is None else str(where)}, default=str, indent=1))
+                          "exported": None if export is None else str(where)}), indent=1))
         return
     else:
         _say(f"best trial {b.number}: value {b.value:.6g}")
         _say_base(st, b)
         for k, v in b.params.items():
-            _say(f"  {k} = {_fmt(v)}")
+            _say(f"  {k} = {fmt(v)}")
         for k, v in sorted((b.attrs.get("metrics") or {}).items()):
             if not isinstance(v, (list, dict)) and k != "traceback":
-                _say(f"  {k}: {_fmt(v)}", style="dim")
+                _say(f"  {k}: {fmt(v, none='None')}", style="dim")
     if export is not None:
         _say(f"exported to {where}")
 
@@ -393,7 +389,7 @@ def check(config: Path = typer.Argument(..., help="Study TOML file.")):
         _say(f"space: {cfg.space}")
         if cfg.fidelity is not None:
             fd = cfg.fidelity
-            _say(f"fidelity: {fd.resource} rungs " + ", ".join(_fmt(v) for v in fd.rungs())
+            _say(f"fidelity: {fd.resource} rungs " + ", ".join(fmt(v) for v in fd.rungs())
                  + f" ({fd.scheduler}, eta {fd.eta}); budget {cfg.resource_budget():.6g} {fd.resource}")
         for line in preflight(cfg):
             _say(f"  {line}")
@@ -505,12 +501,12 @@ def bench(
         for path in plot_convergence(rows, plots):
             err.print(f"wrote {path}")
     if json_out:
-        json_out.write_text(json.dumps({
+        json_out.write_text(json.dumps(jsonable({
             "protocol": "shifted optimum per seed (Function.shifted), ask/tell loop, one torch thread per run",
             "budget": budget, "batch": batch, "seeds": seeds, "functions": fns,
             "optimizers": [sp.__dict__ for sp in specs],
             "summary": summary, "overall": totals, "summary_by_budget": {str(b): summaries[b] for b in budgets},
-            "runs": runs_to_json(rows)}, indent=None, default=str))
+            "runs": runs_to_json(rows)})))
 
 
 def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out, markdown, scheduler,
@@ -575,9 +571,9 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
         if "bo" in methods:
             console.print(mf_markdown(summarise_mf(rows, "bo"), "bo"), highlight=False, soft_wrap=True)
     if json_out:
-        json_out.write_text(json.dumps({"budget_trials": budget, "seeds": seeds, "fidelity": fidelity, "noise": noise,
-                                        "summary": summary, "runs": [dataclasses.asdict(r) for r in rows]},
-                                       indent=1, default=str))
+        json_out.write_text(json.dumps(jsonable({"budget_trials": budget, "seeds": seeds, "fidelity": fidelity,
+                                                 "noise": noise, "summary": summary,
+                                                 "runs": [dataclasses.asdict(r) for r in rows]}), indent=1))
 
 
 @app.command()

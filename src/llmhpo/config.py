@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from llmhpo.space import SearchSpace, preset
+from llmhpo.space import SearchSpace
 
 _SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging"}
 
@@ -116,11 +116,16 @@ class FidelityConfig:
     #: checkpoints kept beyond those that can still be promoted (0: only those)
     keep_checkpoints: int = 2
     checkpoint_dir: str = "llmhpo-runs"  # relative to the TOML's folder
+    integer: bool = True  # whole-number rungs: the kind's answer (integer_resource), set at parse, not in TOML
 
     def rungs(self) -> list[float]:
         from llmhpo.schedulers import rungs
 
-        return rungs(self.min, self.max, self.eta, integer=self.resource != "epochs")
+        return rungs(self.min, self.max, self.eta, integer=self.integer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The [fidelity] table (``integer`` is the kind's to say, not the file's)."""
+        return {k: v for k, v in vars(self).items() if k != "integer"}
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,7 @@ class Config:
             "space": {v.pop("name"): v for v in self.space.to_dict()},
             "warm_start": [dict(w) for w in self.warm_start],
             "base_dir": self.base_dir,
-            **({"fidelity": dict(vars(self.fidelity))} if self.fidelity else {}),
+            **({"fidelity": self.fidelity.to_dict()} if self.fidelity else {}),
             **tables,
             "runner": self.runner.to_dict(),
             **({"logging": self.logging.to_dict()} if self.logging.enabled else {}),
@@ -395,13 +400,13 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
         except ConfigError as e:
             raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
 
-    fidelity = _fidelity(raw["fidelity"], kind, spec) if "fidelity" in raw else None
+    fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
     logging = _logging(raw.get("logging", {}), base_dir)
     return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), str(base_dir),
                   fidelity, logging)
 
 
-def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfig:
+def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:
     from llmhpo.schedulers import SCHEDULERS
 
     _no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir"})
@@ -430,10 +435,13 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec) -> FidelityConfi
     if keep < 0:
         raise ConfigError(f"[fidelity] keep_checkpoints = {keep} must be >= 0")
     folder = _expect("fidelity", fd, "checkpoint_dir", (str,), "llmhpo-runs")
-    out = FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder)
-    if resource != "epochs" and any(r != int(r) for r in (r_min, r_max)):
+    integer = kind.integer_resource(spec, resource)
+    if integer and any(r != int(r) for r in (r_min, r_max)):
         raise ConfigError(f"[fidelity] min and max count {resource}: give whole numbers")
-    return out
+    for name in sorted(set(kind.resource_params(spec, resource)) & set(space.names)):  # searched in vain
+        raise ConfigError(f"[space.{name}] is searched, but [fidelity] resource = {resource!r} sets {name} "
+                          f"for every rung; remove [space.{name}] (or [fidelity])")
+    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer)
 
 
 def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
@@ -488,7 +496,7 @@ def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
         p = sp.pop("preset")
         if not isinstance(p, str):
             raise ConfigError(f"[space] preset = {p!r} must be a string such as \"paper\"")
-        base = list(preset(p).variables)
+        base = list(kind.preset(spec, p).variables)
     elif not sp:
         default = kind.default_space(spec)
         if default is None:

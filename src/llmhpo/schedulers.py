@@ -38,8 +38,8 @@ def rungs(r_min: float, r_max: float, eta: int, integer: bool = True) -> list[fl
 
 
 @dataclass
-class Config:
-    """One configuration as the scheduler sees it. results: rung -> value (None: failed)."""
+class RungRecord:
+    """One configuration's rung record, as the scheduler keeps it. results: rung -> value (None: failed)."""
 
     id: int
     bracket: int
@@ -79,11 +79,11 @@ class Scheduler:
         self.r = list(rung_resources)
         self.K = len(self.r) - 1
         self.eta = eta
-        self.configs: dict[int, Config] = {}
+        self.configs: dict[int, RungRecord] = {}
 
     # the runner's reports
-    def add(self, config_id: int, job: Job) -> Config:
-        c = Config(config_id, job.bracket, job.rung, running=job.rung)
+    def add(self, config_id: int, job: Job) -> RungRecord:
+        c = RungRecord(config_id, job.bracket, job.rung, running=job.rung)
         self.configs[config_id] = c
         return c
 
@@ -101,7 +101,7 @@ class Scheduler:
         if value is None:
             c.stopped = True
 
-    def waiting(self) -> list[Config]:
+    def waiting(self) -> list[RungRecord]:
         """Configurations that may still go on (not running, not stopped, below the top)."""
         return [c for c in self.configs.values()
                 if c.running is None and not c.stopped and c.top is not None and c.top < self.K]
@@ -166,10 +166,10 @@ class Hyperband(Scheduler):
         """n_i = floor(n eta^-i): configurations that reach the bracket's i-th rung."""
         return self.size(s) // self.eta ** i
 
-    def _members(self, b: int) -> list[Config]:
+    def _members(self, b: int) -> list[RungRecord]:
         return [c for c in self.configs.values() if c.bracket == b]
 
-    def add(self, config_id: int, job: Job) -> Config:
+    def add(self, config_id: int, job: Job) -> RungRecord:
         if job.bracket not in self.s_of:
             self.s_of[job.bracket] = self.K - job.rung
             self.opened.append(job.bracket)

@@ -307,25 +307,3 @@ def variable_from_dict(item: Any) -> Variable:
         low = float(low) if isinstance(low, int) and not isinstance(low, bool) else low
         high = float(high) if isinstance(high, int) and not isinstance(high, bool) else high
     return cls(name, low, high, log, item.get("default"))
-
-
-def paper_space() -> SearchSpace:
-    """The report's Table 3.1: the five LoRA fine-tuning hyperparameters."""
-    return SearchSpace(
-        [
-            Float("learning_rate", 1e-10, 1e-1, log=True, default=2e-4),
-            Int("lora_rank", 2, 32, default=8),
-            Int("lora_alpha", 16, 64, default=16),
-            Float("lora_dropout", 0.0, 0.5, default=0.05),
-            Float("weight_decay", 1e-3, 1e-1, log=True, default=1e-2),
-        ]
-    )
-
-
-PRESETS = {"paper": paper_space}
-
-
-def preset(name: str) -> SearchSpace:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown search-space preset {name!r}; available: {sorted(PRESETS)}")
-    return PRESETS[name]()

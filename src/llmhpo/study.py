@@ -21,7 +21,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from llmhpo import __version__
+from llmhpo._json import jsonable
+from llmhpo._version import __version__
 from llmhpo.config import Config, search_part
 from llmhpo.errors import StudyError
 from llmhpo.space import Categorical, Float, SearchSpace
@@ -188,7 +189,7 @@ class Study:
     # ------------------------------------------------------------------ the base score
     def set_base(self, value: float, metrics: dict[str, Any]) -> None:
         """The untuned objective's score (the base model without an adapter), once per study."""
-        self.storage.set_study_user_attr(self.study_id, "base_metrics", _jsonable(metrics))
+        self.storage.set_study_user_attr(self.study_id, "base_metrics", jsonable(metrics))
         self.storage.set_study_user_attr(self.study_id, "base_value", float(value))
 
     def base(self) -> tuple[float, dict[str, Any]] | None:
@@ -228,7 +229,7 @@ class Study:
                      timings: dict[str, float] | None = None, error: str | None = None,
                      extra: dict[str, Any] | None = None) -> None:
         """COMPLETE with ``value``, or FAIL with ``error`` (value None)."""
-        attrs = {"metrics": _jsonable(metrics or {}), "timings": _jsonable(timings or {}), **(extra or {})}
+        attrs = {"metrics": jsonable(metrics or {}), "timings": jsonable(timings or {}), **(extra or {})}
         # each scalar metric also on its own, so trials_dataframe() and optuna-dashboard show it as a column
         for k, v in attrs["metrics"].items():
             if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k != "traceback":
@@ -248,7 +249,7 @@ class Study:
         dashboard draws learning curves) and the rung's attributes."""
         if value is not None:
             self.storage.set_trial_intermediate_value(trial_id, int(step), float(value))
-        for k, v in _jsonable(attrs).items():
+        for k, v in jsonable(attrs).items():
             self.storage.set_trial_user_attr(trial_id, k, v)
 
     def set_waiting(self, trial_id: int) -> None:
@@ -336,25 +337,6 @@ def _record(t: FrozenTrial) -> TrialRecord:
     value = t.value if t.state == TrialState.COMPLETE else None
     return TrialRecord(t.number, t._trial_id, t.state.name, value, dict(t.params), ua.get("candidate_id"),
                        bool(ua.get("interrupted", False)), dict(ua), dict(t.intermediate_values))
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    def fix(v):
-        if v is None or isinstance(v, (bool, int, str)):
-            return v
-        if isinstance(v, float):
-            return v if math.isfinite(v) else str(v)
-        if isinstance(v, dict):
-            return {str(k): fix(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [fix(x) for x in v]
-        if isinstance(v, (set, frozenset)):
-            return [fix(x) for x in sorted(v, key=str)]
-        if hasattr(v, "tolist"):  # numpy and torch scalars and arrays
-            return fix(v.tolist())
-        return str(v)  # anything else, readable rather than a crash of the run
-
-    return fix(d)
 
 
 def _diff(old_json: str, new: Config) -> str:

@@ -15,65 +15,16 @@ never stops the study.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from llmhpo._metrics import adapter_dir, split_metrics, timings
 from llmhpo.errors import ConfigError
 
-#: metrics that are not measurements of the trial (kept out of the scalar series)
-_NOT_METRICS = {"traceback"}
 _RUN_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
-
-
-def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]],
-                                                     dict[str, str]]:
-    """A trial's ``metrics`` attribute -> (scalars, curves, texts).
-
-    scalars: finite numbers; curves: ``name -> [(step, value), ...]`` from a list of numbers
-    (steps 1, 2, ...) or of ``[step, value]`` pairs, the ``_curve`` suffix dropped
-    (``train_loss_curve`` -> ``train_loss``); texts: strings such as the device or the adapter
-    folder. Booleans, tracebacks and anything else are left out.
-    """
-    scalars: dict[str, float] = {}
-    curves: dict[str, list[tuple[float, float]]] = {}
-    texts: dict[str, str] = {}
-    for k, v in (metrics or {}).items():
-        if k in _NOT_METRICS or isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, (int, float)):
-            if math.isfinite(v):
-                scalars[k] = float(v)
-        elif isinstance(v, str):
-            texts[k] = v
-        elif isinstance(v, (list, tuple)) and v:
-            pts = _curve_points(v)
-            if pts:
-                curves[k[: -len("_curve")] if k.endswith("_curve") else k] = pts
-    return scalars, curves, texts
-
-
-def _curve_points(v: list) -> list[tuple[float, float]]:
-    out = []
-    for i, p in enumerate(v):
-        if isinstance(p, (int, float)) and not isinstance(p, bool):
-            step, y = i + 1, p
-        elif isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(q, (int, float)) for q in p):
-            step, y = p
-        else:
-            return []  # not a curve (a list of names, say)
-        if math.isfinite(y):
-            out.append((float(step), float(y)))
-    return out
-
-
-def adapter_dir(record) -> str | None:
-    """The folder of the trial's saved adapter, if it has one."""
-    m = record.attrs.get("metrics") or {}
-    return m.get("adapter_dir") or record.attrs.get("adapter_dir") or record.attrs.get("adapter")
 
 
 @dataclass
@@ -103,12 +54,10 @@ class TrialLog:
             curves["objective_by_resource"] = sorted((float(s), float(v)) for s, v in record.intermediate.items())
             if value is None and record.state == "PRUNED":
                 value = float(record.intermediate[max(record.intermediate)])
-        timings = {k: float(v) for k, v in (record.attrs.get("timings") or {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         worker = record.attrs.get("worker") or {}
         texts.pop("adapter_dir", None)
-        return cls(study, record.number, record.state, value, dict(record.params), scalars, curves, timings, texts,
-                   adapter_dir(record), record.attrs.get("error"), worker.get("start"), worker.get("end"))
+        return cls(study, record.number, record.state, value, dict(record.params), scalars, curves, timings(record),
+                   texts, adapter_dir(record), record.attrs.get("error"), worker.get("start"), worker.get("end"))
 
 
 class Tracker:

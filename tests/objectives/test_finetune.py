@@ -42,6 +42,22 @@ def objective(tiny_llama, tmp_path_factory):
     return obj
 
 
+@pytest.fixture(scope="module")
+def reference(objective):
+    """A clean trial of PARAMS: what any later trial of PARAMS must give again."""
+    return objective(PARAMS)
+
+
+def assert_same_trial(r, reference):
+    """``r`` is the reference trial again (a failure before it left nothing behind), and its
+    value is the accuracy lm-eval reported."""
+    assert r.value == r.metrics["llmhpo_add/acc"] and 0 <= r.value <= 1
+    assert len(r.metrics["train_loss_curve"]) == 8
+    assert r.metrics["train_loss_curve"] == reference.metrics["train_loss_curve"]
+    assert r.value == reference.value and r.metrics["val_loss"] == reference.metrics["val_loss"]
+
+
+@pytest.mark.slow  # real training: several trials or long runs (7-26 s)
 def test_training_lowers_the_loss(tiny_llama, tmp_path):
     obj = make(tiny_llama, tmp_path, max_steps=30)
     r = obj(dict(PARAMS, learning_rate=1e-2))
@@ -72,6 +88,7 @@ def test_alpaca_template_with_input():
     assert "### Input" not in alpaca_prompt("Translate")
 
 
+@pytest.mark.slow  # real training: several trials or long runs (7-26 s)
 def test_adapter_is_removed_between_trials_and_base_weights_unchanged(objective):
     before = weights_hash(objective.model)
     objective(PARAMS)
@@ -81,6 +98,7 @@ def test_adapter_is_removed_between_trials_and_base_weights_unchanged(objective)
     assert weights_hash(objective.model) == before
 
 
+@pytest.mark.slow  # real training: several trials or long runs (7-26 s)
 def test_same_params_and_seed_give_the_same_value(objective):
     a, b = objective(PARAMS), objective(PARAMS)
     assert a.value == b.value
@@ -88,15 +106,15 @@ def test_same_params_and_seed_give_the_same_value(objective):
     assert a.metrics["val_loss"] == b.metrics["val_loss"]
 
 
-def test_nan_loss_fails_the_trial_early(objective):
+def test_nan_loss_fails_the_trial_early(objective, reference):
     with pytest.raises(TrialFailed, match="diverged at step 3"):
         objective(PARAMS, inject_nan_at=3)
-    # the worker goes on: the adapter is gone and the next trial runs
+    # the worker goes on: the adapter is gone and the next trial runs as if nothing failed
     assert not any("lora_" in n for n, _ in objective.model.named_modules())
-    assert objective(PARAMS).value >= 0
+    assert_same_trial(objective(PARAMS), reference)
 
 
-def test_out_of_memory_is_a_failed_trial_and_the_worker_goes_on(objective, monkeypatch):
+def test_out_of_memory_is_a_failed_trial_and_the_worker_goes_on(objective, reference, monkeypatch):
     import llmhpo.objectives.finetune.train as train_mod
 
     real = train_mod.train
@@ -109,7 +127,7 @@ def test_out_of_memory_is_a_failed_trial_and_the_worker_goes_on(objective, monke
         objective(PARAMS)
     monkeypatch.setattr(train_mod, "train", real)
     assert not any("lora_" in n for n, _ in objective.model.named_modules())
-    assert objective(PARAMS).value >= 0
+    assert_same_trial(objective(PARAMS), reference)
 
 
 def test_searched_training_knobs_override_the_config(objective):
@@ -126,6 +144,7 @@ def test_adapter_saved_with_its_params(objective):
     assert cfg["r"] == 4 and sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
+@pytest.mark.slow  # real training: several trials or long runs (7-26 s)
 def test_local_jsonl_dataset_with_input(tiny_llama, tmp_path):
     rows = [{"instruction": "Add the numbers", "input": f"{i} and {i + 1}", "output": str(2 * i + 1)} for i in range(40)]
     path = tmp_path / "d.jsonl"
@@ -148,6 +167,7 @@ def test_local_jsonl_dataset_with_input(tiny_llama, tmp_path):
     ({"data": {"dataset": "/nowhere/d.jsonl"}}, "no such file"),
     ({"eval": {"tasks": ["llmhpo_nope"], "objective": "llmhpo_nope/acc"}}, "task 'llmhpo_nope' is not known"),
 ])
+@pytest.mark.slow  # loads the model and lm-eval's task index (7-8 s each)
 def test_preflight_names_the_fix(tiny_llama, tmp_path, monkeypatch, sections, message):
     from llmhpo.config import Config
 
@@ -209,6 +229,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     assert hub.model.name == "meta-llama/Llama-3.2-1B" and hub.data.dataset == "tatsu-lab/alpaca"
 
 
+@pytest.mark.slow  # real training: several trials or long runs (7-26 s)
 def test_rungs_4_12_36_end_with_the_weights_of_one_36_step_run(tiny_llama, tmp_path):
     """Multi-fidelity continuation is exact: LoRA weights, AdamW moments, the schedule, the
     data position and dropout's random stream all go on from the checkpoint."""
@@ -234,6 +255,7 @@ def test_rungs_4_12_36_end_with_the_weights_of_one_36_step_run(tiny_llama, tmp_p
     assert b["train"]["scheduler"]["last_epoch"] == 36
 
 
+@pytest.mark.slow  # real training: several trials or long runs (7-26 s)
 def test_epochs_as_the_resource(tiny_llama, tmp_path):
     from llmhpo.objectives import Fidelity
 

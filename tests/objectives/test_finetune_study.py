@@ -48,6 +48,7 @@ def cli(*args, cwd):
                           timeout=600, env=env)
 
 
+@pytest.mark.slow  # fine-tuning studies through the CLI in subprocesses (tens of seconds)
 def test_finetune_study_check_run_best_export_merge(tiny_llama, tmp_path):
     (tmp_path / "ft.toml").write_text(STUDY.format(model=tiny_llama, out=tmp_path / "runs"))
     r = cli("check", "ft.toml", cwd=tmp_path)
@@ -108,6 +109,7 @@ def test_missing_model_is_reported_before_the_first_trial(tmp_path):
     assert not (tmp_path / "ft.db").exists()
 
 
+@pytest.mark.slow  # fine-tuning studies through the CLI in subprocesses (tens of seconds)
 def test_multi_fidelity_finetune_study_through_the_cli(tiny_llama, tmp_path):
     text = (STUDY.format(model=tiny_llama, out=tmp_path / "runs").replace("trials = 3", "resource = 60")
             .replace("limit = 6", "limit = 6\nlow_rung_limit = 3")
@@ -133,6 +135,7 @@ def test_multi_fidelity_finetune_study_through_the_cli(tiny_llama, tmp_path):
     assert "max_steps: " in r.stdout and "spent of 60" in r.stdout
 
 
+@pytest.mark.slow  # fine-tuning studies through the CLI in subprocesses (tens of seconds)
 def test_check_rejects_configs_where_every_trial_would_fail(tiny_llama, tmp_path):
     """A metric the task does not report, and a task whose data file is missing."""
     (tmp_path / "tasks").mkdir()

@@ -92,6 +92,7 @@ def offline_run(tiny_llama, tmp_path_factory):
     return json.loads(report[0][len("REPORT "):]), p.stderr
 
 
+@pytest.mark.slow  # a fine-tuning trial in a fresh offline process
 def test_a_local_study_trial_saves_and_scores_without_a_network_call(offline_run):
     report, stderr = offline_run
     assert report["trial_attempts"] == []
@@ -101,6 +102,7 @@ def test_a_local_study_trial_saves_and_scores_without_a_network_call(offline_run
     assert "Unable to fetch remote file" not in stderr and "Could not find a config file" not in stderr
 
 
+@pytest.mark.slow  # a fine-tuning trial in a fresh offline process
 def test_a_hub_model_without_network_fails_in_seconds_naming_the_fix(offline_run):
     report, _ = offline_run
     message, seconds = report["missing"]
@@ -110,6 +112,7 @@ def test_a_hub_model_without_network_fails_in_seconds_naming_the_fix(offline_run
     assert seconds < 5  # huggingface_hub's own retries take about 25 s
 
 
+@pytest.mark.slow  # a fine-tuning trial in a fresh offline process
 def test_a_cached_hub_model_is_found_without_network(offline_run):
     report, _ = offline_run
     lines, seconds = report["cached"]

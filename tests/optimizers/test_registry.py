@@ -99,10 +99,15 @@ def test_optuna_bad_values_are_config_errors(name, options):
 def test_optuna_good_options_run(name, options):
     check_optimizer(name, options)
     opt = make_optimizer(name, 2, np.random.default_rng(0), 10, options)
+    told = []
     for _ in range(4 if name == "optuna_gp" else 8):
         (c,) = opt.ask(1)
-        opt.tell(c, float(np.sum((c.x - 0.3) ** 2)))
-    assert opt.best[1] is not None
+        assert c.x.shape == (2,) and np.all((0 <= c.x) & (c.x <= 1))
+        told.append((c.x.copy(), float(np.sum((c.x - 0.3) ** 2))))
+        opt.tell(c, told[-1][1])
+    x, value = opt.best  # the best of what it was told, at the point it was told for
+    i = int(np.argmin([v for _, v in told]))
+    assert value == told[i][1] and np.array_equal(x, told[i][0])
 
 
 def test_optuna_defaults_are_llmhpos():

@@ -94,6 +94,11 @@ class ObjectiveKind:
         """The SearchSpace used when the config has no ``[space]``; None when one is required."""
         return None
 
+    def preset(self, spec, name: str):
+        """The SearchSpace that ``[space] preset = name`` names. Default: this kind has none."""
+        raise ConfigError(f"[space] preset = {name!r}: a {self.name} objective has no presets; "
+                          "list the variables as [space.<name>] tables instead")
+
     def check_space(self, spec, space) -> None:
         """ConfigError when the space does not fit the objective."""
 
@@ -111,6 +116,16 @@ class ObjectiveKind:
     def fidelity_resources(self, spec) -> tuple[str, ...]:
         """The resources this objective can grow (``[fidelity] resource``), the default first;
         ``("*",)`` for any name; empty when it cannot be run at several fidelities."""
+        return ()
+
+    def integer_resource(self, spec, resource: str) -> bool:
+        """Whether ``resource`` counts whole units (steps), so that rungs are whole numbers;
+        False for a resource that may stop part-way (epochs of data)."""
+        return True
+
+    def resource_params(self, spec, resource: str) -> tuple[str, ...]:
+        """The params that a multi-fidelity call at ``resource`` sets itself, whatever was
+        proposed: searching them would be silently undone, so the space may not hold them."""
         return ()
 
     def factory(self, spec) -> Callable[[], Callable[[dict[str, Any]], Result]]:

@@ -179,6 +179,9 @@ class PythonKind(ObjectiveKind):
     def fidelity_resources(self, spec) -> tuple[str, ...]:
         return ("*",)  # the function grows whatever it names
 
+    def integer_resource(self, spec, resource: str) -> bool:
+        return resource != "epochs"  # the one name that conventionally stops part-way
+
     def factory(self, spec: PythonSpec):
         return functools.partial(PythonObjective, spec)
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmhpo.tracking import adapter_dir, split_metrics
+from llmhpo._metrics import adapter_dir, numbers, split_metrics, timings
 
 #: metrics that count work or resources rather than measure the model (tables, not panels)
 BOOKKEEPING = {"train_steps", "steps_trained_now", "resource_trained", "train_tokens", "train_tokens_per_s",
@@ -103,14 +103,12 @@ class StudyData:
             start = start if start is not None else worker.get("start")
             end = end if end is not None else worker.get("end")
             state = "INTERRUPTED" if r.interrupted else r.state
-            timings = {k: float(v) for k, v in (r.attrs.get("timings") or {}).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
             trials.append(Trial(r.number, state, r.value if r.state == "COMPLETE" else None, dict(r.params),
-                                scalars, curves, texts, timings, r.attrs.get("error"), start, end,
+                                scalars, curves, texts, timings(r), r.attrs.get("error"), start, end,
                                 {int(k): float(v) for k, v in (r.intermediate or {}).items()}, adapter_dir(r)))
             gpu = gpu or str(texts.get("device", "")).startswith("cuda") or bool(worker.get("device"))
         base = (study.base() or (None, {}))[1]
-        base = {k: float(v) for k, v in base.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        base = numbers(base)
         return cls(cfg.study.name, cfg.optimizer, cfg.kind.describe(cfg.objective), cfg.study.direction,
                    metric_name(cfg), cfg.space, sorted(trials, key=lambda t: t.number), base, study.optuna_study,
                    "GPU" if gpu else "CPU", cfg.fidelity)

@@ -9,20 +9,11 @@ import datetime as _dt
 import html
 from dataclasses import dataclass, field
 
-from llmhpo import __version__
+from llmhpo._format import fmt
+from llmhpo._version import __version__
 from llmhpo.report._data import StudyData, is_bookkeeping
 
 TOP = 10  # trials in the "top trials" table
-
-
-def fmt(v, digits: int = 4) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
 
 
 def duration(seconds: float) -> str:

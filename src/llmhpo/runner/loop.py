@@ -34,7 +34,8 @@ from llmhpo.errors import StudyError
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
 from llmhpo.runner import checkpoints
 from llmhpo.runner.asker import Asker, lookahead
-from llmhpo.runner.output import Best, FailureStreak, Reporter, RunSummary, fmt
+from llmhpo._format import fmt
+from llmhpo.runner.output import Best, FailureStreak, Reporter, RunSummary
 from llmhpo.runner.reevaluate import reevaluate
 from llmhpo.runner.resume import Conf, restore
 from llmhpo.schedulers import Job, OneRung, make_scheduler
@@ -73,8 +74,7 @@ class Loop:
             self.step_of, self.scheduler = [0], OneRung()
         else:
             self.r, self.unit, self.budget = fd.rungs(), fd.resource, config.resource_budget()
-            integer = fd.resource != "epochs"
-            self.step_of = [int(v) if integer else k for k, v in enumerate(self.r)]
+            self.step_of = [int(v) if fd.integer else k for k, v in enumerate(self.r)]
             self.scheduler = make_scheduler(fd.scheduler, self.r, fd.eta)
         self.multi = fd is not None
         self.sign = 1.0 if config.study.direction == "minimize" else -1.0  # optimisers minimise

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from llmhpo._format import fmt
 from llmhpo.live import JobProgress, job_column
 
 
@@ -31,10 +32,6 @@ class RunSummary:
 class Best:
     value: float
     number: int
-
-
-def fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def say(mode: str, text: str, console: Any = None) -> None:

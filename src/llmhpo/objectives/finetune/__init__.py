@@ -14,13 +14,28 @@ import json
 import os
 import resource
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from llmhpo.errors import ObjectiveSetupError, TrialFailed
-from llmhpo.objectives import Result, progress
-from llmhpo.objectives.finetune.config import FinetuneConfig
+from llmhpo.objectives import Fidelity, Result, progress
+from llmhpo.objectives.finetune.config import FinetuneConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial, decided before it trains, with every knob typed once."""
+
+    settings: TrainConfig  # [train] with the searched params in place (and the fidelity's run length)
+    fidelity: Fidelity | None = None  # multi-fidelity: the rung this call brings the configuration to
+    until: int | None = None  # multi-fidelity: stop after this optimiser step (None: the full run)
+    checkpoint: Path | None = None  # multi-fidelity: the state this rung continues from and leaves
+
+    @property
+    def low_rung(self) -> bool:
+        """Below the top rung: scored with [eval] low_rung_limit where one is set."""
+        return self.fidelity is not None and self.fidelity.value < self.fidelity.max
 
 
 class FinetuneObjective:
@@ -98,95 +113,37 @@ class FinetuneObjective:
         return self._data[max_len]
 
     # ------------------------------------------------------------------ one trial
-    def knobs(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The trial's training knobs: [train] values, overridden by the searched params."""
-        k = asdict(self.cfg.train)
-        k.update(params)
-        return k
-
     def __call__(self, params: dict[str, Any], inject_nan_at: int | None = None, fidelity=None) -> Result:
         """One trial; with ``fidelity`` (multi-fidelity), train up to fidelity.value steps (or
         epochs) of a run whose schedule spans fidelity.max, going on from the checkpoint in
         fidelity.checkpoint and leaving the new one there."""
         import torch
         from peft import get_peft_model
-        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+        from peft.utils import set_peft_model_state_dict
 
-        from llmhpo.objectives.finetune.evaluate import evaluate, objective_value
-        from llmhpo.objectives.finetune.train import lora_config, total_steps, train, validation_loss
+        from llmhpo.objectives.finetune.train import lora_config
 
         timings: dict[str, float] = {}
-        if self.cfg.model.reload_each_trial and self.model is not None:
-            self.model = None
-            gc.collect()
         t0 = time.time()
-        first = self.model is None
-        if first or self._tm is None or self._records is None:
-            progress("loading")
-        self.setup()
-        timings["model_load"] = self.load_seconds if first else 0.0
-        timings["setup"] = time.time() - t0
-        knobs = self.knobs(params)
-        train_data, val_data = self._tokenized(int(knobs["max_seq_len"]))
-        until, resume, ckpt = None, None, None
-        if fidelity is not None:
-            if fidelity.resource == "epochs":  # the schedule spans the top rung's epochs
-                knobs.update(max_steps=0, epochs=fidelity.max)
-                until = total_steps(dict(knobs, epochs=fidelity.value), len(train_data))
-            else:
-                knobs["max_steps"] = int(fidelity.max)
-                until = int(fidelity.value)
-            ckpt = Path(fidelity.checkpoint) / "state.pt"
-            if ckpt.is_file():
-                resume = torch.load(ckpt, map_location="cpu", weights_only=False)
+        plan, train_data, val_data = self._prepare(params, fidelity, timings)
+        resume = (torch.load(plan.checkpoint, map_location="cpu", weights_only=False)
+                  if plan.checkpoint is not None and plan.checkpoint.is_file() else None)
         on_cuda = self.device.startswith("cuda")
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
         peft_model = None
         try:
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if on_cuda else []):
-                torch.manual_seed(int(knobs["seed"]))  # LoRA init and dropout: the same for every trial
-                peft_model = get_peft_model(self.model, lora_config(knobs, self.cfg.model.target_modules))
+                torch.manual_seed(plan.settings.seed)  # LoRA init and dropout: the same for every trial
+                peft_model = get_peft_model(self.model, lora_config(plan.settings, self.cfg.model.target_modules))
                 if resume is not None:
                     set_peft_model_state_dict(peft_model, resume["adapter"])
-                start_step = 0 if resume is None else int(resume["train"]["step"])
-                stats, state = train(peft_model, train_data, knobs, self.tokenizer.pad_token_id, self.device,
-                                     self._autocast_dtype(), int(knobs["seed"]), inject_nan_at,
-                                     None if resume is None else resume["train"], until)
-            if ckpt is not None:
-                progress("saving checkpoint")
-                ckpt.parent.mkdir(parents=True, exist_ok=True)
-                tmp = ckpt.with_name(f"state.pt.tmp-{os.getpid()}")
-                torch.save({"adapter": get_peft_model_state_dict(peft_model), "train": state}, tmp)
-                os.replace(tmp, ckpt)  # atomic: a kill leaves the previous rung's checkpoint
-            timings["train"] = stats.seconds
-            metrics: dict[str, Any] = {"train_loss_curve": stats.losses, "train_steps": stats.steps,
-                                       "steps_trained_now": state["step"] - start_step,
-                                       **({"resource_trained": (state["step"] - start_step
-                                                                if fidelity.resource == "max_steps" else
-                                                                fidelity.value * (1 - start_step / max(until, 1)))}
-                                          if fidelity is not None else {}),
-                                       "train_tokens": stats.tokens,
-                                       "train_tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
-                                       "final_train_loss": stats.losses[-1] if stats.losses else None}
-            t1 = time.time()
-            if self.cfg.eval.val_loss and val_data is not None:
-                metrics["val_loss"] = validation_loss(peft_model, val_data, self.tokenizer.pad_token_id,
-                                                      self.device, autocast_dtype=self._autocast_dtype())
-            timings["val_loss"] = time.time() - t1
-            t1 = time.time()
-            eval_cfg = self.cfg.eval
-            if fidelity is not None and fidelity.value < fidelity.max and eval_cfg.low_rung_limit is not None:
-                eval_cfg = replace(eval_cfg, limit=eval_cfg.low_rung_limit)  # cheaper scoring below the top
-            metrics.update(evaluate(peft_model, self.tokenizer, self._tm, eval_cfg))
-            timings["eval"] = time.time() - t1
-            value = objective_value(metrics, self.cfg.eval.objective)
+                metrics = self._train(peft_model, plan, train_data, resume, inject_nan_at, timings)
+            value = self._score(peft_model, plan, val_data, metrics, timings)
             if self.cfg.train.save_adapters:
                 progress("saving adapter")
-                metrics["adapter_dir"] = self._save_adapter(peft_model, params, knobs)
-        except TrialFailed:
-            raise
-        except ObjectiveSetupError:
+                metrics["adapter_dir"] = self._save_adapter(peft_model, params, asdict(plan.settings))
+        except (TrialFailed, ObjectiveSetupError):
             raise
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             raise TrialFailed(f"out of memory ({type(e).__name__}); lower batch_size or max_seq_len, "
@@ -208,7 +165,82 @@ class FinetuneObjective:
         timings["total"] = time.time() - t0
         return Result(value, metrics, timings)
 
+    def _prepare(self, params: dict[str, Any], fidelity, timings: dict[str, float]):
+        """The worker set up (model, tasks, data), and the trial's plan and tokenised data:
+        (TrialPlan, train, val)."""
+        from llmhpo.objectives.finetune.train import total_steps
+
+        if self.cfg.model.reload_each_trial and self.model is not None:
+            self.model = None
+            gc.collect()
+        t0 = time.time()
+        first = self.model is None
+        if first or self._tm is None or self._records is None:
+            progress("loading")
+        self.setup()
+        timings["model_load"] = self.load_seconds if first else 0.0
+        timings["setup"] = time.time() - t0
+        settings = self.cfg.train.with_params(params)
+        train_data, val_data = self._tokenized(settings.max_seq_len)
+        if fidelity is None:
+            return TrialPlan(settings), train_data, val_data
+        if fidelity.resource == "epochs":  # the schedule spans the top rung's epochs
+            settings = replace(settings, max_steps=0, epochs=float(fidelity.max))
+            until = total_steps(replace(settings, epochs=float(fidelity.value)), len(train_data))
+        else:
+            settings = replace(settings, max_steps=int(fidelity.max))
+            until = int(fidelity.value)
+        return TrialPlan(settings, fidelity, until, Path(fidelity.checkpoint) / "state.pt"), train_data, val_data
+
+    def _train(self, peft_model, plan: "TrialPlan", train_data, resume: dict | None, inject_nan_at: int | None,
+               timings: dict[str, float]) -> dict[str, Any]:
+        """Train the adapter (from ``resume``, a rung's checkpoint, if any), leave the new
+        checkpoint, and return the training metrics."""
+        import torch
+        from peft.utils import get_peft_model_state_dict
+
+        from llmhpo.objectives.finetune import train as train_lib
+
+        start_step = 0 if resume is None else int(resume["train"]["step"])
+        stats, state = train_lib.train(peft_model, train_data, plan.settings, self.tokenizer.pad_token_id, self.device,
+                                       self._autocast_dtype(), inject_nan_at,
+                                       None if resume is None else resume["train"], plan.until)
+        if plan.checkpoint is not None:
+            progress("saving checkpoint")
+            plan.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = plan.checkpoint.with_name(f"state.pt.tmp-{os.getpid()}")
+            torch.save({"adapter": get_peft_model_state_dict(peft_model), "train": state}, tmp)
+            os.replace(tmp, plan.checkpoint)  # atomic: a kill leaves the previous rung's checkpoint
+        timings["train"] = stats.seconds
+        fd = plan.fidelity
+        trained = {} if fd is None else {"resource_trained": state["step"] - start_step if fd.resource == "max_steps"
+                                         else fd.value * (1 - start_step / max(plan.until, 1))}
+        return {"train_loss_curve": stats.losses, "train_steps": stats.steps,
+                "steps_trained_now": state["step"] - start_step, **trained,
+                "train_tokens": stats.tokens, "train_tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
+                "final_train_loss": stats.losses[-1] if stats.losses else None}
+
+    def _score(self, peft_model, plan: "TrialPlan", val_data, metrics: dict[str, Any],
+               timings: dict[str, float]) -> float:
+        """Add the validation loss and lm-eval's metrics to ``metrics``; the objective's value."""
+        from llmhpo.objectives.finetune.evaluate import evaluate, objective_value
+        from llmhpo.objectives.finetune.train import validation_loss
+
+        t1 = time.time()
+        if self.cfg.eval.val_loss and val_data is not None:
+            metrics["val_loss"] = validation_loss(peft_model, val_data, self.tokenizer.pad_token_id,
+                                                  self.device, autocast_dtype=self._autocast_dtype())
+        timings["val_loss"] = time.time() - t1
+        t1 = time.time()
+        eval_cfg = self.cfg.eval
+        if plan.low_rung and eval_cfg.low_rung_limit is not None:
+            eval_cfg = replace(eval_cfg, limit=eval_cfg.low_rung_limit)  # cheaper scoring below the top
+        metrics.update(evaluate(peft_model, self.tokenizer, self._tm, eval_cfg))
+        timings["eval"] = time.time() - t1
+        return objective_value(metrics, self.cfg.eval.objective)
+
     def _save_adapter(self, peft_model, params: dict[str, Any], knobs: dict[str, Any]) -> str:
+        """Save the adapter with the params that chose it and every training knob it ran with."""
         from llmhpo.objectives.finetune.model import portable_name
 
         key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -233,6 +265,8 @@ class FinetuneObjective:
         from llmhpo.objectives.finetune.evaluate import evaluate, objective_value
 
         t0 = time.time()
+        if self.model is None or self._tm is None or self._records is None:
+            progress("loading")
         self.setup()
         t1 = time.time()
         metrics = evaluate(self.model, self.tokenizer, self._tm, self.cfg.eval)

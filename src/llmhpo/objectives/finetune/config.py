@@ -60,6 +60,13 @@ class TrainConfig:
     save_adapters: bool = True
     output_dir: str = "llmhpo-runs"
 
+    def with_params(self, params: Mapping[str, Any]) -> "TrainConfig":
+        """One trial's settings: these values with the searched ``params`` in their place, each
+        cast once to its knob's type (an integer knob searched as a float is truncated).
+        Params that are no training knob are left out."""
+        types = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        return replace(self, **{k: types[k](v) for k, v in params.items() if k in types})
+
 
 @dataclass(frozen=True)
 class EvalConfig:

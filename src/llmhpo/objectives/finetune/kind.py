@@ -13,7 +13,7 @@ from pathlib import Path
 from llmhpo.errors import ConfigError, LlmhpoError, SetupProblems
 from llmhpo.objectives import ObjectiveKind, ParseContext
 from llmhpo.objectives.finetune.config import FinetuneConfig
-from llmhpo.space import preset
+from llmhpo.objectives.finetune.presets import preset
 
 # per process: the objective of each spec, so that a driver that scores the base model and
 # then runs trials inline loads the model once
@@ -48,6 +48,9 @@ class FinetuneKind(ObjectiveKind):
     def default_space(self, spec):
         return preset("paper")
 
+    def preset(self, spec, name: str):
+        return preset(name)
+
     def check_space(self, spec: FinetuneConfig, space) -> None:
         spec.check(space)
 
@@ -74,6 +77,13 @@ class FinetuneKind(ObjectiveKind):
         return spec.eval.base
 
     def fidelity_resources(self, spec) -> tuple[str, ...]:
+        return ("max_steps", "epochs")
+
+    def integer_resource(self, spec, resource: str) -> bool:
+        return resource != "epochs"  # a rung may end part-way through an epoch
+
+    def resource_params(self, spec, resource: str) -> tuple[str, ...]:
+        # either resource fixes the run's length: max_steps (0 for epochs) and epochs
         return ("max_steps", "epochs")
 
     def factory(self, spec: FinetuneConfig):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from llmhpo.errors import TrialFailed
 from llmhpo.objectives import progress
+from llmhpo.objectives.finetune.config import TrainConfig
 from llmhpo.objectives.finetune.data import Tokenized, collate
 
 
@@ -27,27 +28,26 @@ class TrainStats:
     seconds: float = 0.0
 
 
-def lora_config(params: dict, target_modules):
+def lora_config(settings: TrainConfig, target_modules):
     from peft import LoraConfig
 
-    return LoraConfig(r=int(params["lora_rank"]), lora_alpha=int(params["lora_alpha"]),
-                      lora_dropout=float(params["lora_dropout"]), target_modules=list(target_modules),
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def total_steps(params: dict, n_examples: int) -> int:
+def total_steps(settings: TrainConfig, n_examples: int) -> int:
     """Optimiser steps of a full run: max_steps, or epochs over the data when max_steps is 0."""
-    steps = int(params["max_steps"])
+    steps = settings.max_steps
     if steps <= 0:
-        bs, accum = int(params["batch_size"]), int(params["grad_accum"])
-        steps = max(1, math.ceil(float(params["epochs"]) * n_examples / (bs * accum)))
+        steps = max(1, math.ceil(settings.epochs * n_examples / (settings.batch_size * settings.grad_accum)))
     return steps
 
 
-def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autocast_dtype=None,
-          seed: int = 0, inject_nan_at: int | None = None, resume: dict | None = None,
+def train(model, data: Tokenized, settings: TrainConfig, pad_id: int, device: str, autocast_dtype=None,
+          inject_nan_at: int | None = None, resume: dict | None = None,
           until: int | None = None) -> tuple[TrainStats, dict]:
-    """Train ``model`` (a PeftModel) in place. params: the trial's training knobs.
+    """Train ``model`` (a PeftModel) in place. settings: the trial's training knobs; its seed
+    orders the data.
 
     resume: a state returned by an earlier call, to go on from its step; until: stop after
     this step (default: the full length). Returns the stats of the steps run now (the loss
@@ -56,14 +56,14 @@ def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autoca
     import torch
     from transformers import get_scheduler
 
-    bs, accum = int(params["batch_size"]), int(params["grad_accum"])
-    steps = total_steps(params, len(data))
+    bs, accum = settings.batch_size, settings.grad_accum
+    steps = total_steps(settings, len(data))
     until = steps if until is None else min(until, steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=float(params["learning_rate"]), weight_decay=float(params["weight_decay"]))
-    sched = get_scheduler(str(params["scheduler"]), opt, num_warmup_steps=int(float(params["warmup_ratio"]) * steps),
+    opt = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    sched = get_scheduler(settings.scheduler, opt, num_warmup_steps=int(settings.warmup_ratio * steps),
                           num_training_steps=steps)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(settings.seed)
     order = torch.randperm(len(data), generator=gen).tolist()
     cursor, first = 0, 1
     stats = TrainStats()
@@ -102,8 +102,8 @@ def train(model, data: Tokenized, params: dict, pad_id: int, device: str, autoca
             (loss / accum).backward()
             step_loss += loss.item() / accum
             stats.tokens += int(mask.sum())
-        if params.get("max_grad_norm", 0) and float(params["max_grad_norm"]) > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, float(params["max_grad_norm"]))
+        if settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
         opt.step()
         sched.step()
         stats.losses.append(step_loss)
