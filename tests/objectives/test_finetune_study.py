@@ -112,7 +112,7 @@ def test_missing_model_is_reported_before_the_first_trial(tmp_path):
 @pytest.mark.slow  # fine-tuning studies through the CLI in subprocesses (tens of seconds)
 def test_multi_fidelity_finetune_study_through_the_cli(tiny_llama, tmp_path):
     text = (STUDY.format(model=tiny_llama, out=tmp_path / "runs").replace("trials = 3", "resource = 60")
-            .replace("limit = 6", "limit = 6\nlow_rung_limit = 3")
+            .replace("limit = 6", "limit = 6\nlow_rung_limit = 3\nbase = false")
             + '[fidelity]\nresource = "max_steps"\nmin = 2\nmax = 18\nscheduler = "asha"\n')
     (tmp_path / "ft.toml").write_text(text)
     r = cli("run", "ft.toml", cwd=tmp_path)
@@ -121,6 +121,7 @@ def test_multi_fidelity_finetune_study_through_the_cli(tiny_llama, tmp_path):
     import optuna
 
     st = optuna.load_study(study_name="ft", storage=f"sqlite:///{tmp_path / 'ft.db'}")
+    assert "base_value" not in st.user_attrs and "base model" not in r.stdout  # [eval] base = false
     assert {t.state.name for t in st.trials} <= {"COMPLETE", "PRUNED"}
     for t in st.trials:
         assert set(t.intermediate_values) <= {2, 6, 18}

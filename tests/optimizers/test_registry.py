@@ -51,7 +51,8 @@ def test_import_and_check_stay_light():
 def test_unknown_option_lists_the_options():
     with pytest.raises(ConfigError) as e:
         check_optimizer("bo", {"n_ini": 5})
-    assert str(e.value) == ("optimizer 'bo' has no option 'n_ini'; its options are: n_init, num_restarts, "
+    assert str(e.value) == ("optimizer 'bo' has no option 'n_ini' (did you mean 'n_init'?); its options are: "
+                            "n_init, num_restarts, "
                             "raw_samples, kernel, noise, warp, local_starts, failures, fit_maxiter")
     with pytest.raises(ConfigError, match="unknown optimizer 'nope'; choose one of: random, grid"):
         check_optimizer("nope", {})
@@ -69,7 +70,8 @@ def test_optuna_options_are_the_sampler_arguments(name):
 
 
 def test_optuna_unknown_option_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"^optimizer 'optuna_tpe' has no option 'n_startup'; its options are: "
+    with pytest.raises(ConfigError, match=r"^optimizer 'optuna_tpe' has no option 'n_startup' \(did you mean "
+                                          r"'n_startup_trials'\?\); its options are: "
                                           r".*\bn_startup_trials\b"):
         check_optimizer("optuna_tpe", {"n_startup": 5})
     # straight construction (not through make_optimizer) refuses it too
