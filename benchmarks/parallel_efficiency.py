@@ -51,10 +51,22 @@ seconds = 1.0
 seconds_sigma = 0.5
 seconds_seed = {seed}
 function = "branin"
+{fidelity}"""
+
+# multi-fidelity (--fidelity min:max:eta): ASHA over rungs of "steps"; each job sleeps its share
+# of the configuration's full duration (the increment from its last rung), and every job's start
+# and end go to the sleep objective's log, since a trial's attributes keep only its last rung's
+FIDELITY = """log = "{log}"
+[fidelity]
+resource = "steps"
+min = {min}
+max = {max}
+eta = {eta}
+scheduler = "asha"
 """
 
 
-def one(optimizer: str, workers: int, executor: str, budget: int, seed: int) -> dict:
+def one(optimizer: str, workers: int, executor: str, budget: int, seed: int, fidelity: str | None = None) -> dict:
     import optuna
 
     from llmhpo.config import load_config
@@ -64,25 +76,35 @@ def one(optimizer: str, workers: int, executor: str, budget: int, seed: int) -> 
         db = Path(d) / "eff.db"
         extra = "cpus_per_trial = 0.25" if executor == "ray" else ""
         toml = Path(d) / "eff.toml"
+        fd = ""
+        if fidelity:
+            lo, hi, eta = fidelity.split(":")
+            fd = FIDELITY.format(log=Path(d) / "jobs.jsonl", min=lo, max=hi, eta=eta)
         toml.write_text(TOML.format(db=db, seed=seed, budget=budget, workers=workers, optimizer=optimizer,
-                                    executor="process" if executor == "process" else "ray", extra=extra))
+                                    executor="process" if executor == "process" else "ray", extra=extra,
+                                    fidelity=fd))
         t0 = time.time()
         s = run(load_config(toml), progress=False, quiet=True)
         wall = time.time() - t0
-        trials = [t for t in optuna.load_study(study_name="eff", storage=f"sqlite:///{db}").trials
-                  if t.state.name == "COMPLETE"]
-    starts = [t.user_attrs["worker"]["start"] for t in trials]
-    ends = [t.user_attrs["worker"]["end"] for t in trials]
-    durations = [t.user_attrs["timings"]["sleep"] for t in trials]
+        if fidelity:  # every job (rung) is one line of the log, in the order they started
+            jobs = sorted((json.loads(line) for line in (Path(d) / "jobs.jsonl").read_text().splitlines()),
+                          key=lambda j: j["start"])
+            starts, ends = [j["start"] for j in jobs], [j["end"] for j in jobs]
+            durations = [e - b for b, e in zip(starts, ends)]
+        else:
+            trials = sorted((t for t in optuna.load_study(study_name="eff", storage=f"sqlite:///{db}").trials
+                             if t.state.name == "COMPLETE"), key=lambda t: t.number)
+            starts = [t.user_attrs["worker"]["start"] for t in trials]
+            ends = [t.user_attrs["worker"]["end"] for t in trials]
+            durations = [t.user_attrs["timings"]["sleep"] for t in trials]
     ideal = sum(durations) / workers
-    order = sorted(range(len(trials)), key=lambda i: trials[i].number)
     free = [0.0] * workers
-    for i in order:  # list scheduling of the same durations, no overhead
-        heapq.heapreplace(free, free[0] + durations[i])
+    for x in durations:  # list scheduling of the same durations, in the same order, no overhead
+        heapq.heapreplace(free, free[0] + x)
     bound = max(free)
     span = max(ends) - min(starts)
     return {"optimizer": optimizer, "workers": workers, "executor": executor, "budget": budget, "seed": seed,
-            "complete": s.complete, "ideal": ideal, "bound": bound, "span": span, "wall": wall, "span_ratio": span / ideal,
+            "fidelity": fidelity, "jobs": len(durations), "complete": s.complete, "ideal": ideal, "bound": bound, "span": span, "wall": wall, "span_ratio": span / ideal,
             "wall_ratio": wall / ideal, "best": s.best_value}
 
 
@@ -113,6 +135,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the first seed")
     ap.add_argument("--seeds", type=int, default=1, help="seeds per setting (means at the end)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--fidelity", help="min:max:eta: multi-fidelity (ASHA over rungs of steps); the budget is "
+                                       "then that many full trials' worth of steps")
     ap.add_argument("--simulate", action="store_true",
                     help="only print the zero-overhead bound's distribution (bound / ideal) for each worker count")
     a = ap.parse_args()
@@ -134,7 +158,7 @@ def main() -> None:
                 for w in a.workers.split(",")]
     for executor, opt, w in settings:
         for seed in range(a.seed, a.seed + a.seeds):
-            r = one(opt, w, executor, a.budget, seed)
+            r = one(opt, w, executor, a.budget, seed, a.fidelity)
             rows.append(r)
             print(f"| {executor} | {opt} | {w} | {seed} | {r['ideal']:.1f} | {r['bound']:.1f} | {r['span']:.1f} | "
                   f"{r['span_ratio']:.2f} | {r['span'] / r['bound']:.2f} | {r['wall']:.1f} | "
