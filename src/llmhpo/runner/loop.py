@@ -392,9 +392,12 @@ class Loop:
             if outcome.value is not None and conf.attrs.get("checkpoint_deleted"):
                 conf.attrs["checkpoint_deleted"] = False  # it has a checkpoint again
                 self.study.note_checkpoint(tid, False)
-            self.study.report_rung(tid, self.step_of[rung], outcome.value,
-                                   {"rung": rung, "resource_spent": conf.attrs["resource_spent"],
-                                    "metrics": outcome.metrics, "timings": outcome.timings, **worker})
+            attrs = {"rung": rung, "resource_spent": conf.attrs["resource_spent"],
+                     "metrics": outcome.metrics, "timings": outcome.timings, **worker}
+            if outcome.worker:  # ``worker`` is the last rung's; where each rung ran stays in this list
+                conf.attrs["rung_workers"] = attrs["rung_workers"] = \
+                    [*conf.attrs.get("rung_workers", []), {"rung": rung, **outcome.worker}]
+            self.study.report_rung(tid, self.step_of[rung], outcome.value, attrs)
             worker = {}
         if verdict == "waiting":
             self.study.set_waiting(tid)
