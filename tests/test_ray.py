@@ -1,4 +1,5 @@
-"""The Ray executor on a local cluster of two simulated nodes: trials spread over both,
+"""The Ray executor on a local cluster of two simulated nodes: it keeps the executor
+contract, trials spread over both nodes,
 an actor killed mid-trial or a node lost costs only the trials it ran (rerun elsewhere), an
 ASHA study promotes configurations across nodes and reruns only the rung an actor lost, and
 the CLI starts a local cluster when no address is given."""
@@ -22,6 +23,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from llmhpo.config import load_config  # noqa: E402
 from llmhpo.runner import run  # noqa: E402
 
+from test_executors import FACTORY, check_contract  # noqa: E402
 from test_faults import make  # noqa: E402
 from test_faults import trials as fault_trials  # noqa: E402
 
@@ -86,6 +88,12 @@ def busy_workers(db) -> int:
 
 def trials(tmp_path, name="r"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'r.db'}").trials
+
+
+def test_the_ray_executor_keeps_the_executor_contract(cluster):
+    from llmhpo.executors import RayExecutor
+
+    check_contract(RayExecutor(FACTORY, workers=2))
 
 
 def test_sixteen_one_second_trials_on_four_actors_over_two_nodes(cluster, tmp_path):
