@@ -1,8 +1,8 @@
 """The Ray executor on a local cluster of two simulated nodes: it keeps the executor
-contract, trials spread over both nodes,
-an actor killed mid-trial or a node lost costs only the trials it ran (rerun elsewhere), an
-ASHA study promotes configurations across nodes and reruns only the rung an actor lost, and
-the CLI starts a local cluster when no address is given."""
+contract, trials spread over both nodes, an actor killed mid-trial or a node lost costs only
+the trials it ran (rerun elsewhere), an ASHA study promotes configurations across nodes and
+reruns only the rung an actor lost, and the CLI starts a local cluster when no address is
+given."""
 
 import json
 import os
