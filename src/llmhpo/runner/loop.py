@@ -31,6 +31,7 @@ import numpy as np
 
 from llmhpo.config import Config
 from llmhpo.errors import StudyError
+from llmhpo.executors import Executor, Outcome
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
 from llmhpo.runner import checkpoints
 from llmhpo.runner.asker import Asker, lookahead
@@ -65,7 +66,7 @@ class Loop:
     """One run of a study: from its stored state until its budget is spent, its wall time is
     up, the optimiser has nothing left, or the same failure repeats."""
 
-    def __init__(self, config: Config, study: Study, executor: Any, mode: str, t_start: float,
+    def __init__(self, config: Config, study: Study, executor: Executor, mode: str, t_start: float,
                  log: Callable[[int], None]):
         self.config, self.study, self.executor, self.log, self.t_start = config, study, executor, log, t_start
         fd = config.fidelity
@@ -328,7 +329,7 @@ class Loop:
             else:
                 self._finished(outcome)
 
-    def _base_done(self, out: Any) -> None:
+    def _base_done(self, out: Outcome) -> None:
         self.side.discard(out.key)
         if out.value is None:
             self.report.note(f"base model scoring failed: {out.error}; the study goes on without a reference")
@@ -337,7 +338,7 @@ class Loop:
         self.report.note(f"base model: value {out.value:.6g} ({self.config.kind.describe(self.config.objective)}), "
                          f"scored in {out.timings.get('trial', 0.0):.0f} s")
 
-    def _finished(self, outcome: Any) -> None:
+    def _finished(self, outcome: Outcome) -> None:
         cid = outcome.key
         job = self.running.pop(cid)
         conf, c = self.confs[cid], self.scheduler.configs[cid]
@@ -371,7 +372,7 @@ class Loop:
             self.stopped = "repeated failures"
             self.report.note(self.streak.note())
 
-    def _trained(self, outcome: Any, job: _Running, conf: Conf) -> float:
+    def _trained(self, outcome: Outcome, job: _Running, conf: Conf) -> float:
         """Budget units the finished job spent (a rerun after a kill finds the killed job's
         work done: still spent)."""
         if not self.multi:
@@ -384,16 +385,19 @@ class Loop:
         self.spent += trained
         return trained
 
-    def _record(self, outcome: Any, conf: Conf, rung: int, verdict: str) -> None:
+    def _record(self, outcome: Outcome, conf: Conf, rung: int, verdict: str) -> None:
         """The finished job written down: its rung's score, then the trial's state."""
         tid, worker = conf.trial_id, ({"worker": outcome.worker} if outcome.worker else {})
         if self.multi:
             if outcome.value is not None and conf.attrs.get("checkpoint_deleted"):
                 conf.attrs["checkpoint_deleted"] = False  # it has a checkpoint again
                 self.study.note_checkpoint(tid, False)
-            self.study.report_rung(tid, self.step_of[rung], outcome.value,
-                                   {"rung": rung, "resource_spent": conf.attrs["resource_spent"],
-                                    "metrics": outcome.metrics, "timings": outcome.timings, **worker})
+            attrs = {"rung": rung, "resource_spent": conf.attrs["resource_spent"],
+                     "metrics": outcome.metrics, "timings": outcome.timings, **worker}
+            if outcome.worker:  # ``worker`` is the last rung's; where each rung ran stays in this list
+                conf.attrs["rung_workers"] = attrs["rung_workers"] = \
+                    [*conf.attrs.get("rung_workers", []), {"rung": rung, **outcome.worker}]
+            self.study.report_rung(tid, self.step_of[rung], outcome.value, attrs)
             worker = {}
         if verdict == "waiting":
             self.study.set_waiting(tid)

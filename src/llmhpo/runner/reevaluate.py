@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from llmhpo.config import Config
+from llmhpo.executors import Executor
 from llmhpo.runner.output import Reporter
 from llmhpo.study import Study
 
 
-def reevaluate(config: Config, study: Study, executor: Any, report: Reporter, log: Callable[[int], None]) -> None:
+def reevaluate(config: Config, study: Study, executor: Executor, report: Reporter, log: Callable[[int], None]) -> None:
     """[study] reevaluate: the best configurations once more each, with another seed where the
     objective takes one; ``Study.best`` then ranks them by their mean. A resumed study does
     only those not re-evaluated yet."""
