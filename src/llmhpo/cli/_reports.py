@@ -40,10 +40,8 @@ def report(
 def _open_studies(refs: list[str], names: list[str]) -> list:
     """The studies the ``report`` arguments name: a TOML file gives its study; a storage
     gives all its studies, or only those named with --study."""
-    import optuna
-
     from llmhpo.config import load_config
-    from llmhpo.study import Study, open_storage
+    from llmhpo.study import Study
 
     out, found = [], set()
     for ref in refs:
@@ -59,7 +57,7 @@ def _open_studies(refs: list[str], names: list[str]) -> list:
                 raise ConfigError(f"no study in {db}: the file does not exist or is empty; run "
                                   "`llmhpo run STUDY.toml` first, or check the path")
             try:
-                wanted = optuna.get_all_study_names(storage=open_storage(url))
+                wanted = Study.names(url)
             except LlmhpoError:
                 raise
             except Exception as e:
