@@ -43,37 +43,14 @@ def bench(
     With --scheduler, compare full-fidelity and multi-fidelity search on learning curves with
     a known final optimum: the resource each method needs to reach the regret that full-fidelity
     random search reaches with its whole budget."""
-    from llmhpo.bench import (BUDGETS, Spec, markdown_table, overall, overall_markdown, plot_convergence,
-                              run_bench, runs_to_json, summarise, vs_random_cell, vs_random_note)
+    from llmhpo.bench import BUDGETS, plot_convergence, run_bench, runs_to_json, summarise
     from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
-    from llmhpo.optimizers import OPTIMIZERS, check_optimizer
 
     if scheduler is not None:
         return _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out, markdown, scheduler,
                                     optuna_pruners, fidelity, noise)
     try:
-        names = list(OPTIMIZERS) if optimizers == "all" else [o.strip() for o in optimizers.split(",") if o.strip()]
-        specs = []
-        for item in names:
-            label, _, name = item.rpartition("=")
-            name = name.strip()
-            check_optimizer(name)
-            specs.append(Spec(label.strip() or name, name, {}))
-        by_label = {sp.label: sp for sp in specs}
-        if len(by_label) != len(specs):
-            raise ConfigError(f"--optimizers {optimizers!r} uses a label twice; give each run a LABEL=NAME of its own")
-        for item in option or []:
-            key, eq, raw = item.partition("=")
-            label, dot, opt_key = key.partition(".")
-            if not eq or not dot or label not in by_label:
-                raise ConfigError(f"--option {item!r} must be LABEL.KEY=VALUE with LABEL one of: {', '.join(by_label)}")
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                value = raw
-            by_label[label].options[opt_key] = value
-        for sp in specs:
-            check_optimizer(sp.optimizer, sp.options)
+        specs = _specs(optimizers, option or [])
         fns = FUNCTION_NAMES if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
         for f in fns:
             get_function(f, None)
@@ -89,6 +66,56 @@ def bench(
         rows = run_bench(specs, fns, budget, seeds, workers, dim, batch, on_row=runs_done)
     budgets = [b for b in BUDGETS if b < budget] + [budget]
     summaries = {b: summarise(rows, b) for b in budgets}
+    summary = summaries[budget]
+    totals = _print_tables(summaries, budget, batch, seeds, markdown)
+    if plots:
+        for path in plot_convergence(rows, plots):
+            err.print(f"wrote {path}")
+    if json_out:
+        json_out.write_text(json.dumps(jsonable({
+            "protocol": "shifted optimum per seed (Function.shifted), ask/tell loop, one torch thread per run",
+            "budget": budget, "batch": batch, "seeds": seeds, "functions": fns,
+            "optimizers": [sp.__dict__ for sp in specs],
+            "summary": summary, "overall": totals, "summary_by_budget": {str(b): summaries[b] for b in budgets},
+            "runs": runs_to_json(rows)})))
+
+
+def _specs(optimizers: str, option: list[str]) -> list:
+    """The runs ``--optimizers`` and ``--option`` ask for, each optimiser and option checked
+    (``llmhpo.bench.Spec``: a label, the optimiser's name, its options)."""
+    from llmhpo.bench import Spec
+    from llmhpo.optimizers import OPTIMIZERS, check_optimizer
+
+    names = list(OPTIMIZERS) if optimizers == "all" else [o.strip() for o in optimizers.split(",") if o.strip()]
+    specs = []
+    for item in names:
+        label, _, name = item.rpartition("=")
+        name = name.strip()
+        check_optimizer(name)
+        specs.append(Spec(label.strip() or name, name, {}))
+    by_label = {sp.label: sp for sp in specs}
+    if len(by_label) != len(specs):
+        raise ConfigError(f"--optimizers {optimizers!r} uses a label twice; give each run a LABEL=NAME of its own")
+    for item in option:
+        key, eq, raw = item.partition("=")
+        label, dot, opt_key = key.partition(".")
+        if not eq or not dot or label not in by_label:
+            raise ConfigError(f"--option {item!r} must be LABEL.KEY=VALUE with LABEL one of: {', '.join(by_label)}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        by_label[label].options[opt_key] = value
+    for sp in specs:
+        check_optimizer(sp.optimizer, sp.options)
+    return specs
+
+
+def _print_tables(summaries: dict[int, list[dict]], budget: int, batch: int, seeds: int, markdown: bool) -> list:
+    """The regret table at the full budget and the ranks over all functions (with --markdown,
+    both at every budget); returns the overall ranks at the full budget."""
+    from llmhpo.bench import markdown_table, overall, overall_markdown, vs_random_cell, vs_random_note
+
     summary = summaries[budget]
     # the 95% CI and the mean are in --markdown and --json: an 80-column terminal keeps one line per row
     table = Table("function", "optimizer", title=f"best regret after {budget} evaluations (batch {batch}), "
@@ -108,21 +135,12 @@ def bench(
                       f"{r['mean_seconds']:.1f}")
     console.print(table)
     if markdown:
-        for b in budgets:
+        for b in summaries:
             console.print(f"\nbudget {b}:\n", highlight=False)
             console.print(markdown_table(summaries[b]), highlight=False, soft_wrap=True)
             console.print("", highlight=False)
             console.print(overall_markdown(overall(summaries[b])), highlight=False, soft_wrap=True)
-    if plots:
-        for path in plot_convergence(rows, plots):
-            err.print(f"wrote {path}")
-    if json_out:
-        json_out.write_text(json.dumps(jsonable({
-            "protocol": "shifted optimum per seed (Function.shifted), ask/tell loop, one torch thread per run",
-            "budget": budget, "batch": batch, "seeds": seeds, "functions": fns,
-            "optimizers": [sp.__dict__ for sp in specs],
-            "summary": summary, "overall": totals, "summary_by_budget": {str(b): summaries[b] for b in budgets},
-            "runs": runs_to_json(rows)})))
+    return totals
 
 
 def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out, markdown, scheduler,

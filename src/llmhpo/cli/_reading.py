@@ -55,30 +55,55 @@ def status(
     except LlmhpoError as e:
         fail(e)
     c = st.counts()
-    cfg = st.config
     best = st.best()
     records = st.records()
-    row = lease.read(st.storage, cfg.study.name)
+    row = st.driver()
     alive = lease.alive(row)
     now = time.time()
     if as_json:
-        def trial(r):
-            return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
-                    "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),
-                    "timings": r.attrs.get("timings", {}), "worker": r.attrs.get("worker"),
-                    "intermediate": r.intermediate or None, "retries": r.attrs.get("retries", 0)}
-        driver = None
-        if row is not None:
-            driver = {k: row.get(k) for k in ("host", "pid", "started", "heartbeat")}
-            driver.update(alive=alive, running=bool(row.get("token")), heartbeat_age=now - float(row.get("heartbeat") or 0))
-        out = {"study": cfg.study.name, "storage": cfg.study.storage, "optimizer": cfg.optimizer,
-               "objective": cfg.kind.describe(cfg.objective), "direction": cfg.study.direction,
-               "budget": {"trials": cfg.budget.trials, "resource": cfg.resource_budget()},
-               "counts": c, "best": None if best is None else trial(best), "base": _base_json(st), "driver": driver,
-               "workers": (row or {}).get("workers", []) if alive else [],
-               "trials": [trial(r) for r in records]}
-        print(json.dumps(jsonable(out), indent=1))
+        print(json.dumps(jsonable(_status_json(st, c, best, records, row, alive, now)), indent=1))
         return
+    _say_counts(st.config, c, records)
+    _say_driver(row, alive, now)
+    if c.get("reevaluations"):
+        say(f"{c['reevaluations']} re-evaluation(s) of the best configurations ([study] reevaluate): "
+            "the best is the best mean")
+    if best and "evaluations" in best.attrs:
+        say(f"best mean {best.value:.6g} over {len(best.attrs['evaluations'])} evaluations (trial {best.number}: "
+            + ", ".join(f"{v:.6g}" for v in best.attrs["evaluations"]) + ")")
+    elif best:
+        say(f"best value {best.value:.6g} (trial {best.number})")
+    _say_base(st, best)
+    workers = (row or {}).get("workers") or []
+    if alive and workers:
+        console.print(_workers_table(workers, now))
+    console.print(_trials_table(records[-last:], driver_gone=row is not None and not alive))
+
+
+def _trial_json(r) -> dict:
+    return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
+            "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),
+            "timings": r.attrs.get("timings", {}), "worker": r.attrs.get("worker"),
+            "intermediate": r.intermediate or None, "retries": r.attrs.get("retries", 0)}
+
+
+def _status_json(st, c: dict, best, records: list, row: dict | None, alive: bool, now: float) -> dict:
+    """``status --json``: the study, its counts, driver, workers and every trial."""
+    cfg = st.config
+    driver = None
+    if row is not None:
+        driver = {k: row.get(k) for k in ("host", "pid", "started", "heartbeat")}
+        driver.update(alive=alive, running=bool(row.get("token")), heartbeat_age=now - float(row.get("heartbeat") or 0))
+    return {"study": cfg.study.name, "storage": cfg.study.storage, "optimizer": cfg.optimizer,
+            "objective": cfg.kind.describe(cfg.objective), "direction": cfg.study.direction,
+            "budget": {"trials": cfg.budget.trials, "resource": cfg.resource_budget()},
+            "counts": c, "best": None if best is None else _trial_json(best), "base": _base_json(st), "driver": driver,
+            "workers": (row or {}).get("workers", []) if alive else [],
+            "trials": [_trial_json(r) for r in records]}
+
+
+def _say_counts(cfg, c: dict, records: list) -> None:
+    """The study in one line, then its trials by state against the budget."""
     say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
         f"{cfg.study.direction}")
     if cfg.fidelity is None:
@@ -91,6 +116,14 @@ def status(
             f"{c['RUNNING']} running, {c['interrupted']} interrupted")
         say(f"{fd.resource}: {spent:.6g} spent of {cfg.resource_budget():.6g}; rungs "
             + ", ".join(fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
+
+
+def _say_driver(row: dict | None, alive: bool, now: float) -> None:
+    """Whether a driver runs the study, is gone, or when the last run ended."""
+    import time
+
+    from llmhpo import lease
+
     if row is not None and row.get("token"):
         if alive:
             say(f"driver: running, {lease.describe(row, now)}")
@@ -100,40 +133,36 @@ def status(
     elif row is not None:
         ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(row.get("heartbeat") or 0)))
         say(f"driver: none (the last run ended {ended})")
-    if c.get("reevaluations"):
-        say(f"{c['reevaluations']} re-evaluation(s) of the best configurations ([study] reevaluate): "
-            "the best is the best mean")
-    if best and "evaluations" in best.attrs:
-        say(f"best mean {best.value:.6g} over {len(best.attrs['evaluations'])} evaluations (trial {best.number}: "
-            + ", ".join(f"{v:.6g}" for v in best.attrs["evaluations"]) + ")")
-    elif best:
-        say(f"best value {best.value:.6g} (trial {best.number})")
-    _say_base(st, best)
-    workers = (row or {}).get("workers") or []
-    if alive and workers:
-        wt = Table("worker", "host", "device", "trial", "elapsed", title="workers", title_justify="left")
-        for i, w in enumerate(workers):
-            since = w.get("since")
-            wt.add_row(str(i), escape(str(w.get("host") or "-")), escape(str(w.get("device") or "-")),
-                       "idle" if w.get("trial") is None else str(w["trial"]),
-                       "" if not since or w.get("trial") is None else f"{now - float(since):.0f} s")
-        console.print(wt)
+
+
+def _workers_table(workers: list[dict], now: float) -> Table:
+    wt = Table("worker", "host", "device", "trial", "elapsed", title="workers", title_justify="left")
+    for i, w in enumerate(workers):
+        since = w.get("since")
+        wt.add_row(str(i), escape(str(w.get("host") or "-")), escape(str(w.get("device") or "-")),
+                   "idle" if w.get("trial") is None else str(w["trial"]),
+                   "" if not since or w.get("trial") is None else f"{now - float(since):.0f} s")
+    return wt
+
+
+def _trials_table(records: list, driver_gone: bool) -> Table:
+    """The latest trials; a RUNNING trial whose driver is gone says so."""
     # one params column that wraps: readable at 80 columns, every name whole
     table = Table("trial", "state", "value", "params", "error", title="latest trials", title_justify="left")
     table.columns[3].overflow = "fold"
     table.columns[4].overflow = "fold"
-    for r in records[-last:]:
+    for r in records:
         value = r.value
         if value is None and r.intermediate:  # multi-fidelity: the score at its highest rung
             value = r.intermediate[max(r.intermediate)]
         state = "INTERRUPTED" if r.interrupted else r.state
-        if state == "RUNNING" and row is not None and not alive:
+        if state == "RUNNING" and driver_gone:
             state = "RUNNING (driver gone)"
         table.add_row(str(r.number), state,
                       "" if value is None else f"{value:.6g}" + (f" @{max(r.intermediate)}" if r.intermediate else ""),
                       escape(", ".join(f"{k}={fmt(v)}" for k, v in r.params.items())),
                       escape(r.attrs.get("error") or ""))
-    console.print(table)
+    return table
 
 
 def best(
