@@ -1,5 +1,6 @@
 """The package's shape: layers import downwards only, no import circle, nothing outside
-``objectives/`` asks which objective kind a study uses, and reading a study needs no torch.
+``objectives/`` asks which objective kind a study uses, reading a study needs no torch, and
+no source file or function outgrows its line budget.
 
 The package root ``llmhpo/__init__.py`` is the facade: it may import any module (it
 re-exports the public names, ``optimize`` lazily), so it has no layer. In exchange no module
@@ -18,10 +19,10 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmhpo"
 
 # cli -> api/demo -> runner/bench/report/figures -> preflight -> study/tracking/live -> config
-# -> optimizers/objectives/executors/lease -> space/storage -> errors
+# -> optimizers/objectives/executors/lease -> space/storage/_tables -> errors
 LAYERS = {
     "errors": 0, "_json": 0, "_version": 0, "_format": 0, "_metrics": 0, "_progress": 0,
-    "space": 1, "storage": 1,
+    "space": 1, "storage": 1, "_tables": 1,
     "optimizers": 2, "objectives": 2, "executors": 2, "schedulers": 2, "lease": 2,
     "config": 3,
     "study": 4, "tracking": 4, "live": 4,
@@ -30,6 +31,13 @@ LAYERS = {
     "bench": 6, "api": 6, "demo": 6,
     "cli": 7,
 }
+
+
+# a file or function past these is split: a reader holds a function on one screen, a module in one sitting
+MAX_FILE_LINES = 500
+MAX_FUNCTION_LINES = 80
+# over the file budget while it is being split into a package
+BEING_SPLIT = {"executors.py"}
 
 
 def modules() -> dict[str, Path]:
@@ -106,6 +114,27 @@ def test_no_import_circle():
         if n not in state:
             visit(n, [n])
     assert not cycles, cycles
+
+
+def test_no_source_file_over_the_line_budget():
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        where = path.relative_to(SRC).as_posix()
+        n = len(path.read_text().splitlines())
+        if n > MAX_FILE_LINES and where not in BEING_SPLIT:
+            long.append(f"{where} ({n} lines)")
+    assert not long, f"source files over {MAX_FILE_LINES} lines; split them: " + ", ".join(long)
+
+
+def test_no_function_over_the_line_budget():
+    long = []
+    for name, path in sorted(modules().items()):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name} (line {node.lineno}, {n} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines; split them: " + ", ".join(long)
 
 
 def test_no_objective_kind_branch_outside_objectives():

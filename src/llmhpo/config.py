@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from llmhpo._tables import device, expect, no_unknown, parse_duration, storage_url
 from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
 from llmhpo.optimizers import check_optimizer
@@ -25,63 +26,6 @@ else:  # pragma: no cover
 from llmhpo.space import SearchSpace
 
 _SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging"}
-
-
-def _expect(section: str, table: Mapping[str, Any], key: str, types: tuple, default: Any = None,
-            required: bool = False) -> Any:
-    if key not in table:
-        if required:
-            raise ConfigError(f"[{section}] is missing the key '{key}'")
-        return default
-    v = table[key]
-    if isinstance(v, bool) and bool not in types:
-        ok = False
-    else:
-        ok = isinstance(v, types)
-    if not ok:
-        words = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true or false",
-                 dict: "a table"}
-        names = " or ".join(words.get(t, t.__name__) for t in types)
-        raise ConfigError(f"[{section}] {key} = {v!r} must be {names}")
-    return v
-
-
-def _no_unknown(section: str, table: Mapping[str, Any], allowed: set[str]) -> None:
-    extra = sorted(set(table) - allowed)
-    if extra:
-        raise ConfigError(f"[{section}] has an unknown key '{extra[0]}'{did_you_mean(extra[0], allowed)}; "
-                          f"allowed keys: {', '.join(sorted(allowed))}")
-
-
-# what CUDA_VISIBLE_DEVICES accepts: an index, a GPU or MIG UUID (or a unique prefix of one),
-# or the older MIG-GPU-<uuid>/<gpu instance>/<compute instance>
-_DEVICE = re.compile(r"^([0-9]+|GPU-[0-9a-fA-F][0-9a-fA-F-]*|MIG-[0-9a-fA-F][0-9a-fA-F-]*|MIG-GPU-[0-9a-fA-F-]+/\d+/\d+)$")
-
-
-def _device(d: Any) -> str:
-    """One [runner] devices entry as CUDA_VISIBLE_DEVICES will get it."""
-    if isinstance(d, int) and not isinstance(d, bool) and d >= 0:
-        return str(d)
-    if isinstance(d, str) and _DEVICE.match(d):
-        return d
-    raise ConfigError(f"[runner] devices has {d!r}, which CUDA_VISIBLE_DEVICES does not accept; give GPU indices "
-                      "(0, 1, ...), GPU-<uuid> or MIG-<uuid> as `nvidia-smi -L` shows them")
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
-
-
-def parse_duration(value: Any, where: str) -> float:
-    """Seconds from a number or a string such as "90m", "2h", "30s"."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
-    else:
-        raise ConfigError(f"{where} = {value!r} must be seconds or a duration such as \"90m\" or \"2h\"")
-    if seconds <= 0:
-        raise ConfigError(f"{where} = {value!r} must be positive")
-    return seconds
 
 
 @dataclass(frozen=True)
@@ -270,7 +214,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
 
 def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     owned = all_tables()  # kind-owned tables such as [model] -> "finetune"
-    _no_unknown("top level", raw, _SECTIONS | set(owned) | {"base_dir"})
+    no_unknown("top level", raw, _SECTIONS | set(owned) | {"base_dir"})
     if isinstance(raw.get("base_dir"), str):  # a stored study's config: the folder of its TOML
         base_dir = Path(raw["base_dir"])
     raw = {k: v for k, v in raw.items() if k != "base_dir"}
@@ -285,57 +229,89 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     if "objective" not in raw:
         raise ConfigError("the section [objective] is missing; add e.g. [objective] type = \"finetune\"")
     obj = dict(raw["objective"])
-    kind_name = _expect("objective", obj, "type", (str,), required=True)
+    kind_name = expect("objective", obj, "type", (str,), required=True)
     kind = get_kind(kind_name)
     obj.pop("type")
 
-    # [study]
-    st = raw.get("study", {})
-    _no_unknown("study", st, {"name", "storage", "direction", "seed", "reevaluate"})
-    name = _expect("study", st, "name", (str,), default_name)
+    # the tables in the order their problems are reported
+    study = _study(raw.get("study", {}), default_name, base_dir, kind, "fidelity" in raw)
+    budget = _budget(raw.get("budget"), "fidelity" in raw)
+    runner = _runner(raw.get("runner", {}))
+
+    # [optimizer]
+    if "optimizer" not in raw:
+        raise ConfigError("the section [optimizer] is missing; add e.g. [optimizer] name = \"bo\"")
+    op = dict(raw["optimizer"])
+    opt_name = expect("optimizer", op, "name", (str,), required=True)
+    op.pop("name")
+    check_optimizer(opt_name, op)
+
+    # the objective kind's own tables
+    for table, owner in owned.items():
+        if table in raw and owner != kind.name:
+            raise ConfigError(f"[{table}] is only used with [objective] type = \"{owner}\"; remove it")
+    spec = kind.parse(obj, {t: dict(raw[t]) for t in kind.tables if t in raw}, ParseContext(base_dir, study.name))
+
+    # [space]
+    space = _build_space(dict(raw.get("space", {})), kind, spec)
+    kind.check_space(spec, space)
+
+    ws = _warm_start(raw.get("warm_start", []), space)
+    fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
+    logging = _logging(raw.get("logging", {}), base_dir)
+    return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging)
+
+
+def _study(st: Mapping[str, Any], default_name: str, base_dir: Path, kind: ObjectiveKind,
+           fidelity: bool) -> StudyConfig:
+    """[study]; ``fidelity``: whether the file has a [fidelity] table."""
+    no_unknown("study", st, {"name", "storage", "direction", "seed", "reevaluate"})
+    name = expect("study", st, "name", (str,), default_name)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ConfigError(f"[study] name = {name!r} may only use letters, digits, '_', '-' and '.'")
-    storage = _storage_url(_expect("study", st, "storage", (str,), f"{name}.db"), base_dir)
-    direction = _expect("study", st, "direction", (str,), kind.default_direction)
+    storage = storage_url(expect("study", st, "storage", (str,), f"{name}.db"), base_dir)
+    direction = expect("study", st, "direction", (str,), kind.default_direction)
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"[study] direction = {direction!r} must be \"minimize\" or \"maximize\"")
-    seed = _expect("study", st, "seed", (int,), 0)
-    reevaluate = _expect("study", st, "reevaluate", (int,), 0)
+    seed = expect("study", st, "seed", (int,), 0)
+    reevaluate = expect("study", st, "reevaluate", (int,), 0)
     if reevaluate < 0:
         raise ConfigError(f"[study] reevaluate = {reevaluate} must be >= 0 (the top configurations run again)")
-    if reevaluate and "fidelity" in raw:
+    if reevaluate and fidelity:
         raise ConfigError("[study] reevaluate is for studies without [fidelity]; drop one of the two")
-    study = StudyConfig(name, storage, direction, seed, reevaluate)
+    return StudyConfig(name, storage, direction, seed, reevaluate)
 
-    # [budget]
-    if "budget" not in raw:
+
+def _budget(bd: Mapping[str, Any] | None, fidelity: bool) -> Budget:
+    """[budget] (None: the file has none); ``fidelity``: whether the file has a [fidelity] table."""
+    if bd is None:
         raise ConfigError("the section [budget] is missing; add e.g. [budget] trials = 50")
-    bd = raw["budget"]
-    _no_unknown("budget", bd, {"trials", "wall_time", "resource"})
-    resource = _expect("budget", bd, "resource", (int, float), None)
-    if resource is not None and "fidelity" not in raw:
+    no_unknown("budget", bd, {"trials", "wall_time", "resource"})
+    resource = expect("budget", bd, "resource", (int, float), None)
+    if resource is not None and not fidelity:
         raise ConfigError("[budget] resource needs a [fidelity] table (the resource it counts); "
                           "use trials without one")
     if resource is not None and resource <= 0:
         raise ConfigError(f"[budget] resource = {resource} must be positive")
-    trials = _expect("budget", bd, "trials", (int,), 0 if resource is not None else None, required=resource is None)
+    trials = expect("budget", bd, "trials", (int,), 0 if resource is not None else None, required=resource is None)
     if trials < 1 and resource is None:
         raise ConfigError(f"[budget] trials = {trials} must be at least 1")
     wall = parse_duration(bd["wall_time"], "[budget] wall_time") if "wall_time" in bd else None
-    budget = Budget(trials, wall, None if resource is None else float(resource))
+    return Budget(trials, wall, None if resource is None else float(resource))
 
-    # [runner]
-    rn = raw.get("runner", {})
-    _no_unknown("runner", rn, {"workers", "executor", "devices", "max_repeated_failures", "max_retries",
-                                "trial_timeout", "address", "gpus_per_trial", "cpus_per_trial"})
-    executor = _expect("runner", rn, "executor", (str,), "auto")
+
+def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
+    """[runner]: how many trials at a time, and where they run."""
+    no_unknown("runner", rn, {"workers", "executor", "devices", "max_repeated_failures", "max_retries",
+                               "trial_timeout", "address", "gpus_per_trial", "cpus_per_trial"})
+    executor = expect("runner", rn, "executor", (str,), "auto")
     if executor not in ("auto", "inline", "process", "ray"):
         raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\", \"process\" or \"ray\"")
-    devices = tuple(_device(d) for d in _expect("runner", rn, "devices", (list,), []))
+    devices = tuple(device(d) for d in expect("runner", rn, "devices", (list,), []))
     if devices and executor == "ray":
         raise ConfigError("[runner] devices is for the process executor; with executor = \"ray\" set "
                           "gpus_per_trial and Ray places each trial on a free GPU")
-    workers = _expect("runner", rn, "workers", (int, str), len(devices) or (0 if executor == "ray" else 1))
+    workers = expect("runner", rn, "workers", (int, str), len(devices) or (0 if executor == "ray" else 1))
     if isinstance(workers, str):
         if workers != "auto" or executor != "ray":
             raise ConfigError(f"[runner] workers = {workers!r} must be a number"
@@ -348,10 +324,10 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
                           "use one worker per device (or drop workers)")
     if executor == "inline" and workers > 1:
         raise ConfigError("[runner] executor = \"inline\" runs one trial at a time; set workers = 1 or executor = \"process\"")
-    repeated = _expect("runner", rn, "max_repeated_failures", (int,), 3)
+    repeated = expect("runner", rn, "max_repeated_failures", (int,), 3)
     if repeated < 0:
         raise ConfigError(f"[runner] max_repeated_failures = {repeated} must be >= 0 (0: never stop on failures)")
-    retries = _expect("runner", rn, "max_retries", (int,), 1)
+    retries = expect("runner", rn, "max_retries", (int,), 1)
     if retries < 0:
         raise ConfigError(f"[runner] max_retries = {retries} must be >= 0")
     timeout = rn.get("trial_timeout")
@@ -359,39 +335,22 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
         timeout = parse_duration(timeout, "[runner] trial_timeout")
     if timeout is not None and executor == "inline":
         raise ConfigError("[runner] trial_timeout needs trials in worker processes; drop executor = \"inline\"")
-    address = _expect("runner", rn, "address", (str,), None)
+    address = expect("runner", rn, "address", (str,), None)
     if address is not None and executor != "ray":
         raise ConfigError("[runner] address is the Ray cluster's address; it needs executor = \"ray\"")
-    gpus = float(_expect("runner", rn, "gpus_per_trial", (int, float), 0.0))
-    cpus = float(_expect("runner", rn, "cpus_per_trial", (int, float), 1.0))
+    gpus = float(expect("runner", rn, "gpus_per_trial", (int, float), 0.0))
+    cpus = float(expect("runner", rn, "cpus_per_trial", (int, float), 1.0))
     for key, v in (("gpus_per_trial", gpus), ("cpus_per_trial", cpus)):
         if v < 0:
             raise ConfigError(f"[runner] {key} = {v:g} must be >= 0")
         if key in rn and executor != "ray":
             raise ConfigError(f"[runner] {key} is a Ray resource request; it needs executor = \"ray\" "
                               "(the process executor uses devices = [...])")
-    runner = RunnerConfig(workers, executor, devices, repeated, retries, timeout, address, gpus, cpus)
+    return RunnerConfig(workers, executor, devices, repeated, retries, timeout, address, gpus, cpus)
 
-    # [optimizer]
-    if "optimizer" not in raw:
-        raise ConfigError("the section [optimizer] is missing; add e.g. [optimizer] name = \"bo\"")
-    op = dict(raw["optimizer"])
-    opt_name = _expect("optimizer", op, "name", (str,), required=True)
-    op.pop("name")
-    check_optimizer(opt_name, op)
 
-    # the objective kind's own tables
-    for table, owner in owned.items():
-        if table in raw and owner != kind.name:
-            raise ConfigError(f"[{table}] is only used with [objective] type = \"{owner}\"; remove it")
-    spec = kind.parse(obj, {t: dict(raw[t]) for t in kind.tables if t in raw}, ParseContext(base_dir, name))
-
-    # [space]
-    space = _build_space(dict(raw.get("space", {})), kind, spec)
-    kind.check_space(spec, space)
-
-    # warm_start
-    ws = raw.get("warm_start", [])
+def _warm_start(ws: Any, space: SearchSpace) -> tuple[dict[str, Any], ...]:
+    """[[warm_start]]: configurations the optimiser is told first, each checked against the space."""
     if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
         raise ConfigError("warm_start must be a list of tables: write [[warm_start]] then name = value lines")
     for i, w in enumerate(ws):
@@ -399,27 +358,23 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
             space.encode(w, fill_defaults=True)
         except ConfigError as e:
             raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
-
-    fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
-    logging = _logging(raw.get("logging", {}), base_dir)
-    return Config(study, budget, runner, opt_name, op, spec, space, tuple(dict(w) for w in ws), str(base_dir),
-                  fidelity, logging)
+    return tuple(dict(w) for w in ws)
 
 
 def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:
     from llmhpo.schedulers import SCHEDULERS
 
-    _no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir"})
+    no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir"})
     supported = kind.fidelity_resources(spec)
     if not supported:
         raise ConfigError(f"[fidelity]: a {kind.name} objective has no resource to grow; remove [fidelity]")
-    resource = _expect("fidelity", fd, "resource", (str,), supported[0] if supported[0] != "*" else "steps")
+    resource = expect("fidelity", fd, "resource", (str,), supported[0] if supported[0] != "*" else "steps")
     if resource not in supported and "*" not in supported:
         raise ConfigError(f"[fidelity] resource = {resource!r} is not one a {kind.name} objective grows; "
                           f"use one of: {', '.join(supported)}")
-    r_min = _expect("fidelity", fd, "min", (int, float), required=True)
-    r_max = _expect("fidelity", fd, "max", (int, float), required=True)
-    eta = _expect("fidelity", fd, "eta", (int,), 3)
+    r_min = expect("fidelity", fd, "min", (int, float), required=True)
+    r_max = expect("fidelity", fd, "max", (int, float), required=True)
+    eta = expect("fidelity", fd, "eta", (int,), 3)
     if eta < 2:
         raise ConfigError(f"[fidelity] eta = {eta} must be at least 2")
     if not 0 < r_min < r_max:
@@ -427,14 +382,14 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
     if r_max / r_min < eta:
         raise ConfigError(f"[fidelity] max / min = {r_max / r_min:g} is below eta = {eta}: there would be one rung; "
                           f"lower min to at most {r_max / eta:g} or lower eta")
-    scheduler = _expect("fidelity", fd, "scheduler", (str,), "asha")
+    scheduler = expect("fidelity", fd, "scheduler", (str,), "asha")
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"[fidelity] scheduler = {scheduler!r} is unknown{did_you_mean(scheduler, SCHEDULERS)}; "
                           f"use one of: {', '.join(SCHEDULERS)}")
-    keep = _expect("fidelity", fd, "keep_checkpoints", (int,), 2)
+    keep = expect("fidelity", fd, "keep_checkpoints", (int,), 2)
     if keep < 0:
         raise ConfigError(f"[fidelity] keep_checkpoints = {keep} must be >= 0")
-    folder = _expect("fidelity", fd, "checkpoint_dir", (str,), "llmhpo-runs")
+    folder = expect("fidelity", fd, "checkpoint_dir", (str,), "llmhpo-runs")
     integer = kind.integer_resource(spec, resource)
     if integer and any(r != int(r) for r in (r_min, r_max)):
         raise ConfigError(f"[fidelity] min and max count {resource}: give whole numbers")
@@ -446,10 +401,10 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
 
 def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
     """[logging]: ``mlflow`` / ``tensorboard`` / ``wandb`` = true, or where (a URI, a folder, a mode)."""
-    _no_unknown("logging", lg, {"mlflow", "tensorboard", "wandb", "experiment"})
+    no_unknown("logging", lg, {"mlflow", "tensorboard", "wandb", "experiment"})
 
     def where(key: str) -> str | bool | None:
-        v = _expect("logging", lg, key, (bool, str), None)
+        v = expect("logging", lg, key, (bool, str), None)
         return None if v is False else v
 
     mlflow = where("mlflow")
@@ -475,19 +430,8 @@ def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
         wandb = "offline"
     if wandb is not None and wandb not in ("offline", "online"):
         raise ConfigError(f"[logging] wandb = {wandb!r} must be true (offline), \"offline\" or \"online\"")
-    experiment = _expect("logging", lg, "experiment", (str,), None)
+    experiment = expect("logging", lg, "experiment", (str,), None)
     return LoggingConfig(mlflow, tensorboard, wandb, experiment)
-
-
-def _storage_url(storage: str, base_dir: Path) -> str:
-    """An Optuna storage URL; a bare path or a relative sqlite path is relative to ``base_dir``."""
-    if "://" not in storage:
-        storage = f"sqlite:///{storage}"
-    for prefix in ("sqlite:///", "journal:///"):  # as SQLAlchemy: three slashes relative, four absolute
-        if storage.startswith(prefix) and not storage.startswith(prefix + "/") and storage != prefix + ":memory:":
-            path = Path(storage[len(prefix):]).expanduser()
-            storage = prefix + str(path if path.is_absolute() else (base_dir / path).resolve())
-    return storage
 
 
 def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:

@@ -63,6 +63,8 @@ class TrialRecord:
     interrupted: bool
     attrs: dict[str, Any]
     intermediate: dict[int, float] | None = None  # multi-fidelity: step (resource) -> value
+    start: float | None = None  # epoch seconds: when the trial started (Optuna's datetime_start)
+    end: float | None = None  # epoch seconds: when it finished (datetime_complete); None while running
 
 
 class Study:
@@ -153,6 +155,11 @@ class Study:
             lease.release()
             self.lease = None
 
+    @staticmethod
+    def names(storage_url: str) -> list[str]:
+        """The names of the studies the storage at ``storage_url`` holds, oldest first."""
+        return [s.study_name for s in open_storage(storage_url).get_all_studies()]
+
     @classmethod
     def load(cls, storage_url: str, name: str | None = None) -> "Study":
         """Open an existing study for reading (status, best, report); creates nothing."""
@@ -177,6 +184,13 @@ class Study:
             raise StudyError(f"study '{name}' was not made by llmhpo")
         config = Config.from_dict(json.loads(attrs[CONFIG_KEY]), default_name=name)
         return cls(storage, study, config)
+
+    def driver(self) -> dict[str, Any] | None:
+        """The lease row of the study's driver (host, pid, heartbeat, token, workers), or None
+        when no driver ever ran it; ``llmhpo.lease.alive`` says whether it still lives."""
+        from llmhpo import lease
+
+        return lease.read(self.storage, self.config.study.name)
 
     # ------------------------------------------------------------------ optimiser state
     def save_optimizer_state(self, state: dict[str, Any]) -> None:
@@ -320,6 +334,18 @@ class Study:
                 return replace(rec, value=mean, attrs={**rec.attrs, "evaluations": vals})
         return min(done, key=lambda r: (sign * r.value, r.number))
 
+    def importances(self, method: str) -> dict[str, float]:
+        """Optuna's parameter importances over the complete trials, each hyperparameter's share
+        of the objective's variance (they sum to 1). ``method``: "fANOVA" (a random forest's
+        functional ANOVA, seed 0) or "PED-ANOVA". Raises what Optuna raises when the trials
+        cannot tell (too few, too few distinct values)."""
+        evaluators = {"fANOVA": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+                      "PED-ANOVA": lambda: optuna.importance.PedAnovaImportanceEvaluator()}
+        if method not in evaluators:
+            raise ValueError(f"importance method {method!r} is unknown; use one of: {', '.join(evaluators)}")
+        imp = optuna.importance.get_param_importances(self.optuna_study, evaluator=evaluators[method]())
+        return {k: float(v) for k, v in imp.items()}
+
     def counts(self) -> dict[str, int]:
         c = {"COMPLETE": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "PRUNED": 0, "interrupted": 0}
         for r in self.records():
@@ -336,7 +362,9 @@ def _record(t: FrozenTrial) -> TrialRecord:
     ua = t.user_attrs
     value = t.value if t.state == TrialState.COMPLETE else None
     return TrialRecord(t.number, t._trial_id, t.state.name, value, dict(t.params), ua.get("candidate_id"),
-                       bool(ua.get("interrupted", False)), dict(ua), dict(t.intermediate_values))
+                       bool(ua.get("interrupted", False)), dict(ua), dict(t.intermediate_values),
+                       t.datetime_start.timestamp() if t.datetime_start else None,
+                       t.datetime_complete.timestamp() if t.datetime_complete else None)
 
 
 def _diff(old_json: str, new: Config) -> str:

@@ -125,7 +125,7 @@ def _study_section(rep: Report, sd: StudyData) -> Section:
 def write_report(studies, out: Path | str) -> Path:
     """Write ``report.html`` (self-contained), ``report.md`` and the figures as PNG into
     ``out``; returns the HTML file's path. ``studies``: one study or several."""
-    if isinstance(studies, (StudyData,)) or hasattr(studies, "optuna_study") and hasattr(studies, "records"):
+    if isinstance(studies, StudyData) or hasattr(studies, "records"):  # one study, not a list of them
         studies = [studies]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

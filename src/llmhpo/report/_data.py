@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from llmhpo._metrics import adapter_dir, numbers, split_metrics, timings
 
@@ -81,7 +81,8 @@ class StudyData:
     space: Any  # llmhpo.space.SearchSpace
     trials: list[Trial]
     base: dict[str, float] = field(default_factory=dict)  # the base model's metrics, when scored
-    optuna_study: Any = None
+    #: the study's ``importances(method)`` (Optuna's fANOVA / PED-ANOVA); None: not read from a study
+    importance: Callable[[str], dict[str, float]] | None = None
     accelerator: str = "CPU"  # "GPU" when trials ran on GPUs: compute is GPU-hours
     fidelity: Any = None
 
@@ -90,18 +91,13 @@ class StudyData:
     def of(cls, study) -> "StudyData":
         """From a ``llmhpo.study.Study``."""
         cfg = study.config
-        times = {}
-        for t in study.optuna_study.get_trials(deepcopy=False):
-            times[t.number] = (t.datetime_start.timestamp() if t.datetime_start else None,
-                               t.datetime_complete.timestamp() if t.datetime_complete else None)
         trials, gpu = [], False
         for r in study.records():
             metrics = r.attrs.get("metrics") or {}
             scalars, curves, texts = split_metrics(metrics)
             worker = r.attrs.get("worker") or {}
-            start, end = times.get(r.number, (None, None))
-            start = start if start is not None else worker.get("start")
-            end = end if end is not None else worker.get("end")
+            start = r.start if r.start is not None else worker.get("start")
+            end = r.end if r.end is not None else worker.get("end")
             state = "INTERRUPTED" if r.interrupted else r.state
             trials.append(Trial(r.number, state, r.value if r.state == "COMPLETE" else None, dict(r.params),
                                 scalars, curves, texts, timings(r), r.attrs.get("error"), start, end,
@@ -110,7 +106,7 @@ class StudyData:
         base = (study.base() or (None, {}))[1]
         base = numbers(base)
         return cls(cfg.study.name, cfg.optimizer, cfg.kind.describe(cfg.objective), cfg.study.direction,
-                   metric_name(cfg), cfg.space, sorted(trials, key=lambda t: t.number), base, study.optuna_study,
+                   metric_name(cfg), cfg.space, sorted(trials, key=lambda t: t.number), base, study.importances,
                    "GPU" if gpu else "CPU", cfg.fidelity)
 
     # ------------------------------------------------------------------ views

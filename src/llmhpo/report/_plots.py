@@ -250,22 +250,18 @@ def importances(sd: StudyData) -> tuple[dict[str, float] | None, str]:
     """Optuna's parameter importances on the study's complete trials: fANOVA (a random
     forest's functional ANOVA), or PED-ANOVA when fANOVA fails. (importances, method or
     the reason there are none)."""
-    import optuna
-
-    if sd.optuna_study is None:
+    if sd.importance is None:
         return None, "no Optuna study"
     if len(sd.complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return None, f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials (has {len(sd.complete)})"
     if len(sd.space.names) < 2:
         return None, "one hyperparameter: nothing to compare"
     errors = []
-    for label, make in (("fANOVA", lambda: optuna.importance.FanovaImportanceEvaluator(seed=0)),
-                        ("PED-ANOVA", lambda: optuna.importance.PedAnovaImportanceEvaluator())):
+    for label in ("fANOVA", "PED-ANOVA"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(sd.optuna_study, evaluator=make())
-            return {k: float(v) for k, v in imp.items()}, label
+                return sd.importance(label), label
         except Exception as e:  # too few distinct values, a library limit
             errors.append(f"{label}: {type(e).__name__}: {e}")
     return None, "; ".join(errors)

@@ -1,0 +1,205 @@
+"""Commands that read a study: status, best."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from llmhpo._format import fmt
+from llmhpo._json import jsonable
+from llmhpo.cli._app import console, fail, open_study, say
+from llmhpo.errors import LlmhpoError
+
+
+def _base_json(st) -> dict | None:
+    base = st.base()
+    return None if base is None else {"value": base[0], "metrics": base[1]}
+
+
+def _say_base(st, best) -> None:
+    """The base model's score beside the best trial's: did fine-tuning help, and by how much."""
+    base = st.base()
+    if base is None:
+        return
+    if best is None:
+        say(f"base model (no adapter): {base[0]:.6g}")
+        return
+    gain = best.value - base[0]
+    if gain == 0:
+        verdict = "the best trial equals it"
+    else:
+        better = gain > 0 if st.config.study.direction == "maximize" else gain < 0
+        verdict = f"the best trial is {'better' if better else 'worse'} by {abs(gain):.6g}"
+    say(f"base model (no adapter): {base[0]:.6g}; {verdict}")
+
+
+def status(
+    study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
+    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
+    last: int = typer.Option(10, "--last", help="How many recent trials to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole status as JSON (for scripts)."),
+):
+    """Trials done, failed and running, the driver and its workers, the best so far and the
+    latest trials."""
+    import time
+
+    from llmhpo import lease
+
+    try:
+        st = open_study(study, name)
+    except LlmhpoError as e:
+        fail(e)
+    c = st.counts()
+    best = st.best()
+    records = st.records()
+    row = st.driver()
+    alive = lease.alive(row)
+    now = time.time()
+    if as_json:
+        print(json.dumps(jsonable(_status_json(st, c, best, records, row, alive, now)), indent=1))
+        return
+    _say_counts(st.config, c, records)
+    _say_driver(row, alive, now)
+    if c.get("reevaluations"):
+        say(f"{c['reevaluations']} re-evaluation(s) of the best configurations ([study] reevaluate): "
+            "the best is the best mean")
+    if best and "evaluations" in best.attrs:
+        say(f"best mean {best.value:.6g} over {len(best.attrs['evaluations'])} evaluations (trial {best.number}: "
+            + ", ".join(f"{v:.6g}" for v in best.attrs["evaluations"]) + ")")
+    elif best:
+        say(f"best value {best.value:.6g} (trial {best.number})")
+    _say_base(st, best)
+    workers = (row or {}).get("workers") or []
+    if alive and workers:
+        console.print(_workers_table(workers, now))
+    console.print(_trials_table(records[-last:], driver_gone=row is not None and not alive))
+
+
+def _trial_json(r) -> dict:
+    return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
+            "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),
+            "timings": r.attrs.get("timings", {}), "worker": r.attrs.get("worker"),
+            "intermediate": r.intermediate or None, "retries": r.attrs.get("retries", 0)}
+
+
+def _status_json(st, c: dict, best, records: list, row: dict | None, alive: bool, now: float) -> dict:
+    """``status --json``: the study, its counts, driver, workers and every trial."""
+    cfg = st.config
+    driver = None
+    if row is not None:
+        driver = {k: row.get(k) for k in ("host", "pid", "started", "heartbeat")}
+        driver.update(alive=alive, running=bool(row.get("token")), heartbeat_age=now - float(row.get("heartbeat") or 0))
+    return {"study": cfg.study.name, "storage": cfg.study.storage, "optimizer": cfg.optimizer,
+            "objective": cfg.kind.describe(cfg.objective), "direction": cfg.study.direction,
+            "budget": {"trials": cfg.budget.trials, "resource": cfg.resource_budget()},
+            "counts": c, "best": None if best is None else _trial_json(best), "base": _base_json(st), "driver": driver,
+            "workers": (row or {}).get("workers", []) if alive else [],
+            "trials": [_trial_json(r) for r in records]}
+
+
+def _say_counts(cfg, c: dict, records: list) -> None:
+    """The study in one line, then its trials by state against the budget."""
+    say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
+        f"{cfg.study.direction}")
+    if cfg.fidelity is None:
+        say(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
+            f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
+    else:
+        fd = cfg.fidelity
+        spent = sum(float(r.attrs.get("resource_spent", 0.0)) for r in records)
+        say(f"{c['COMPLETE']} complete (top rung), {c['PRUNED']} pruned, {c['WAITING']} waiting, {c['FAIL']} failed, "
+            f"{c['RUNNING']} running, {c['interrupted']} interrupted")
+        say(f"{fd.resource}: {spent:.6g} spent of {cfg.resource_budget():.6g}; rungs "
+            + ", ".join(fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
+
+
+def _say_driver(row: dict | None, alive: bool, now: float) -> None:
+    """Whether a driver runs the study, is gone, or when the last run ended."""
+    import time
+
+    from llmhpo import lease
+
+    if row is not None and row.get("token"):
+        if alive:
+            say(f"driver: running, {lease.describe(row, now)}")
+        else:
+            say(f"driver: gone ({lease.describe(row, now)}); its running trials are rerun when the study resumes",
+                style="yellow")
+    elif row is not None:
+        ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(row.get("heartbeat") or 0)))
+        say(f"driver: none (the last run ended {ended})")
+
+
+def _workers_table(workers: list[dict], now: float) -> Table:
+    wt = Table("worker", "host", "device", "trial", "elapsed", title="workers", title_justify="left")
+    for i, w in enumerate(workers):
+        since = w.get("since")
+        wt.add_row(str(i), escape(str(w.get("host") or "-")), escape(str(w.get("device") or "-")),
+                   "idle" if w.get("trial") is None else str(w["trial"]),
+                   "" if not since or w.get("trial") is None else f"{now - float(since):.0f} s")
+    return wt
+
+
+def _trials_table(records: list, driver_gone: bool) -> Table:
+    """The latest trials; a RUNNING trial whose driver is gone says so."""
+    # one params column that wraps: readable at 80 columns, every name whole
+    table = Table("trial", "state", "value", "params", "error", title="latest trials", title_justify="left")
+    table.columns[3].overflow = "fold"
+    table.columns[4].overflow = "fold"
+    for r in records:
+        value = r.value
+        if value is None and r.intermediate:  # multi-fidelity: the score at its highest rung
+            value = r.intermediate[max(r.intermediate)]
+        state = "INTERRUPTED" if r.interrupted else r.state
+        if state == "RUNNING" and driver_gone:
+            state = "RUNNING (driver gone)"
+        table.add_row(str(r.number), state,
+                      "" if value is None else f"{value:.6g}" + (f" @{max(r.intermediate)}" if r.intermediate else ""),
+                      escape(", ".join(f"{k}={fmt(v)}" for k, v in r.params.items())),
+                      escape(r.attrs.get("error") or ""))
+    return table
+
+
+def best(
+    study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
+    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial's adapter and config here."),
+    merge: bool = typer.Option(False, "--merge", help="With --export: also write the base model with the adapter merged."),
+    as_json: bool = typer.Option(False, "--json", help="Print the best trial as JSON."),
+):
+    """The best trial: value, params, metrics; optionally export its adapter."""
+    try:
+        st = open_study(study, name)
+        b = st.best()
+        if b is None:
+            raise LlmhpoError(f"study '{st.config.study.name}' has no complete trial yet")
+        if export is not None:
+            cfg = st.config
+            where = cfg.kind.export(cfg.objective, b, export, merge=merge)
+            (where / "study.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+    except LlmhpoError as e:
+        fail(e)
+    if as_json:  # plain print: valid JSON on any terminal width, nothing else on stdout
+        cfg = st.config
+        metrics = {k: v for k, v in (b.attrs.get("metrics") or {}).items() if k != "traceback"}
+        print(json.dumps(jsonable({"study": cfg.study.name, "storage": cfg.study.storage, "direction": cfg.study.direction,
+                          "objective": cfg.kind.describe(cfg.objective), "number": b.number, "value": b.value,
+                          "params": b.params, "metrics": metrics, "timings": b.attrs.get("timings", {}),
+                          "adapter_dir": metrics.get("adapter_dir"), "base": _base_json(st),
+                          "exported": None if export is None else str(where)}), indent=1))
+        return
+    else:
+        say(f"best trial {b.number}: value {b.value:.6g}")
+        _say_base(st, b)
+        for k, v in b.params.items():
+            say(f"  {k} = {fmt(v)}")
+        for k, v in sorted((b.attrs.get("metrics") or {}).items()):
+            if not isinstance(v, (list, dict)) and k != "traceback":
+                say(f"  {k}: {fmt(v, none='None')}", style="dim")
+    if export is not None:
+        say(f"exported to {where}")
