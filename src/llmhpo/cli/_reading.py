@@ -83,7 +83,7 @@ def status(
 def _trial_json(r) -> dict:
     return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
             "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),
-            "timings": r.attrs.get("timings", {}), "worker": r.attrs.get("worker"),
+            "timings": r.attrs.get("timings", {}), "worker": r.attrs.get("worker"), "rung_workers": r.attrs.get("rung_workers"),
             "intermediate": r.intermediate or None, "retries": r.attrs.get("retries", 0)}
 
 
