@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmhpo.bench import mf_markdown, run_mf_bench, summarise_mf
+from llmhpo.lab.bench import mf_markdown, run_mf_bench, summarise_mf
 from llmhpo.objectives.synthetic import FunctionObjective
 
 METHODS = ["random", "bo", "asha:random", "asha:optuna_tpe", "hyperband:random", "hyperband:bo", "sh:random",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llmhpo.bench import (BenchRun, Spec, better_than, bootstrap_ci, markdown_table, min_paired_seeds, run_one,
+from llmhpo.lab.bench import (BenchRun, Spec, better_than, bootstrap_ci, markdown_table, min_paired_seeds, run_one,
                           summarise, vs_random_cell, vs_random_note)
 from llmhpo.cli import app
 from llmhpo.objectives.functions import FUNCTION_NAMES, get_function

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmhpo.cli import app
-from llmhpo.figures import (MINIMA, draw_bayesian, draw_exploratory, draw_local_search, draw_partitions,
+from llmhpo.lab.figures import (MINIMA, draw_bayesian, draw_exploratory, draw_local_search, draw_partitions,
                             gp_example)
 from llmhpo.objectives.functions import get_function
 

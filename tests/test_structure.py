@@ -18,7 +18,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmhpo"
 
-# cli -> api/demo -> runner/bench/report/figures -> preflight -> study/tracking/live -> config
+# cli -> api/demo/lab -> runner/report -> preflight -> study/tracking/live -> config
 # -> optimizers/objectives/executors/lease -> space/storage/_tables -> errors
 LAYERS = {
     "errors": 0, "_json": 0, "_version": 0, "_format": 0, "_metrics": 0, "_progress": 0,
@@ -27,8 +27,8 @@ LAYERS = {
     "config": 3,
     "study": 4, "tracking": 4, "live": 4,
     "preflight": 4.5,
-    "runner": 5, "report": 5, "figures": 5,
-    "bench": 6, "api": 6, "demo": 6,
+    "runner": 5, "report": 5,
+    "lab": 6, "api": 6, "demo": 6,
     "cli": 7,
 }
 
@@ -172,3 +172,18 @@ def test_light_modules_import_without_torch(name):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_one_run_loop():
+    """Every study, with or without [fidelity], runs through ``runner/loop.py``: it is the one
+    place that waits on an executor for trials (``reevaluate.py`` waits for the few extra
+    evaluations after the loop ends), and ``run`` builds exactly one ``Loop``."""
+    waits = {}
+    for path in (SRC / "runner").glob("*.py"):
+        calls = [n for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "wait"]
+        if calls:
+            waits[path.name] = len(calls)
+    assert waits == {"loop.py": 1, "reevaluate.py": 1}, waits
+    start = (SRC / "runner" / "start.py").read_text()
+    assert start.count("Loop(") == 1

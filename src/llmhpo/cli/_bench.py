@@ -43,7 +43,7 @@ def bench(
     With --scheduler, compare full-fidelity and multi-fidelity search on learning curves with
     a known final optimum: the resource each method needs to reach the regret that full-fidelity
     random search reaches with its whole budget."""
-    from llmhpo.bench import BUDGETS, plot_convergence, run_bench, runs_to_json, summarise
+    from llmhpo.lab.bench import BUDGETS, plot_convergence, run_bench, runs_to_json, summarise
     from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
 
     if scheduler is not None:
@@ -82,8 +82,8 @@ def bench(
 
 def _specs(optimizers: str, option: list[str]) -> list:
     """The runs ``--optimizers`` and ``--option`` ask for, each optimiser and option checked
-    (``llmhpo.bench.Spec``: a label, the optimiser's name, its options)."""
-    from llmhpo.bench import Spec
+    (``llmhpo.lab.bench.Spec``: a label, the optimiser's name, its options)."""
+    from llmhpo.lab.bench import Spec
     from llmhpo.optimizers import OPTIMIZERS, check_optimizer
 
     names = list(OPTIMIZERS) if optimizers == "all" else [o.strip() for o in optimizers.split(",") if o.strip()]
@@ -114,7 +114,7 @@ def _specs(optimizers: str, option: list[str]) -> list:
 def _print_tables(summaries: dict[int, list[dict]], budget: int, batch: int, seeds: int, markdown: bool) -> list:
     """The regret table at the full budget and the ranks over all functions (with --markdown,
     both at every budget); returns the overall ranks at the full budget."""
-    from llmhpo.bench import markdown_table, overall, overall_markdown, vs_random_cell, vs_random_note
+    from llmhpo.lab.bench import markdown_table, overall, overall_markdown, vs_random_cell, vs_random_note
 
     summary = summaries[budget]
     # the 95% CI and the mean are in --markdown and --json: an 80-column terminal keeps one line per row
@@ -147,7 +147,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
                          optuna_pruners, fidelity, noise) -> None:
     import dataclasses
 
-    from llmhpo.bench import mf_markdown, run_mf_bench, summarise_mf
+    from llmhpo.lab.bench import mf_markdown, run_mf_bench, summarise_mf
     from llmhpo.objectives.functions import get_function
     from llmhpo.objectives.synthetic import FunctionObjective
     from llmhpo.optimizers import check_optimizer

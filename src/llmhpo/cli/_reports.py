@@ -82,7 +82,7 @@ def figures(
     """The algorithm gallery: each optimiser family's first evaluations on Himmelblau's
     function (grid vs random, ILS and SA paths, SOO / DIRECT / FDA partitions) and BO's
     Gaussian process on a 1-D function, drawn by llmhpo's own optimisers."""
-    from llmhpo.figures import write_gallery
+    from llmhpo.lab.figures import write_gallery
 
     try:
         paths = write_gallery(out, seed=seed)
