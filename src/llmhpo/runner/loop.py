@@ -86,7 +86,6 @@ class Loop:
         got = restore(config, study, self.optimizer, self.scheduler, self.step_of, self.sign)
         self.confs, self.requeue, self.fresh, self.untold = got.confs, got.requeue, got.fresh, got.untold
         self.spent, self.complete, self.failed = got.spent, got.complete, got.failed
-        self.cut_short = list(got.requeue)  # the last run's jobs, kept aside when the budget stops them
         self.running: dict[Hashable, _Running] = {}
         self.side: set[Hashable] = set()  # jobs outside the budget (the base model's score)
         self.asker = Asker(self.optimizer, threaded=executor.slots > 1)
@@ -167,7 +166,7 @@ class Loop:
             job = self.requeue[0] if self.requeue else self.scheduler.next_job()
             if job is None:
                 break
-            if self._committed() + self._cost(job) > self.budget + 1e-9:
+            if not self._fits(job):
                 self.stopped = "budget"
                 break
             cand = None
@@ -194,7 +193,7 @@ class Loop:
         run meanwhile); True when candidates came at once."""
         if self.asker.busy() or self.out_of_time or self.exhausted or self.streak.reason is not None:
             return False
-        if self.stopped == "budget" and self._budget_stopped():
+        if self._budget_stopped():  # the next job does not fit: nothing to ask for
             return False
         room = int((self.budget - self._committed()) / self.r[0] + 1e-9) - len(self.fresh)
         # ahead of free workers only where each candidate is one job of the budget: with rungs,
@@ -206,10 +205,14 @@ class Loop:
         self.asker.start(want)
         return self._take_asked(started=True)
 
+    def _fits(self, job: Job) -> bool:
+        """Whether ``job`` fits in the budget left beside the running jobs."""
+        return self._committed() + self._cost(job) <= self.budget + 1e-9
+
     def _budget_stopped(self) -> bool:
-        """Whether the last fill stopped because the next job does not fit in the budget."""
+        """Whether the next job does not fit in the budget."""
         job = self.requeue[0] if self.requeue else self.scheduler.next_job()
-        return job is not None and self._committed() + self._cost(job) > self.budget + 1e-9
+        return job is not None and not self._fits(job)
 
     def _take_asked(self, started: bool = False) -> bool:
         """Collect the ask in flight (``started``: the one just started) once it is over; True
