@@ -30,6 +30,7 @@ one executor each.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -51,9 +52,10 @@ def startup_note(runner: Any) -> str | None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # the caller's own cluster: joined already
         return None
-    if runner.address is None:
+    address = runner.address if runner.address is not None else os.environ.get("RAY_ADDRESS")
+    if not address:
         return "starting a local Ray cluster..."
-    return f"connecting to Ray at {runner.address}..."
+    return f"connecting to Ray at {address}..."
 
 
 def runs_inline(runner: Any, isolate: bool = False) -> bool:

@@ -64,8 +64,11 @@ class RayExecutor(Pool):
         self._started = not ray.is_initialized()
         if self._started:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            # left out: a local cluster of its own (RAY_ADDRESS still names one to join), never
+            # whichever cluster another program happens to run on this machine
+            where = address if address is not None else (os.environ.get("RAY_ADDRESS") or "local")
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                ray.init(address=where, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
             except ConnectionError as e:
                 raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {e}; start it with "
