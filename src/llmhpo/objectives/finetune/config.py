@@ -167,9 +167,16 @@ class FinetuneConfig:
     def to_tables(self) -> dict[str, dict[str, Any]]:
         """The four tables as written (relative paths stay relative: a moved study resumes)."""
         d = asdict(self)
-        if d["eval"]["base"]:  # the default, left out: studies stored before the key existed keep their hash
-            del d["eval"]["base"]
+        for section, keys in ADDED_KEYS.items():  # at their defaults, left out: stored studies keep their hash
+            for key in keys:
+                if d[section][key] == getattr(_DEFAULTS[section], key):
+                    del d[section][key]
         return {"objective": {}, **{k: d[k] for k in ("model", "data", "train", "eval")}}
+
+#: keys added after studies were first stored: left out of the stored tables while at their
+#: defaults, so that a study stored before a key existed keeps its config hash and resumes
+ADDED_KEYS: dict[str, tuple[str, ...]] = {"model": (), "data": (), "train": (), "eval": ("base",)}
+_DEFAULTS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig(), "eval": EvalConfig()}
 
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
 
