@@ -4,6 +4,7 @@ objective needs, with every problem reported at once."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from llmhpo.config import Config
@@ -19,7 +20,8 @@ def preflight(config: Config) -> list[str]:
     except LlmhpoError as e:
         errors.append(e)
     try:
-        lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
+        lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity,
+                                       remote=runs_elsewhere(config))
     except LlmhpoError as e:
         errors.append(e)
     if len(errors) == 1:
@@ -27,6 +29,13 @@ def preflight(config: Config) -> list[str]:
     if errors:
         raise SetupProblems([p for e in errors for p in getattr(e, "problems", None) or [_first_line(e)]])
     return lines
+
+
+def runs_elsewhere(config: Config) -> bool:
+    """Whether the trials may run on other machines than this one: a Ray cluster joined by
+    address (or RAY_ADDRESS), whose GPUs the workers check at their set-up instead."""
+    address = config.runner.address if config.runner.address is not None else os.environ.get("RAY_ADDRESS")
+    return config.runner.executor == "ray" and address not in (None, "", "local")
 
 
 def check_storage(url: str | None) -> str:

@@ -102,10 +102,11 @@ class ObjectiveKind:
     def check_space(self, spec, space) -> None:
         """ConfigError when the space does not fit the objective."""
 
-    def preflight(self, spec, space, devices: tuple[str, ...] = (), fidelity=None) -> list[str]:
+    def preflight(self, spec, space, devices: tuple[str, ...] = (), fidelity=None, remote: bool = False) -> list[str]:
         """Everything that would make every trial fail, checked once before the first trial
-        (may load models, data, user code). fidelity: the study's FidelityConfig, if any.
-        Returns lines describing what was found."""
+        (may load models, data, user code). fidelity: the study's FidelityConfig, if any;
+        remote: the trials run on other machines (a Ray cluster), whose GPUs and packages
+        this one cannot check. Returns lines describing what was found."""
         return []
 
     def scores_base(self, spec) -> bool:

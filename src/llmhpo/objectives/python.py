@@ -170,7 +170,7 @@ class PythonKind(ObjectiveKind):
             raise ConfigError(f"[objective] metric = {metric!r} must be a string (the key of the returned dict)")
         return PythonSpec(target, metric, str(ctx.base_dir.resolve()))
 
-    def preflight(self, spec: PythonSpec, space, devices=(), fidelity=None) -> list[str]:
+    def preflight(self, spec: PythonSpec, space, devices=(), fidelity=None, remote=False) -> list[str]:
         fn = load_target(spec)
         # with [fidelity] the function also gets fidelity=llmhpo.Fidelity(...)
         check_signature(fn, space.names + (["fidelity"] if fidelity else []), f"[objective] target {spec.target!r}")

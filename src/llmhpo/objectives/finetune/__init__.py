@@ -12,7 +12,6 @@ import gc
 import hashlib
 import json
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -87,7 +86,8 @@ class FinetuneObjective:
         from llmhpo.objectives.finetune import model as model_lib
 
         t0 = time.time()
-        self.model, self.tokenizer = model_lib.load(self.cfg.model, self.device)
+        self.model, self.tokenizer = model_lib.load(self.cfg.model, self.device,
+                                                    getattr(self.cfg.train, "gradient_checkpointing", False))
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.load_seconds = time.time() - t0
@@ -121,6 +121,7 @@ class FinetuneObjective:
         from peft import get_peft_model
         from peft.utils import set_peft_model_state_dict
 
+        from llmhpo.objectives.finetune.memory import TrialMemory
         from llmhpo.objectives.finetune.train import lora_config
 
         timings: dict[str, float] = {}
@@ -129,8 +130,7 @@ class FinetuneObjective:
         resume = (torch.load(plan.checkpoint, map_location="cpu", weights_only=False)
                   if plan.checkpoint is not None and plan.checkpoint.is_file() else None)
         on_cuda = self.device.startswith("cuda")
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats()
+        memory = TrialMemory(on_cuda).start()  # this trial's peaks, not the worker's
         peft_model = None
         try:
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if on_cuda else []):
@@ -143,14 +143,17 @@ class FinetuneObjective:
             if self.cfg.train.save_adapters:
                 progress("saving adapter")
                 metrics["adapter_dir"] = self._save_adapter(peft_model, params, asdict(plan.settings))
-        except (TrialFailed, ObjectiveSetupError):
+        except TrialFailed as e:
+            memory.stop()
+            e.metrics = {**(getattr(e, "metrics", None) or {}), **memory.metrics()}
+            raise
+        except ObjectiveSetupError:
             raise
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-            raise TrialFailed(f"out of memory ({type(e).__name__}); lower batch_size or max_seq_len, "
-                              "or raise grad_accum") from None
+            raise _out_of_memory(f"out of memory ({type(e).__name__})", memory) from None
         except RuntimeError as e:
             if "out of memory" in str(e).lower():
-                raise TrialFailed("out of memory; lower batch_size or max_seq_len, or raise grad_accum") from None
+                raise _out_of_memory("out of memory", memory) from None
             raise
         finally:
             if peft_model is not None:
@@ -159,8 +162,8 @@ class FinetuneObjective:
             gc.collect()
             if on_cuda:
                 torch.cuda.empty_cache()
-        metrics["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if on_cuda
-                                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            memory.stop()
+        metrics.update(memory.metrics())
         metrics["device"] = self.device
         timings["total"] = time.time() - t0
         return Result(value, metrics, timings)
@@ -272,6 +275,14 @@ class FinetuneObjective:
         metrics = evaluate(self.model, self.tokenizer, self._tm, self.cfg.eval)
         timings = {"setup": t1 - t0, "eval": time.time() - t1, "total": time.time() - t0}
         return Result(objective_value(metrics, self.cfg.eval.objective), metrics, timings)
+
+
+def _out_of_memory(what: str, memory) -> TrialFailed:
+    """The failed trial of an out-of-memory error, with the peaks it reached."""
+    memory.stop()
+    err = TrialFailed(f"{what}; lower batch_size or max_seq_len, or raise grad_accum")
+    err.metrics = memory.metrics()
+    return err
 
 
 __all__ = ["FinetuneConfig", "FinetuneObjective"]

@@ -24,9 +24,13 @@ class ModelConfig:
     #: the GGUF file's name inside ``name`` when ``name`` is a hub repo or a folder of GGUF files
     gguf_file: str | None = None
     dtype: str = "auto"  # auto: bf16 on a GPU that supports it, fp32 on CPU
+    #: LoRA targets: module names, or ("all-linear",) for every linear layer but the output head
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     reload_each_trial: bool = False  # True only to measure what caching saves
     revision: str | None = None
+    #: none | 4bit (QLoRA: NF4, double quantisation) | 8bit; the frozen base weights, CUDA only
+    quantization: str = "none"
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (CUDA, flash-attn)
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,27 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     save_adapters: bool = True
     output_dir: str = "llmhpo-runs"
+    use_dora: bool = False  # DoRA: weight-decomposed LoRA (a learnt magnitude per output)
+    use_rslora: bool = False  # rank-stabilised LoRA: scaling lora_alpha / sqrt(r) instead of / r
 
     def with_params(self, params: Mapping[str, Any]) -> "TrainConfig":
         """One trial's settings: these values with the searched ``params`` in their place, each
         cast once to its knob's type (an integer knob searched as a float is truncated).
         Params that are no training knob are left out."""
         types = {f.name: type(getattr(self, f.name)) for f in fields(self)}
-        return replace(self, **{k: types[k](v) for k, v in params.items() if k in types})
+        return replace(self, **{k: _cast(k, types[k], v) for k, v in params.items() if k in types})
+
+
+def _cast(name: str, to: type, value: Any):
+    """``value`` as the knob's type; a boolean knob takes a bool, 0/1 or "true"/"false" (never
+    bool("false"), which is True)."""
+    if to is not bool:
+        return to(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value in (0, 1):  # also numpy's bool_ and integers
+        return bool(value)
+    raise ConfigError(f"[train] {name} = {value!r} must be true or false")
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,7 @@ class FinetuneConfig:
             raise ConfigError(f"[data] template = {self.data.template!r} must be \"alpaca\" or \"chat\"")
         if self.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"[model] dtype = {self.model.dtype!r} must be auto, float32, bfloat16 or float16")
+        self._check_model()
         if "/" not in self.eval.objective:
             raise ConfigError(f"[eval] objective = {self.eval.objective!r} must be task/metric, e.g. \"hellaswag/acc_norm\"")
         task = self.eval.objective.split("/")[0]
@@ -141,6 +160,20 @@ class FinetuneConfig:
                 raise ConfigError(f"[train] {key} = {getattr(self.train, key)} must be at least 1")
         if self.train.max_steps < 0 or (self.train.max_steps == 0 and self.train.epochs <= 0):
             raise ConfigError("[train] needs max_steps > 0, or max_steps = 0 and epochs > 0")
+
+    def _check_model(self) -> None:
+        m = self.model
+        if m.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"[model] quantization = {m.quantization!r} must be \"none\", \"4bit\" or \"8bit\"")
+        if m.attn_implementation not in ATTENTION:
+            raise ConfigError(f"[model] attn_implementation = {m.attn_implementation!r} must be \"sdpa\", "
+                              "\"eager\" or \"flash_attention_2\"")
+        if m.attn_implementation == "flash_attention_2" and m.dtype == "float32":
+            raise ConfigError("[model] attn_implementation = \"flash_attention_2\" needs bf16 or fp16 weights; "
+                              "set [model] dtype = \"auto\" or \"bfloat16\", or use \"sdpa\"")
+        if not m.target_modules or ("all-linear" in m.target_modules and len(m.target_modules) > 1):
+            raise ConfigError(f"[model] target_modules = {list(m.target_modules)} must be a list of module names "
+                              "or \"all-linear\" alone")
 
     def resolved(self) -> "FinetuneConfig":
         """A copy whose local paths are absolute (what workers, preflight and export use)."""
@@ -175,8 +208,12 @@ class FinetuneConfig:
 
 #: keys added after studies were first stored: left out of the stored tables while at their
 #: defaults, so that a study stored before a key existed keeps its config hash and resumes
-ADDED_KEYS: dict[str, tuple[str, ...]] = {"model": (), "data": (), "train": (), "eval": ("base",)}
+ADDED_KEYS: dict[str, tuple[str, ...]] = {"model": ("quantization", "attn_implementation"), "data": (),
+                                          "train": ("use_dora", "use_rslora"), "eval": ("base",)}
 _DEFAULTS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig(), "eval": EvalConfig()}
+
+QUANTIZATIONS = ("none", "4bit", "8bit")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
 

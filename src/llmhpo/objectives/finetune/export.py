@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from llmhpo.errors import LlmhpoError
@@ -36,7 +37,9 @@ def export_best(cfg: FinetuneConfig, record, out: Path, merge: bool = False) -> 
 
         from llmhpo.objectives.finetune import model as model_lib
 
-        base, tok = model_lib.load(cfg.model, "cpu")
+        # merged on the CPU into full-precision weights (a quantised base would round the adapter away)
+        attn = "sdpa" if cfg.model.attn_implementation == "flash_attention_2" else cfg.model.attn_implementation
+        base, tok = model_lib.load(replace(cfg.model, quantization="none", attn_implementation=attn), "cpu")
         merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
         merged.save_pretrained(out / "merged")
         tok.save_pretrained(out / "merged")

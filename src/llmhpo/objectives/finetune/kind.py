@@ -54,13 +54,14 @@ class FinetuneKind(ObjectiveKind):
     def check_space(self, spec: FinetuneConfig, space) -> None:
         spec.check(space)
 
-    def preflight(self, spec: FinetuneConfig, space, devices=(), fidelity=None) -> list[str]:
+    def preflight(self, spec: FinetuneConfig, space, devices=(), fidelity=None, remote=False) -> list[str]:
         """The model, data, tasks (and the objective metric) and GPUs can be had; raises
         SetupProblems naming every one that cannot (a lone problem as its own error). Converts a GGUF model and writes the
-        builtin tasks once, here, rather than in every worker."""
+        builtin tasks once, here, rather than in every worker. remote: quantisation's and
+        attention's GPU and packages are the Ray workers' to check."""
         fc = spec.resolved()
         lines, errors = [], []
-        for check in (_check_model, _check_data, _check_tasks):
+        for check in (_check_runtime(remote), _check_model, _check_data, _check_tasks):
             try:
                 lines += check(fc)
             except LlmhpoError as e:
@@ -106,6 +107,22 @@ def _check_model(fc: FinetuneConfig) -> list[str]:
     if not Path(where).is_dir():  # a hub id: its config must be reachable (cache or network)
         where = model_lib.check_hub_model(fc.model, where, gguf)
     return [f"model: {fc.model.name} -> {where}"]
+
+
+def _check_runtime(remote: bool):
+    """The check of what quantisation and the attention kernel need, first: before the
+    model's download or conversion."""
+    def check(fc: FinetuneConfig) -> list[str]:
+        import torch
+
+        from llmhpo.objectives.finetune.model import check_runtime
+
+        if remote:
+            return [f"quantization {fc.model.quantization}, attention {fc.model.attn_implementation}: "
+                    "checked by the Ray workers at their set-up"]
+        return check_runtime(fc.model, torch.cuda.is_available())
+
+    return check
 
 
 def _check_data(fc: FinetuneConfig) -> list[str]:

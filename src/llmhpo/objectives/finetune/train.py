@@ -29,10 +29,14 @@ class TrainStats:
 
 
 def lora_config(settings: TrainConfig, target_modules):
+    """peft's LoraConfig of one trial. target_modules: module names, or ("all-linear",) for
+    every linear layer but the output head; use_dora / use_rslora from the trial's knobs."""
     from peft import LoraConfig
 
+    targets = "all-linear" if tuple(target_modules) == ("all-linear",) else list(target_modules)
     return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                      use_dora=settings.use_dora, use_rslora=settings.use_rslora)
 
 
 def total_steps(settings: TrainConfig, n_examples: int) -> int:
