@@ -188,19 +188,31 @@ def test_dora_learns_a_magnitude_per_output(objective):
     assert not _wrapped(objective, TrainConfig())["model.layers.0.self_attn.q_proj"].lora_magnitude_vector
 
 
-@pytest.mark.slow  # two short trials each on the tiny model (about 10 s)
-@pytest.mark.parametrize("model, knobs", [({}, {"use_dora": True}), ({}, {"use_rslora": True}),
-                                          ({"target_modules": "all-linear"}, {})], ids=["dora", "rslora", "all-linear"])
-def test_each_variant_trains_differently_and_leaves_the_base_as_it_was(tiny_llama, tmp_path, model, knobs):
-    obj = make_with(tiny_llama, tmp_path, model)
-    obj.setup()
+@pytest.fixture(scope="module")
+def plain(objective):
+    """A trial of plain LoRA on the attention projections."""
+    return objective(PARAMS)
+
+
+def _trains_differently(obj, knobs: dict, plain) -> None:
     before = weights_hash(obj.model)
-    plain = make_with(tiny_llama, tmp_path)(PARAMS)  # plain LoRA on the attention projections
-    r = obj({**PARAMS, **knobs})
-    curve = r.metrics["train_loss_curve"]
+    curve = obj({**PARAMS, **knobs}).metrics["train_loss_curve"]
     assert len(curve) == 8 and all(math.isfinite(x) for x in curve) and np.mean(curve[-3:]) < curve[0]
     assert curve != plain.metrics["train_loss_curve"]  # the variant changed the training
     assert weights_hash(obj.model) == before
+
+
+@pytest.mark.slow  # short trials on the tiny model (5-15 s)
+@pytest.mark.parametrize("knob", ["use_dora", "use_rslora"])
+def test_dora_and_rslora_train_differently_and_leave_the_base_as_it_was(objective, plain, knob):
+    _trains_differently(objective, {knob: True}, plain)
+
+
+@pytest.mark.slow  # short trials on the tiny model (5-15 s)
+def test_all_linear_trains_differently_and_leaves_the_base_as_it_was(tiny_llama, tmp_path, plain):
+    obj = make_with(tiny_llama, tmp_path, {"target_modules": "all-linear"})
+    obj.setup()
+    _trains_differently(obj, {}, plain)
 
 
 @pytest.mark.slow  # a two-trial study on the tiny model (about 10 s)
