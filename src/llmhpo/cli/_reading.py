@@ -148,9 +148,11 @@ def _workers_table(workers: list[dict], now: float) -> Table:
 def _trials_table(records: list, driver_gone: bool) -> Table:
     """The latest trials; a RUNNING trial whose driver is gone says so."""
     # one params column that wraps: readable at 80 columns, every name whole
-    table = Table("trial", "state", "value", "params", "error", title="latest trials", title_justify="left")
-    table.columns[3].overflow = "fold"
-    table.columns[4].overflow = "fold"
+    memory = any("peak_memory_mb" in (r.attrs.get("metrics") or {}) for r in records)
+    table = Table("trial", "state", "value", *["peak MiB"] * memory, "params", "error", title="latest trials",
+                  title_justify="left")
+    table.columns[-2].overflow = "fold"
+    table.columns[-1].overflow = "fold"
     for r in records:
         value = r.value
         if value is None and r.intermediate:  # multi-fidelity: the score at its highest rung
@@ -158,8 +160,10 @@ def _trials_table(records: list, driver_gone: bool) -> Table:
         state = "INTERRUPTED" if r.interrupted else r.state
         if state == "RUNNING" and driver_gone:
             state = "RUNNING (driver gone)"
+        peak = (r.attrs.get("metrics") or {}).get("peak_memory_mb")  # the GPU's on CUDA, the resident set's on CPU
         table.add_row(str(r.number), state,
                       "" if value is None else f"{value:.6g}" + (f" @{max(r.intermediate)}" if r.intermediate else ""),
+                      *["" if peak is None else f"{peak:.0f}"] * memory,
                       escape(", ".join(f"{k}={fmt(v)}" for k, v in r.params.items())),
                       escape(r.attrs.get("error") or ""))
     return table

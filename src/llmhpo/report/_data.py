@@ -11,7 +11,19 @@ from llmhpo._metrics import adapter_dir, numbers, split_metrics, timings
 
 #: metrics that count work or resources rather than measure the model (tables, not panels)
 BOOKKEEPING = {"train_steps", "steps_trained_now", "resource_trained", "train_tokens", "train_tokens_per_s",
-               "peak_memory_mb", "diverged_step"}
+               "peak_memory_mb", "peak_rss_mb", "peak_gpu_memory_mb", "peak_gpu_reserved_mb", "diverged_step"}
+
+#: a trial's peak memory (MiB) -> its column's name; peak_memory_mb (the GPU peak on CUDA, the
+#: resident set's on the CPU) only for studies recorded before the others existed
+MEMORY = {"peak_gpu_memory_mb": "peak GPU MiB", "peak_gpu_reserved_mb": "GPU reserved MiB",
+          "peak_rss_mb": "peak RSS MiB"}
+LEGACY_MEMORY = {"peak_memory_mb": "peak MiB"}
+
+
+def memory_columns(trials: list["Trial"]) -> dict[str, str]:
+    """The peak-memory metrics these trials recorded -> their column names."""
+    found = {k: v for k, v in MEMORY.items() if any(k in t.scalars for t in trials)}
+    return found or {k: v for k, v in LEGACY_MEMORY.items() if any(k in t.scalars for t in trials)}
 
 
 def is_bookkeeping(metric: str) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from llmhpo._format import fmt
 from llmhpo._version import __version__
-from llmhpo.report._data import StudyData, is_bookkeeping
+from llmhpo.report._data import StudyData, Trial, is_bookkeeping, memory_columns
 
 TOP = 10  # trials in the "top trials" table
 
@@ -99,7 +99,29 @@ def facts(sd: StudyData) -> list[tuple[str, str]]:
     states += [f"{c[s]} {s.lower()}" for s in ("PRUNED", "WAITING", "RUNNING", "INTERRUPTED") if c[s]]
     out.append(("trials", ", ".join(states)))
     out.append(("compute", f"{compute(sd)} over {duration(sd.wall_hours() * 3600)} of wall-clock time"))
+    memory = memory_fact(sd)
+    if memory:
+        out.append(("peak memory", memory))
     return out
+
+
+def memory_fact(sd: StudyData) -> str | None:
+    """The best trial's peak memory and the highest of any trial (GPU's where recorded)."""
+    cols = memory_columns(sd.trials)
+    key = next((k for k in ("peak_gpu_memory_mb", "peak_rss_mb", "peak_memory_mb") if k in cols), None)
+    if key is None:
+        return None
+    what = {"peak_gpu_memory_mb": " on the GPU", "peak_rss_mb": " resident"}.get(key, "")
+    top = max((t for t in sd.trials if key in t.scalars), key=lambda t: t.scalars[key])
+    line = f"highest {top.scalars[key]:.0f} MiB{what} (trial {top.number})"
+    b = sd.best()
+    if b is not None and key in b.scalars:
+        line = f"{b.scalars[key]:.0f} MiB{what} for the best trial; {line}"
+    return line
+
+
+def _memory_cells(t: Trial, cols: dict[str, str]) -> list[str]:
+    return [f"{t.scalars[k]:.0f}" if k in t.scalars else "" for k in cols]
 
 
 def top_table(sd: StudyData, n: int = TOP) -> Table:
@@ -108,11 +130,11 @@ def top_table(sd: StudyData, n: int = TOP) -> Table:
     params = list(sd.space.names)
     metrics = sorted({k for t in trials for k in t.scalars if k != sd.metric and not is_bookkeeping(k)},
                      key=lambda k: (0 if "/" in k else 1, k))
-    extra = [k for k in ("train_tokens_per_s", "peak_memory_mb") if any(k in t.scalars for t in trials)]
+    speed = any("train_tokens_per_s" in t.scalars for t in trials)
+    memory = memory_columns(trials)
     phases = ["load", "train", "evaluate"] if any(t.phases()["train"] or t.phases()["evaluate"] for t in trials) else []
     header = (["trial", sd.metric] + (["vs base"] if sd.base_score is not None else []) + params + metrics
-              + [{"train_tokens_per_s": "tokens/s", "peak_memory_mb": "peak MB"}[k] for k in extra]
-              + [f"{p} time" for p in phases] + ["trial time"])
+              + ["tokens/s"] * speed + list(memory.values()) + [f"{p} time" for p in phases] + ["trial time"])
     rows = []
     for t in trials:
         ph = t.phases()
@@ -121,7 +143,8 @@ def top_table(sd: StudyData, n: int = TOP) -> Table:
             row.append(f"{t.value - sd.base_score:+.3g}")
         row += [fmt(t.params.get(p)) for p in params]
         row += [fmt(t.scalars.get(m)) for m in metrics]
-        row += [f"{t.scalars[k]:.0f}" if k in t.scalars else "" for k in extra]
+        row += [f"{t.scalars['train_tokens_per_s']:.0f}" if "train_tokens_per_s" in t.scalars else ""] * speed
+        row += _memory_cells(t, memory)
         row += [duration(ph[p]) for p in phases] + [duration(t.compute_s)]
         rows.append(row)
     return Table(header, rows, numeric=set(range(len(header))))
@@ -133,10 +156,12 @@ def failure_table(sd: StudyData) -> Table | None:
     if not bad:
         return None
     params = list(sd.space.names)
+    memory = memory_columns(bad)  # an out-of-memory failure records the peaks it reached
     rows = [[str(t.number), t.state.lower()] + [fmt(t.params.get(p)) for p in params]
-            + [duration(t.compute_s), t.error or "(no reason recorded)"] for t in bad]
-    return Table(["trial", "state"] + params + ["after", "reason"], rows, numeric={0} | set(range(2, 3 + len(params))),
-                 wrap={3 + len(params)})
+            + [duration(t.compute_s)] + _memory_cells(t, memory) + [t.error or "(no reason recorded)"] for t in bad]
+    n = len(params) + len(memory)
+    return Table(["trial", "state"] + params + ["after"] + list(memory.values()) + ["reason"], rows,
+                 numeric={0} | set(range(2, 3 + n)), wrap={3 + n})
 
 
 def time_table(sd: StudyData) -> Table:
