@@ -2,6 +2,7 @@
 compute; the CUDA path itself needs a GPU), the LoRA variants DoRA, rsLoRA and all-linear
 on the tiny random Llama, and each trial's own peak memory."""
 
+import json
 import math
 
 import numpy as np
@@ -136,6 +137,28 @@ def test_a_ray_cluster_checks_the_gpu_on_its_workers(monkeypatch):
     assert runs_elsewhere(Config.from_dict({**raw, "runner": {"executor": "ray", "address": "auto"}}))
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     assert runs_elsewhere(Config.from_dict({**raw, "runner": {"executor": "ray"}}))
+
+
+def test_a_cluster_elsewhere_leaves_the_gpu_check_to_its_workers(monkeypatch):
+    from llmhpo.objectives.finetune.kind import _check_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fc = FinetuneConfig.from_sections({"model": {"quantization": "4bit"}})
+    with pytest.raises(ConfigError, match=NO_CUDA.replace("(", r"\(").replace(")", r"\)")):
+        _check_runtime(False)(fc)
+    assert _check_runtime(True)(fc) == ["quantization 4bit, attention sdpa: checked by the Ray workers at their set-up"]
+
+
+def test_new_keys_round_trip_and_stay_out_of_the_tables_at_their_defaults():
+    tables = {"model": {"quantization": "8bit", "attn_implementation": "eager", "target_modules": "all-linear"},
+              "train": {"use_dora": True, "use_rslora": True}}
+    cfg = FinetuneConfig.from_sections(tables)
+    written = cfg.to_tables()
+    assert FinetuneConfig.from_sections(json.loads(json.dumps(written))) == cfg  # as stored
+    assert written["model"]["quantization"] == "8bit" and written["train"]["use_dora"] is True
+    plain = FinetuneConfig.from_sections({}).to_tables()
+    assert not {"quantization", "attn_implementation"} & set(plain["model"])
+    assert not {"use_dora", "use_rslora"} & set(plain["train"])
 
 
 # ---------------------------------------------------------------- LoRA variants
