@@ -97,6 +97,38 @@ def test_a_boolean_knob_refuses_other_values():
         TrainConfig().with_params({"use_rslora": "maybe"})
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_quantised_model_is_placed_by_bitsandbytes_and_prepared_for_training(tiny_llama, monkeypatch, checkpointing):
+    """The CUDA path's wiring, with transformers and peft stood in for (no GPU here)."""
+    import importlib.util
+
+    import peft
+    import transformers
+
+    from llmhpo.objectives.finetune import model as model_lib
+
+    seen = {}
+
+    class Loaded:
+        def to(self, device):
+            pytest.fail("a quantised model was moved")
+
+    def from_pretrained(where, **kwargs):
+        seen.update(kwargs)
+        return Loaded()
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(peft, "prepare_model_for_kbit_training",
+                        lambda m, use_gradient_checkpointing=True: seen.update(prepared=use_gradient_checkpointing) or m)
+    model, tok = model_lib.load(ModelConfig(name=str(tiny_llama), quantization="4bit", attn_implementation="eager"),
+                                "cuda:0", checkpointing)
+    assert isinstance(model, Loaded) and tok.pad_token is not None
+    assert seen["quantization_config"].bnb_4bit_quant_type == "nf4" and seen["device_map"] == {"": "cuda:0"}
+    assert seen["attn_implementation"] == "eager" and seen["prepared"] is checkpointing
+
+
 def test_quantization_without_cuda_fails_setup_before_loading(tiny_llama, tmp_path, monkeypatch):
     from llmhpo.objectives.finetune import model as model_lib
 
