@@ -177,8 +177,8 @@ def test_a_cluster_elsewhere_leaves_the_gpu_check_to_its_workers(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     fc = FinetuneConfig.from_sections({"model": {"quantization": "4bit"}})
     with pytest.raises(ConfigError, match=NO_CUDA.replace("(", r"\(").replace(")", r"\)")):
-        _check_runtime(False)(fc)
-    assert _check_runtime(True)(fc) == ["quantization 4bit, attention sdpa: checked by the Ray workers at their set-up"]
+        _check_runtime(fc)
+    assert _check_runtime(fc, remote=True) == ["quantization 4bit, attention sdpa: checked by the Ray workers at their set-up"]
 
 
 def test_new_keys_round_trip_and_stay_out_of_the_tables_at_their_defaults():
@@ -311,9 +311,8 @@ def test_a_trial_records_its_own_peak_not_the_workers(monkeypatch, hwm):
     if not hwm:  # the sampler must see the block: hold it for a few samples
         real = np.ones
         monkeypatch.setattr(np, "ones", lambda n: (real(n), __import__("time").sleep(0.2))[0])
-    big = _trial_with(120, mem)
-    small = _trial_with(1, mem)
-    assert big["peak_rss_mb"] > small["peak_rss_mb"] + 80
+    big, small, again = _trial_with(120, mem), _trial_with(1, mem), _trial_with(120, mem)
+    assert min(big["peak_rss_mb"], again["peak_rss_mb"]) > small["peak_rss_mb"] + 80
     assert small["peak_memory_mb"] == small["peak_rss_mb"] > 0 and "peak_gpu_memory_mb" not in small
 
 

@@ -61,7 +61,7 @@ class FinetuneKind(ObjectiveKind):
         attention's GPU and packages are the Ray workers' to check."""
         fc = spec.resolved()
         lines, errors = [], []
-        for check in (_check_runtime(remote), _check_model, _check_data, _check_tasks):
+        for check in (functools.partial(_check_runtime, remote=remote), _check_model, _check_data, _check_tasks):
             try:
                 lines += check(fc)
             except LlmhpoError as e:
@@ -109,20 +109,17 @@ def _check_model(fc: FinetuneConfig) -> list[str]:
     return [f"model: {fc.model.name} -> {where}"]
 
 
-def _check_runtime(remote: bool):
-    """The check of what quantisation and the attention kernel need, first: before the
-    model's download or conversion."""
-    def check(fc: FinetuneConfig) -> list[str]:
-        import torch
+def _check_runtime(fc: FinetuneConfig, remote: bool = False) -> list[str]:
+    """What quantisation and the attention kernel need (a GPU, their package); remote: left
+    to the Ray workers."""
+    import torch
 
-        from llmhpo.objectives.finetune.model import check_runtime
+    from llmhpo.objectives.finetune.model import check_runtime
 
-        if remote:
-            return [f"quantization {fc.model.quantization}, attention {fc.model.attn_implementation}: "
-                    "checked by the Ray workers at their set-up"]
-        return check_runtime(fc.model, torch.cuda.is_available())
-
-    return check
+    if remote:
+        return [f"quantization {fc.model.quantization}, attention {fc.model.attn_implementation}: "
+                "checked by the Ray workers at their set-up"]
+    return check_runtime(fc.model, torch.cuda.is_available())
 
 
 def _check_data(fc: FinetuneConfig) -> list[str]:

@@ -57,6 +57,7 @@ class TrialMemory:
         self._hwm = reset_hwm()
         if not self._hwm:
             self._sampled_kb = _rss_kb()
+            self._done.clear()
             self._thread = threading.Thread(target=self._sample, name="llmhpo-rss", daemon=True)
             self._thread.start()
         return self
