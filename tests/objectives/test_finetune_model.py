@@ -4,6 +4,7 @@ on the tiny random Llama, and each trial's own peak memory."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,6 +291,9 @@ def test_a_space_searching_dora_runs(tiny_llama, tmp_path):
 
     trials = optuna.load_study(study_name="dora", storage=raw["study"]["storage"]).trials
     assert sorted(t.params["use_dora"] for t in trials) == [False, True]
+    for t in trials:  # each trial trained what it was given
+        saved = json.loads((Path(t.user_attrs["metrics"]["adapter_dir"]) / "adapter_config.json").read_text())
+        assert saved["use_dora"] is t.params["use_dora"]
 
 
 # ---------------------------------------------------------------- peak memory per trial
