@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llmhpo.errors import ConfigError, ObjectiveSetupError
-from llmhpo.objectives.finetune import memory as memory_mod
+from llmhpo.objectives.finetune import peaks as memory_mod
 from llmhpo.objectives.finetune.config import FinetuneConfig, ModelConfig, TrainConfig
 from llmhpo.objectives.finetune.model import check_runtime, quantization_config
 from llmhpo.objectives.finetune.train import lora_config

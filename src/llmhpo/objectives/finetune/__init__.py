@@ -121,7 +121,7 @@ class FinetuneObjective:
         from peft import get_peft_model
         from peft.utils import set_peft_model_state_dict
 
-        from llmhpo.objectives.finetune.memory import TrialMemory
+        from llmhpo.objectives.finetune.peaks import TrialMemory
         from llmhpo.objectives.finetune.train import lora_config
 
         timings: dict[str, float] = {}
