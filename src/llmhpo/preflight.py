@@ -10,9 +10,11 @@ from llmhpo.config import Config
 from llmhpo.errors import LlmhpoError, SetupProblems, StudyError
 
 
-def preflight(config: Config) -> list[str]:
+def preflight(config: Config, memory: bool = False, gpu_memory: tuple[float, ...] = ()) -> list[str]:
     """Lines describing what was found. A single problem is raised as it came (a
-    ConfigError stays one); several as SetupProblems listing them all, one line each."""
+    ConfigError stays one); several as SetupProblems listing them all, one line each.
+    memory: also estimate a fine-tuning trial's peak GPU memory against ``gpu_memory`` (GiB
+    each) or else the GPUs this machine has (``llmhpo check``)."""
     lines, errors = [], []
     try:
         lines.append(f"storage: {check_storage(config.study.storage)}")
@@ -22,11 +24,48 @@ def preflight(config: Config) -> list[str]:
         lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
     except LlmhpoError as e:
         errors.append(e)
+    if memory:
+        memory_lines, problems = check_memory(config, gpu_memory)
+        lines += memory_lines
+        if problems:
+            errors.append(SetupProblems(problems))
     if len(errors) == 1:
         raise errors[0]
     if errors:
         raise SetupProblems([p for e in errors for p in getattr(e, "problems", None) or [_first_line(e)]])
     return lines
+
+
+def check_memory(config: Config, gpu_memory: tuple[float, ...] = ()) -> tuple[list[str], list[str]]:
+    """(lines, problems) of the memory estimate of a fine-tuning study's most demanding trial
+    against each GPU: ``gpu_memory`` (GiB) when given, else [runner] devices (or GPU 0) as
+    CUDA reports them; with neither, the estimate alone. Other objectives: nothing."""
+    from llmhpo.objectives.finetune.config import FinetuneConfig
+
+    if not isinstance(config.objective, FinetuneConfig):
+        return [], []
+    from llmhpo.objectives.finetune.memory import GIB, memory_check
+
+    gpus = [("", int(g * GIB)) for g in gpu_memory] or _gpus(config.runner.devices)
+    return memory_check(config.objective.resolved(), config.space, gpus, config.runner.gpus_per_trial or 1.0)
+
+
+def _gpus(devices: tuple[str, ...]) -> list[tuple[str, int]]:
+    """("GPU <id> (<name>", total bytes) of the devices CUDA shows here (GPU 0 without devices)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    kinds: dict[tuple[str, int], list[str]] = {}  # GPUs of one model and size: one line for them all
+    for d in devices or ("0",):
+        if d.isdigit():
+            found = props[int(d)] if int(d) < len(props) else None
+        else:  # a GPU-<uuid> as `nvidia-smi -L` writes it; MIG slices are not matched
+            found = next((p for p in props if d.startswith("GPU-") and str(getattr(p, "uuid", "")) in d), None)
+        if found is not None:
+            kinds.setdefault((found.name, int(found.total_memory)), []).append(d)
+    return [(f"GPU{'s' * (len(ids) > 1)} {', '.join(ids)} ({name}", total) for (name, total), ids in kinds.items()]
 
 
 def check_storage(url: str | None) -> str:
