@@ -1,0 +1,153 @@
+"""The memory estimate of a LoRA trial: exact parameter counts (against published sizes and
+against transformers + peft themselves), the direction of every knob, and the most demanding
+configuration of a study's space."""
+
+from dataclasses import replace
+
+import pytest
+
+from llmhpo.objectives.finetune.config import FinetuneConfig
+from llmhpo.objectives.finetune.memory import (GIB, SHAPES, Knobs, Shapes, demanding_knobs, estimate, lora_params,
+                                               memory_check, shapes_from_config, suggestions, table_shapes,
+                                               weight_bytes)
+from llmhpo.space import SearchSpace
+
+LLAMA_1B = SHAPES["meta-llama/Llama-3.2-1B"]
+LLAMA_8B = SHAPES["meta-llama/Llama-3.1-8B"]
+
+
+def test_the_table_gives_the_published_parameter_counts():
+    # model cards / safetensors metadata: 1.24 B, 3.21 B, 8.03 B, 7.24 B, 494 M, 2.61 B
+    assert LLAMA_1B.params() == 1_235_814_400  # also what benchmarks/gpu_trial.py counted on the GPU
+    assert SHAPES["meta-llama/Llama-3.2-3B"].params() == 3_212_749_824
+    assert LLAMA_8B.params() == 8_030_261_248
+    assert SHAPES["mistralai/Mistral-7B-v0.1"].params() == 7_241_732_096
+    assert abs(SHAPES["Qwen/Qwen2.5-0.5B"].params() - 494_032_768) < 0.001 * 494e6  # + q/k/v biases
+    assert abs(SHAPES["google/gemma-2-2b"].params() - 2_614_341_888) < 0.001 * 2.6e9  # + its 2 extra norms
+
+
+def test_instruct_variants_share_their_base_shapes():
+    assert table_shapes("meta-llama/Llama-3.2-1B-Instruct") == LLAMA_1B
+    assert table_shapes("google/gemma-2-2b-it") == SHAPES["google/gemma-2-2b"]
+    assert table_shapes("someone/unknown-7B") is None
+
+
+def test_hand_checked_weights_and_lora():
+    bf16 = Knobs(lora_rank=16)
+    assert weight_bytes(LLAMA_1B, bf16) == 2 * 1_235_814_400
+    assert weight_bytes(LLAMA_1B, replace(bf16, dtype="float32")) == 4 * 1_235_814_400
+    # r 16 on q, k, v, o: 16 x (2048+2048 + 2048+512 + 2048+512 + 2048+2048) x 16 layers, as peft counted on the GPU
+    assert lora_params(LLAMA_1B, bf16) == 3_407_872
+    dora = lora_params(LLAMA_1B, replace(bf16, use_dora=True))
+    assert dora - 3_407_872 == 16 * (2048 + 512 + 512 + 2048)  # one magnitude per output row
+
+
+def test_four_bit_weights_are_about_a_quarter_of_bf16():
+    bf16 = weight_bytes(LLAMA_8B, Knobs())
+    nf4 = weight_bytes(LLAMA_8B, Knobs(quantization="4bit"))
+    int8 = weight_bytes(LLAMA_8B, Knobs(quantization="8bit"))
+    # the blocks shrink ~3.9x; embeddings and lm_head (1.05 B of 8.03 B) stay 16-bit
+    assert 0.33 < nf4 / bf16 < 0.40 and nf4 < int8 < 0.6 * bf16
+    blocks = LLAMA_8B.params() - 2 * LLAMA_8B.vocab * LLAMA_8B.hidden - 65 * LLAMA_8B.hidden
+    dequantised = 2 * 4096 * 14336  # one MLP weight, de-quantised to bf16 for its matmul
+    four = weight_bytes(LLAMA_8B, Knobs(quantization="4bit")) - 2 * (LLAMA_8B.params() - blocks) - dequantised
+    assert 2 / 4 < four / blocks < 2 / 3.85  # 4 bits + the double-quantised constants: 3.9x less than bf16
+
+
+@pytest.mark.parametrize("knob, values", [("lora_rank", (2, 8, 32, 128)), ("batch_size", (1, 2, 8, 32)),
+                                           ("max_seq_len", (64, 256, 1024, 4096))])
+@pytest.mark.parametrize("base", [Knobs(), Knobs(gradient_checkpointing=True, quantization="4bit", use_dora=True),
+                                  Knobs(target_modules=("all-linear",), attn_implementation="eager")])
+def test_the_estimate_grows_strictly_with_rank_batch_and_length(knob, values, base):
+    totals = [estimate(LLAMA_1B, replace(base, **{knob: v})).total for v in values]
+    assert all(a < b for a, b in zip(totals, totals[1:])), totals
+
+
+def test_checkpointing_keeps_far_fewer_activations():
+    k = Knobs(batch_size=8, max_seq_len=1024)
+    full, ckpt = estimate(LLAMA_8B, k), estimate(LLAMA_8B, replace(k, gradient_checkpointing=True))
+    assert ckpt.activations < full.activations / 8
+    assert ckpt.weights == full.weights and ckpt.logits == full.logits
+
+
+def test_data_parallel_splits_the_micro_batch_and_all_linear_adds_adapters():
+    k = Knobs(batch_size=16, max_seq_len=512)
+    one, four = estimate(LLAMA_1B, k), estimate(LLAMA_1B, replace(k, gpus_per_trial=4))
+    assert four.tokens == one.tokens // 4 and four.total < one.total
+    assert lora_params(LLAMA_1B, replace(k, target_modules=("all-linear",))) > 2 * lora_params(LLAMA_1B, k)
+
+
+def test_close_to_what_the_h200_measured():
+    # docs/benchmarks.md: Llama-3.2-1B shapes, r 16 on q/k/v/o, bf16, 512 tokens: max_memory_allocated
+    for batch, measured in ((8, 14.40), (32, 50.36)):
+        est = estimate(LLAMA_1B, Knobs(lora_rank=16, batch_size=batch, max_seq_len=512)).allocated / GIB
+        assert abs(est - measured) / measured < 0.1, (batch, est)
+
+
+def test_shapes_from_the_models_own_config_count_its_parameters(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shapes = shapes_from_config(AutoConfig.from_pretrained(tiny_llama))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert shapes.params() == sum(p.numel() for p in model.parameters())
+    for target, dora in ((["q_proj", "v_proj"], False), ("all-linear", True)):
+        peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                                    LoraConfig(r=4, target_modules=target, use_dora=dora, task_type="CAUSAL_LM"))
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        knobs = Knobs(lora_rank=4, target_modules=tuple(target) if isinstance(target, list) else (target,),
+                      use_dora=dora)
+        assert lora_params(shapes, knobs) == trainable
+
+
+def _study(space=None, **train):
+    fc = FinetuneConfig.from_sections({"model": {"name": "meta-llama/Llama-3.1-8B"}, "train": train})
+    return fc, (SearchSpace.from_dict(space) if space else None)
+
+
+def test_the_most_demanding_configuration_takes_each_upper_bound():
+    fc, space = _study({"lora_rank": {"type": "int", "low": 4, "high": 64},
+                        "max_seq_len": {"type": "categorical", "choices": [256, 2048, 1024]},
+                        "lora_dropout": {"type": "float", "low": 0.0, "high": 0.2}},
+                       batch_size=12, max_seq_len=128, lora_dropout=0.0)
+    k = demanding_knobs(fc, space)
+    assert (k.lora_rank, k.batch_size, k.max_seq_len, k.lora_dropout) == (64, 12, 2048, 0.2)
+    assert demanding_knobs(fc, None).lora_rank == fc.train.lora_rank
+
+
+def test_memory_check_says_what_fits_and_what_would(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fc, space = _study(None, lora_rank=16, batch_size=4, max_seq_len=1024)
+    lines, problems = memory_check(fc, space, [("GPU 0 (NVIDIA A100", 80 * GIB)])
+    assert problems == [] and "table of model shapes" in lines[0]
+    assert lines[1].startswith("memory: GPU 0 (NVIDIA A100, 80.0 GiB): fits (") and lines[1].endswith(" GiB to spare)")
+    lines, problems = memory_check(fc, space, [("", 24 * GIB)])
+    assert len(problems) == 1
+    first, fixes = problems[0].split("; a GPU of 24.0 GiB does not fit it: ")
+    assert first.startswith("memory: the most demanding configuration (r 16, batch 4, 1024 tokens) needs about ")
+    # neither switch alone is enough; both are, and so are shorter sequences
+    assert fixes.startswith("set [train] gradient_checkpointing = true and [model] quantization = \"4bit\" (about ")
+    assert fixes.split(", or ")[1].startswith("set [train] max_seq_len = 128 (about ")
+    _, problems = memory_check(fc, space, [("", 80 * GIB)], gpus_per_trial=0.5)  # two trials share each GPU
+    assert "a GPU of 80.0 GiB, 0.5 of it per trial does not fit it" in problems[0]
+
+
+def test_suggestions_come_cheapest_first_and_each_fits():
+    k = Knobs(lora_rank=16, batch_size=8, max_seq_len=1024)
+    budget = estimate(LLAMA_1B, k).total - 1
+    found = suggestions(LLAMA_1B, k, budget)
+    assert found[0].startswith("set [train] gradient_checkpointing = true (about ")
+    assert found[1].startswith("set [train] batch_size = 4 with grad_accum x 2")
+    for line in found:
+        assert float(line.rsplit("(about ", 1)[1].split(" GiB")[0]) <= budget / GIB + 0.05
+    assert "[space] batch_size high = 4" in suggestions(LLAMA_1B, k, budget, frozenset({"batch_size"}))[1]
+    tiny = suggestions(LLAMA_8B, k, 2 * GIB)
+    assert tiny == [tiny[0]] and tiny[0].startswith("even with gradient checkpointing, 4-bit weights and batch_size 1")
+
+
+def test_unknown_shapes_give_no_estimate_and_no_problem(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fc = FinetuneConfig.from_sections({"model": {"name": "someone/unknown-7B"}})
+    lines, problems = memory_check(fc, None, [("", 24 * GIB)])
+    assert problems == [] and lines[0].startswith("memory: no estimate: no config.json for someone/unknown-7B")
+    assert isinstance(LLAMA_1B, Shapes)
