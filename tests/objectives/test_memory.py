@@ -84,6 +84,7 @@ def test_close_to_what_the_h200_measured():
         assert abs(est - measured) / measured < 0.1, (batch, est)
 
 
+@pytest.mark.slow  # the tiny_llama fixture trains a tokenizer (~12 s)
 def test_shapes_from_the_models_own_config_count_its_parameters(tiny_llama):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
