@@ -10,12 +10,11 @@ from llmhpo.config import Config
 from llmhpo.errors import LlmhpoError, SetupProblems, StudyError
 
 
-def preflight(config: Config, memory: bool = False, gpu_memory: tuple[float, ...] = ()) -> list[str]:
+def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
     """Lines describing what was found. A single problem is raised as it came (a
     ConfigError stays one); several as SetupProblems listing them all, one line each.
-    memory: also estimate a fine-tuning trial's peak GPU memory against ``gpu_memory`` (GiB
-    each) or else the GPUs this machine has (``llmhpo check``)."""
-    lines, errors = [], []
+    found: problems found before (``check``'s memory estimate), reported with the others."""
+    lines, errors = [], [SetupProblems(list(found))] if found else []
     try:
         lines.append(f"storage: {check_storage(config.study.storage)}")
     except LlmhpoError as e:
@@ -24,11 +23,6 @@ def preflight(config: Config, memory: bool = False, gpu_memory: tuple[float, ...
         lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity)
     except LlmhpoError as e:
         errors.append(e)
-    if memory:
-        memory_lines, problems = check_memory(config, gpu_memory)
-        lines += memory_lines
-        if problems:
-            errors.append(SetupProblems(problems))
     if len(errors) == 1:
         raise errors[0]
     if errors:

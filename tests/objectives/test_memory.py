@@ -152,3 +152,25 @@ def test_unknown_shapes_give_no_estimate_and_no_problem(monkeypatch):
     lines, problems = memory_check(fc, None, [("", 24 * GIB)])
     assert problems == [] and lines[0].startswith("memory: no estimate: no config.json for someone/unknown-7B")
     assert isinstance(LLAMA_1B, Shapes)
+
+
+@pytest.mark.parametrize("example, gib", [("llama31-8b-alpaca-hellaswag-qlora.toml", 24),
+                                          ("llama32-3b-alpaca-hellaswag-4gpu.toml", 80)])
+def test_the_gpu_examples_fit_the_gpus_they_are_for(monkeypatch, example, gib):
+    from pathlib import Path
+
+    from llmhpo.config import load_config
+    from llmhpo.errors import ConfigError
+    from llmhpo.preflight import check_memory
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / example)
+    except ConfigError as e:  # quantization and gradient_checkpointing come with their own change
+        if "unknown key" in str(e):
+            pytest.skip(f"this tree does not know a key of {example} yet: {e}")
+        raise
+    lines, problems = check_memory(cfg, (gib,))
+    assert problems == [] and lines[1].startswith(f"memory: a GPU of {gib}.0 GiB: fits"), lines
+    lines, problems = check_memory(cfg, (gib / 2,))  # and the check can fail for them
+    assert len(problems) == 1

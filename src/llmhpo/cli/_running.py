@@ -84,7 +84,7 @@ def check(
     training or creating anything; lists every problem found. For a fine-tuning study, also
     estimates the peak GPU memory of its most demanding trial and says whether it fits."""
     from llmhpo.config import load_config
-    from llmhpo.preflight import preflight
+    from llmhpo.preflight import check_memory, preflight
 
     try:
         cfg = load_config(config)
@@ -100,7 +100,10 @@ def check(
         for g in gpu_memory or ():
             if not g > 0:
                 raise ConfigError(f"--gpu-memory {g:g} must be a GPU's memory in GiB, e.g. --gpu-memory 24")
-        for line in preflight(cfg, memory=True, gpu_memory=tuple(gpu_memory or ())):
+        memory_lines, memory_problems = check_memory(cfg, tuple(gpu_memory or ()))
+        for line in memory_lines:
+            say(line)
+        for line in preflight(cfg, tuple(memory_problems)):
             say(f"  {line}")
     except LlmhpoError as e:
         fail(e)
