@@ -127,6 +127,7 @@ class Knobs:
     quantization: str = "none"  # none | 4bit | 8bit
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    packing: bool = False  # the micro-batch as one padding-free row (the same tokens at most)
     use_dora: bool = False
     lora_dropout: float = 0.05
     gpus_per_trial: float = 1.0  # k >= 1: data-parallel over k GPUs (the micro-batch split)
@@ -190,13 +191,17 @@ def weight_bytes(shapes: Shapes, knobs: Knobs) -> int:
     lin = shapes.linears()
     block_linear = shapes.layers * sum(a * b for a, b in lin.values())
     rest = shapes.params() - block_linear
+    if knobs.quantization not in ("4bit", "8bit"):
+        return block_linear * width + rest * width
     if knobs.quantization == "4bit":
-        # a layer's weight is de-quantised to 16-bit for each matmul: one such buffer is live
-        return int(block_linear * NF4_BYTES + rest * 2 + 2 * max(a * b for a, b in lin.values()))
-    if knobs.quantization == "8bit":
-        rows = shapes.layers * sum(b for _, b in lin.values())
-        return int(block_linear * INT8_BYTES + 4 * rows + rest * 2 + 2 * max(a * b for a, b in lin.values()))
-    return block_linear * width + rest * width
+        quantised = block_linear * NF4_BYTES
+    else:
+        quantised = block_linear * INT8_BYTES + 4 * shapes.layers * sum(b for _, b in lin.values())
+    # peft's prepare_model_for_kbit_training casts what is not quantised (embeddings, lm_head,
+    # norms) to fp32; autocast makes a 16-bit copy of lm_head for its matmul, and each quantised
+    # layer is de-quantised to 16-bit for its own: one such buffer of each is live
+    buffers = 2 * shapes.vocab * shapes.hidden + 2 * max(a * b for a, b in lin.values())
+    return int(quantised + 4 * rest + buffers)
 
 
 def lora_params(shapes: Shapes, knobs: Knobs) -> int:
@@ -212,7 +217,8 @@ def layer_activation_bytes(shapes: Shapes, knobs: Knobs) -> int:
     h, q, i = shapes.hidden, shapes.q_dim, shapes.intermediate
     base = 8 * h + 4 * a * q + 3 * a * i
     if knobs.attn_implementation == "eager":  # softmax output (fp32) and its 16-bit copy, per head per key
-        base += (4 + a) * shapes.heads * knobs.max_seq_len
+        keys = knobs.per_gpu_batch * knobs.max_seq_len if knobs.packing else knobs.max_seq_len
+        base += (4 + a) * shapes.heads * keys
     lora = 0
     for d_in, d_out in targets(shapes, knobs.target_modules).values():
         lora += (a + (1 if knobs.lora_dropout > 0 else 0)) * d_in + a * knobs.lora_rank
@@ -231,11 +237,14 @@ def estimate(shapes: Shapes, knobs: Knobs) -> Estimate:
     if knobs.use_dora:  # DoRA's weight norm builds one adapted layer's full weight, fp32
         lora += 4 * max(a * b for a, b in targets(shapes, knobs.target_modules).values())
     layer = layer_activation_bytes(shapes, knobs)
-    a = 4 if knobs.dtype == "float32" else 2
+    # the residual stream is fp32 in an fp32 model and after peft's kbit preparation (fp32 embeddings)
+    a = 4 if knobs.dtype == "float32" or knobs.quantization != "none" else 2
     if knobs.gradient_checkpointing:
         activations = tokens * (shapes.layers * a * shapes.hidden + layer)
     else:
         activations = tokens * shapes.layers * layer
+    if knobs.attn_implementation != "flash_attention_2":  # the boolean 4-D mask: per row, or the packed row's
+        activations += tokens ** 2 if knobs.packing else tokens * knobs.max_seq_len
     logits = tokens * shapes.vocab * 12  # backward's start: saved log-softmax, its gradient, the input gradient
     weights = weight_bytes(shapes, knobs)
     allocated = weights + lora + activations + logits
@@ -355,6 +364,7 @@ def demanding_knobs(fc, space=None, gpus_per_trial: float = 1.0) -> Knobs:
                  attn_implementation=getattr(md, "attn_implementation", None) or "sdpa",
                  gradient_checkpointing=may("gradient_checkpointing", bool(getattr(tr, "gradient_checkpointing", False)),
                                             False),
+                 packing=bool(getattr(tr, "packing", False)),
                  use_dora=may("use_dora", bool(getattr(tr, "use_dora", False)), True),
                  lora_dropout=float(dropout), gpus_per_trial=gpus_per_trial or 1.0)
 
