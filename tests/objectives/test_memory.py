@@ -71,6 +71,13 @@ def test_checkpointing_keeps_far_fewer_activations():
     assert ckpt.weights == full.weights and ckpt.logits == full.logits
 
 
+def test_attention_kernels_order_the_activations():
+    k = Knobs(batch_size=4, max_seq_len=2048)
+    act = {impl: estimate(LLAMA_8B, replace(k, attn_implementation=impl)).activations
+           for impl in ("flash_attention_2", "sdpa", "eager")}
+    assert act["flash_attention_2"] < act["sdpa"] < act["eager"]  # no repeated k/v; then the a*s scores
+
+
 def test_data_parallel_splits_the_micro_batch_and_all_linear_adds_adapters():
     k = Knobs(batch_size=16, max_seq_len=512)
     one, four = estimate(LLAMA_1B, k), estimate(LLAMA_1B, replace(k, gpus_per_trial=4))

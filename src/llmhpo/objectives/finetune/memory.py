@@ -13,7 +13,7 @@ is recomputed at a time during backward. Per token per layer, in bytes (16-bit, 
 ``q`` = heads x head_dim, ``i`` intermediate):
 
     two RMSNorms (fp32 input)                    8h
-    attention: q, k, v (kv heads repeated), out  8q
+    attention: q, k, v (kv heads repeated), out  8q  (flash_attention_2: 4q + 4kv, no repeat)
     SwiGLU: gate, silu(gate), up                 6i
     each LoRA module with input width d          3d  (2d input + 1d dropout mask; 2d without dropout)
 
@@ -21,7 +21,7 @@ The loss adds the logits: bf16 logits, their fp32 copy and log-softmax during fo
 the saved log-softmax, its gradient and the input gradient at the start of backward: 12 bytes
 per token per vocabulary entry at the peak. Checked against the measured H200 peaks of
 docs/benchmarks.md (Llama-3.2-1B shapes, r 16 on q/k/v/o: 14.4 and 50.4 GiB allocated; this
-estimate says 14.7 and 51.8 before the overhead).
+estimate says 14.7 and 51.9 before the overhead).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Knobs:
 class Estimate:
     """Peak GPU memory of one trial on one GPU, in bytes, by part."""
 
-    weights: int  # the frozen base model (and, quantised, one layer's de-quantised weight)
+    weights: int  # the frozen base model (quantised: with its 16-bit working copies)
     lora: int  # adapter weights, their gradients and AdamW's two moments (fp32), bf16 copies
     activations: int  # what the blocks save for backward (a recomputed layer with checkpointing)
     logits: int  # the loss's logits at their peak
@@ -215,7 +215,9 @@ def layer_activation_bytes(shapes: Shapes, knobs: Knobs) -> int:
     """Bytes one block saves for backward per token (see the module docstring)."""
     a = 4 if knobs.dtype == "float32" else 2  # activation width
     h, q, i = shapes.hidden, shapes.q_dim, shapes.intermediate
-    base = 8 * h + 4 * a * q + 3 * a * i
+    # q, k, v and the output; sdpa with a padding mask and eager repeat k and v to every head
+    attention = (2 * q + 2 * shapes.kv_dim) if knobs.attn_implementation == "flash_attention_2" else 4 * q
+    base = 8 * h + a * attention + 3 * a * i
     if knobs.attn_implementation == "eager":  # softmax output (fp32) and its 16-bit copy, per head per key
         keys = knobs.per_gpu_batch * knobs.max_seq_len if knobs.packing else knobs.max_seq_len
         base += (4 + a) * shapes.heads * keys
