@@ -208,3 +208,27 @@ def test_gpu_memory_must_be_positive(tmp_path):
     (tmp_path / "s.toml").write_text(FUNCTION.format(storage="sqlite:///s.db"))
     r = llmhpo("check", "s.toml", "--gpu-memory", "0", cwd=tmp_path)
     assert r.returncode == 2 and errors(r.stderr) == ["--gpu-memory 0 must be a GPU's memory in GiB, e.g. --gpu-memory 24"]
+
+
+def test_memory_against_the_gpus_cuda_reports(monkeypatch):
+    import types
+
+    import torch
+
+    from llmhpo.preflight import check_memory
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gpus = [types.SimpleNamespace(name="NVIDIA A10", total_memory=24 * 2**30, uuid="1"),
+            types.SimpleNamespace(name="NVIDIA A10", total_memory=24 * 2**30, uuid="2"),
+            types.SimpleNamespace(name="NVIDIA H100", total_memory=80 * 2**30, uuid="3")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: gpus[i])
+    cfg = Config.from_dict({"budget": {"trials": 2}, "optimizer": {"name": "random"},
+                            "objective": {"type": "finetune"}, "runner": {"devices": [0, 1, 2]},
+                            "model": {"name": "meta-llama/Llama-3.2-1B"},
+                            "train": {"batch_size": 32, "max_seq_len": 512}, "space": {"preset": "paper"}})
+    lines, problems = check_memory(cfg)
+    assert lines[1].startswith("memory: GPU 2 (NVIDIA H100, 80.0 GiB): fits (")
+    assert len(problems) == 1 and "; GPUs 0, 1 (NVIDIA A10, 24.0 GiB) do not fit it: " in problems[0]
+    assert check_memory(cfg, (80,))[1] == []  # --gpu-memory replaces the GPUs found

@@ -396,6 +396,6 @@ def memory_check(fc, space, gpus: list[tuple[str, int]], gpus_per_trial: float =
             lines.append(f"memory: {room}: fits ({(budget - est.total) / GIB:.1f} GiB to spare)")
         else:
             fixes = suggestions(shapes, knobs, budget, searched)
-            problems.append(f"memory: {what} needs {est.describe()}; {room} does not fit it: "
-                            + ", or ".join(fixes))
+            verb = "do" if label.startswith("GPUs") else "does"
+            problems.append(f"memory: {what} needs {est.describe()}; {room} {verb} not fit it: " + ", or ".join(fixes))
     return lines, problems
