@@ -208,12 +208,12 @@ def llmhpo_cases(run: Run, prefix: str, shapes: Shapes, tok, steps: int, plans) 
         data = token_data(max(64, 4 * batch), length, shapes.vocab, varlen)
         seconds = (40 if shapes.layers > 20 else 15) * (0.05 if run.smoke else 1)
         trial_case(run, f"{prefix}_{name}", model, shapes, data, st, tok.pad_token_id, knobs, seconds)
+    if prefix == "1b":  # lm-eval first: a TRL run that fails part-way may leave its adapter in the model
+        lm_eval_case(run, model, tok)
     if HAS["trl"] and HAS["datasets"] and prefix == "1b":
         trl_case(run, model, shapes, tok, steps)
     elif prefix == "1b":
         run.skip("1b_trl_sft", "trl or datasets is not installed (benchmarks/gpu_wheels.sh fetches them)")
-    if prefix == "1b":
-        lm_eval_case(run, model, tok)
     del model
     gc.collect()
     if run.cuda:
