@@ -160,3 +160,75 @@ def test_devices_against_the_gpus_this_machine_has(monkeypatch):
     assert kind.check_devices(("GPU-abc", "GPU-999"))[1] == [
         "[runner] devices lists GPU-999 but `nvidia-smi -L` does not show it on this machine (it shows GPU-abc1, "
         "GPU-def2); use one of those or a GPU id 0..1"]
+
+
+MEMORY = """
+[study]
+name = "s"
+[budget]
+trials = 2
+[optimizer]
+name = "random"
+[objective]
+type = "finetune"
+[space]
+lora_rank = {{ type = "int", low = 2, high = 64 }}
+learning_rate = {{ type = "float", low = 1e-5, high = 1e-3, log = true }}
+[train]
+batch_size = {batch}
+max_seq_len = {length}
+[data]
+max_examples = 50
+[eval]
+tasks = ["llmhpo_add"]
+objective = "llmhpo_add/acc"
+"""
+
+
+@pytest.mark.slow  # loads the model, the data and lm-eval's tasks through the CLI twice (~50 s)
+def test_check_estimates_memory_against_the_gpu_memory_given(tmp_path):
+    env = {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "small.toml").write_text(MEMORY.format(batch=8, length=128))
+    r = llmhpo("check", "small.toml", "--gpu-memory", "24", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "ready" in r.stdout, r.stderr
+    assert "memory: the most demanding configuration (r 64, batch 8, 128 tokens) needs about " in r.stdout
+    assert "memory: a GPU of 24.0 GiB: fits (" in r.stdout
+    (tmp_path / "big.toml").write_text(MEMORY.format(batch=64, length=4096))
+    r = llmhpo("check", "big.toml", "--gpu-memory", "24", "--gpu-memory", "80", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "ready" not in r.stdout
+    found = errors(r.stderr)
+    assert len(found) == 2 and all(e.startswith("memory: the most demanding configuration (r 64, batch 64, 4096 "
+                                                "tokens) needs about ") for e in found), r.stderr
+    assert ("a GPU of 24.0 GiB does not fit it: set [train] batch_size = 4 with grad_accum x 16 (the same "
+            "effective batch) (about ") in found[0]
+    assert "a GPU of 80.0 GiB does not fit it" in found[1]
+
+
+def test_gpu_memory_must_be_positive(tmp_path):
+    (tmp_path / "s.toml").write_text(FUNCTION.format(storage="sqlite:///s.db"))
+    r = llmhpo("check", "s.toml", "--gpu-memory", "0", cwd=tmp_path)
+    assert r.returncode == 2 and errors(r.stderr) == ["--gpu-memory 0 must be a GPU's memory in GiB, e.g. --gpu-memory 24"]
+
+
+def test_memory_against_the_gpus_cuda_reports(monkeypatch):
+    import types
+
+    import torch
+
+    from llmhpo.preflight import check_memory
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gpus = [types.SimpleNamespace(name="NVIDIA A10", total_memory=24 * 2**30, uuid="1"),
+            types.SimpleNamespace(name="NVIDIA A10", total_memory=24 * 2**30, uuid="2"),
+            types.SimpleNamespace(name="NVIDIA H100", total_memory=80 * 2**30, uuid="3")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: gpus[i])
+    cfg = Config.from_dict({"budget": {"trials": 2}, "optimizer": {"name": "random"},
+                            "objective": {"type": "finetune"}, "runner": {"devices": [0, 1, 2]},
+                            "model": {"name": "meta-llama/Llama-3.2-1B"},
+                            "train": {"batch_size": 32, "max_seq_len": 512}, "space": {"preset": "paper"}})
+    lines, problems = check_memory(cfg)
+    assert lines[1].startswith("memory: GPU 2 (NVIDIA H100, 80.0 GiB): fits (")
+    assert len(problems) == 1 and "; GPUs 0, 1 (NVIDIA A10, 24.0 GiB) do not fit it: " in problems[0]
+    assert check_memory(cfg, (80,))[1] == []  # --gpu-memory replaces the GPUs found

@@ -11,10 +11,11 @@ from llmhpo.config import Config
 from llmhpo.errors import LlmhpoError, SetupProblems, StudyError
 
 
-def preflight(config: Config) -> list[str]:
+def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
     """Lines describing what was found. A single problem is raised as it came (a
-    ConfigError stays one); several as SetupProblems listing them all, one line each."""
-    lines, errors = [], []
+    ConfigError stays one); several as SetupProblems listing them all, one line each.
+    found: problems found before (``check``'s memory estimate), reported with the others."""
+    lines, errors = [], [SetupProblems(list(found))] if found else []
     try:
         lines.append(f"storage: {check_storage(config.study.storage)}")
     except LlmhpoError as e:
@@ -102,3 +103,37 @@ _PIP = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "psycopg": "psy
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+def check_memory(config: Config, gpu_memory: tuple[float, ...] = ()) -> tuple[list[str], list[str]]:
+    """(lines, problems) of the memory estimate of a fine-tuning study's most demanding trial
+    against each GPU: ``gpu_memory`` (GiB) when given, else [runner] devices (or GPU 0) as
+    CUDA reports them; with neither (or on Ray), the estimate alone. Other objectives: nothing."""
+    from llmhpo.objectives.finetune.config import FinetuneConfig
+
+    if not isinstance(config.objective, FinetuneConfig):
+        return [], []
+    from llmhpo.objectives.finetune.memory import GIB, memory_check
+
+    # a Ray cluster's GPUs are not this machine's: there, only --gpu-memory is checked
+    gpus = [("", int(g * GIB)) for g in gpu_memory] or ([] if config.runner.executor == "ray"
+                                                       else _gpus(config.runner.devices))
+    return memory_check(config.objective.resolved(), config.space, gpus, config.runner.gpus_per_trial or 1.0)
+
+
+def _gpus(devices: tuple[str, ...]) -> list[tuple[str, int]]:
+    """("GPU <id> (<name>", total bytes) of the devices CUDA shows here (GPU 0 without devices)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    kinds: dict[tuple[str, int], list[str]] = {}  # GPUs of one model and size: one line for them all
+    for d in devices or ("0",):
+        if d.isdigit():
+            found = props[int(d)] if int(d) < len(props) else None
+        else:  # a GPU-<uuid> as `nvidia-smi -L` writes it; MIG slices are not matched
+            found = next((p for p in props if d.startswith("GPU-") and str(getattr(p, "uuid", "")) in d), None)
+        if found is not None:
+            kinds.setdefault((found.name, int(found.total_memory)), []).append(d)
+    return [(f"GPU{'s' * (len(ids) > 1)} {', '.join(ids)} ({name}", total) for (name, total), ids in kinds.items()]

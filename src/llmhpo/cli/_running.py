@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from llmhpo._format import fmt
 from llmhpo.cli._app import console, err, fail, say
-from llmhpo.errors import LlmhpoError
+from llmhpo.errors import ConfigError, LlmhpoError
 
 
 def run(
@@ -73,11 +73,18 @@ def run(
         raise typer.Exit(1)
 
 
-def check(config: Path = typer.Argument(..., help="Study TOML file.")):
+def check(
+    config: Path = typer.Argument(..., help="Study TOML file."),
+    gpu_memory: Optional[list[float]] = typer.Option(
+        None, "--gpu-memory", metavar="GIB",
+        help="Check a fine-tuning study's memory estimate against a GPU of this many GiB (repeat for "
+             "several) instead of the GPUs of this machine."),
+):
     """Validate a config and what it needs (storage, model, data, tasks, devices) without
-    training or creating anything; lists every problem found."""
+    training or creating anything; lists every problem found. For a fine-tuning study, also
+    estimates the peak GPU memory of its most demanding trial and says whether it fits."""
     from llmhpo.config import load_config
-    from llmhpo.preflight import preflight
+    from llmhpo.preflight import check_memory, preflight
 
     try:
         cfg = load_config(config)
@@ -90,7 +97,13 @@ def check(config: Path = typer.Argument(..., help="Study TOML file.")):
             fd = cfg.fidelity
             say(f"fidelity: {fd.resource} rungs " + ", ".join(fmt(v) for v in fd.rungs())
                 + f" ({fd.scheduler}, eta {fd.eta}); budget {cfg.resource_budget():.6g} {fd.resource}")
-        for line in preflight(cfg):
+        for g in gpu_memory or ():
+            if not g > 0:
+                raise ConfigError(f"--gpu-memory {g:g} must be a GPU's memory in GiB, e.g. --gpu-memory 24")
+        memory_lines, memory_problems = check_memory(cfg, tuple(gpu_memory or ()))
+        for line in memory_lines:
+            say(line)
+        for line in preflight(cfg, tuple(memory_problems)):
             say(f"  {line}")
     except LlmhpoError as e:
         fail(e)
