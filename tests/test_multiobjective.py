@@ -161,19 +161,21 @@ def test_a_trial_without_a_named_metric_fails_naming_what_it_has():
 
 
 # ---------------------------------------------------------------- optimisers
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "bo" else n  # bo: torch, ~10 s
+                                  for n in OPTIMIZERS])
 def test_every_optimizer_takes_two_objectives_or_is_refused_before_any_trial(tmp_path, name):
     if name not in MULTI_OBJECTIVE:
         with pytest.raises(ConfigError) as e:
             two_objectives(tmp_path, optimizer=name)
         assert str(e.value) == (f"optimizer '{name}' optimises one objective; with [study] objectives use "
-                                "random, grid, lhs, sobol, optuna_tpe, optuna_gp or optuna_nsga2")
+                                "bo, random, grid, lhs, sobol, optuna_tpe, optuna_gp or optuna_nsga2")
         assert OPTIMIZERS[name].multi_objective is False
         return
     assert OPTIMIZERS[name].multi_objective is True
     cfg = two_objectives(tmp_path, optimizer=name)
     options = {"n_startup_trials": 3} if name in ("optuna_tpe", "optuna_gp") else \
-        {"population_size": 4} if name == "optuna_nsga2" else {}
+        {"population_size": 4} if name == "optuna_nsga2" else \
+        {"n_init": 3, "raw_samples": 64, "num_restarts": 2} if name == "bo" else {}
     opt = make_optimizer(name, cfg.space.dim, np.random.default_rng(0), 8, options, n_objectives=2)
     seen = []
     for i in range(6):
@@ -181,6 +183,11 @@ def test_every_optimizer_takes_two_objectives_or_is_refused_before_any_trial(tmp
         seen.append(tuple(c.x))
         opt.tell(c, None if i == 2 else [float(c.x[0]), float(1 - c.x[0] + c.x[1])], None if i == 2 else [c.x[1] - 0.5])
     assert len(set(seen)) == 6 and all(0 <= v <= 1 for x in seen for v in x)
+    if name == "bo":
+        assert c.info["phase"] == "model"  # proposed by qLogNEHVI
+    again = make_optimizer(name, cfg.space.dim, np.random.default_rng(0), 8, options, n_objectives=2)
+    again.load_state_dict(opt.state_dict())
+    assert np.allclose(again.ask(1)[0].x, opt.ask(1)[0].x)  # saved and restored: the same continuation
     with pytest.raises(ValueError, match="optimises 2 objectives, told 1"):
         opt.tell(opt.ask(1)[0], [1.0])
 

@@ -40,7 +40,7 @@ _IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
 }
 
 #: the optimisers that take several objectives (their classes say ``multi_objective``)
-MULTI_OBJECTIVE: tuple[str, ...] = ("random", "grid", "lhs", "sobol", "optuna_tpe", "optuna_gp", "optuna_nsga2")
+MULTI_OBJECTIVE: tuple[str, ...] = ("bo", "random", "grid", "lhs", "sobol", "optuna_tpe", "optuna_gp", "optuna_nsga2")
 
 
 class _Registry(Mapping[str, type[Optimizer]]):

@@ -67,7 +67,7 @@ def _type_problem(annotation: Any, value: Any) -> str | None:
 
 
 class _OptunaOptimizer(Optimizer):
-    _state_attrs = ("trials", "seed_base", "n_asks")
+    _state_attrs = ("trials", "seed_base", "n_asks", "study_attrs")
     #: whether its sampler is a model of the scores that can be refitted to other data (not CMA-ES,
     #: whose state is its own evolution)
     model_based: ClassVar[bool] = True
@@ -86,6 +86,8 @@ class _OptunaOptimizer(Optimizer):
         self.n_asks = 0
         #: one entry per Optuna trial: {"x", "value", "state", "system_attrs"}
         self.trials: list[dict] = []
+        #: the private study's system attributes (NSGA-II caches each generation's parents there)
+        self.study_attrs: dict[str, Any] = {}
         self._dists = {f"x{i}": FloatDistribution(0.0, 1.0) for i in range(dim)}
         self._study = self._new_study()
 
@@ -126,6 +128,8 @@ class _OptunaOptimizer(Optimizer):
     def _after_load(self):
         self._dists = {f"x{i}": FloatDistribution(0.0, 1.0) for i in range(self.dim)}
         self._study = self._new_study()
+        for k, v in _json.decode(self.study_attrs).items():
+            self._study._storage.set_study_system_attr(self._study._study_id, k, v)
         for t in self.trials:
             state = TrialState[t["state"]]
             self._study.add_trial(
@@ -150,6 +154,7 @@ class _OptunaOptimizer(Optimizer):
             self.trials.append({"x": x, "value": None, "state": "RUNNING",
                                 "system_attrs": _json.encode(self._frozen(trial.number).system_attrs)})
             out.append((x, {"optuna_trial": trial.number}))
+        self.study_attrs = _json.encode(self._study._storage.get_study_system_attrs(self._study._study_id))
         return out
 
     def suggest(self, X, y, pending):
@@ -183,6 +188,7 @@ class _OptunaOptimizer(Optimizer):
         frozen = self._frozen(number)
         self.trials[number].update(value=value, state="COMPLETE" if value is not None else "FAIL",
                                    system_attrs=_json.encode(frozen.system_attrs))
+        self.study_attrs = _json.encode(self._study._storage.get_study_system_attrs(self._study._study_id))
 
     def _penalty(self):
         """The worst value of a completed trial, per objective (None before any)."""

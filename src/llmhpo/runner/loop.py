@@ -99,7 +99,7 @@ class Loop:
         self.side: set[Hashable] = set()  # jobs outside the budget (the base model's score)
         self.asker = Asker(self.optimizer, threaded=executor.slots > 1)
         self.streak = FailureStreak(config.runner.max_repeated_failures)
-        self.best: Any = study.best()
+        self.best: Any = None if config.study.objectives else study.best()  # several: a Pareto set
         self.report = Reporter(mode, int(self.budget) if fd is None else self.budget, self.spent, self.failed,
                                None if self.best is None else self.best.value, config.study.name,
                                unit="trials" if fd is None else fd.resource)
