@@ -185,6 +185,11 @@ def test_every_optimizer_takes_two_objectives_or_is_refused_before_any_trial(tmp
     assert len(set(seen)) == 6 and all(0 <= v <= 1 for x in seen for v in x)
     if name == "bo":
         assert c.info["phase"] == "model"  # proposed by qLogNEHVI
+        batch = opt.ask(2)  # a batch: the second point chosen with the first one pending
+        assert [b.info["phase"] for b in batch] == ["model", "model"]
+        assert not np.allclose(batch[0].x, batch[1].x)
+        for b in batch:
+            opt.tell(b, [float(b.x[0]), float(b.x[1])])
     again = make_optimizer(name, cfg.space.dim, np.random.default_rng(0), 8, options, n_objectives=2)
     again.load_state_dict(opt.state_dict())
     assert np.allclose(again.ask(1)[0].x, opt.ask(1)[0].x)  # saved and restored: the same continuation
