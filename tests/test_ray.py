@@ -262,3 +262,19 @@ def test_cli_starts_a_local_cluster_without_an_address(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert "4 complete, 0 failed" in r.stdout
+
+
+def test_a_multi_objective_constrained_study_on_ray(cluster, tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text(SLEEP.format(trials=8, seconds=0.2, runner="workers = 4", optimizer="optuna_nsga2")
+                 .replace('storage = "sqlite:///r.db"', 'storage = "sqlite:///r.db"\nobjectives = [{ metric = '
+                          '"branin", direction = "minimize" }, { metric = "currin", direction = "minimize" }]')
+                 .replace('name = "optuna_nsga2"', 'name = "optuna_nsga2"\npopulation_size = 4')
+                 + 'function = "branin_currin"\n[[constraint]]\nmetric = "timings.sleep"\nmax = 60\n')
+    s = run(load_config(p), progress=False, quiet=True)
+    ts = trials(tmp_path)
+    assert s.complete == 8 and all(len(t.values) == 2 and t.constraints == {"0": pytest.approx(t.user_attrs[
+        "timings"]["sleep"] - 60)} for t in ts)
+    assert len({t.user_attrs["worker"]["node"] for t in ts}) == 2
+    assert sorted(s.pareto) == sorted(t.number for t in optuna.load_study(
+        study_name="r", storage=f"sqlite:///{tmp_path / 'r.db'}").best_trials)

@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from llmhpo.config import Config
 from llmhpo.errors import ConfigError
@@ -26,6 +26,7 @@ def optimize(
     optimizer_options: Mapping[str, Any] | None = None,
     direction: str = "minimize",
     metric: str | None = None,
+    metrics: Sequence[str] | None = None, directions: Sequence[str] | None = None, constraints: Iterable = (),
     workers: int = 1,
     storage: str | None = None,
     study_name: str | None = None,
@@ -54,6 +55,8 @@ def optimize(
         checkpoint)`` and returns its score after ``value`` units of the resource.
     storage: an Optuna storage URL (``"sqlite:///study.db"``) to keep every trial and resume
         by calling again with the same arguments; None keeps the study in memory.
+    metrics, directions: several objectives (keys of the returned dict), in place of metric and
+        direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
@@ -74,8 +77,9 @@ def optimize(
     elif not isinstance(space, SearchSpace):
         space = SearchSpace(list(space))
     tables = {d.pop("name"): d for d in space.to_dict()}
+    goal, metric = _goal(direction, metric, metrics, directions)
     raw: dict[str, Any] = {
-        "study": {"name": name, "direction": direction, "seed": seed,
+        "study": {"name": name, **goal, "seed": seed,
                   **({"storage": storage} if storage else {})},
         "budget": {**({"trials": trials} if trials else {}), **({"resource": resource} if resource else {}),
                    **({"wall_time": wall_time} if wall_time is not None else {})},
@@ -85,12 +89,26 @@ def optimize(
         "space": tables,
         "warm_start": [dict(w) for w in warm_start],
         **({"fidelity": dict(fidelity)} if fidelity else {}),
+        **({"constraint": [dict(c) for c in constraints]} if constraints else {}),
     }
     cfg = Config.from_dict(raw, default_name=name, base_dir=Path.cwd())
     cfg = replace(cfg, objective=replace(cfg.objective, function=objective))
     if storage is None:
         cfg = replace(cfg, study=replace(cfg.study, storage=None))
     return run(cfg, overwrite=overwrite, progress=progress, quiet=quiet)
+
+
+def _goal(direction: str, metric: str | None, metrics: Sequence[str] | None,
+          directions: Sequence[str] | None) -> tuple[dict[str, Any], str | None]:
+    """The [study] keys of what is optimised, and the metric a returned dict's value is."""
+    if metrics is None and directions is None:
+        return {"direction": direction}, metric
+    if metrics is None or directions is None or len(metrics) != len(directions) or metric is not None:
+        raise ConfigError("several objectives take metrics=[...] and directions=[...], one direction per metric "
+                          "(and no metric=)")
+    # a returned dict's value: its first objective (each objective is read from the dict)
+    return {"objectives": [{"metric": m, "direction": d} for m, d in zip(metrics, directions)]}, \
+        (metrics[0] if metrics else None)
 
 
 def _check_spawn_safe(objective: Callable[..., Any], module: str) -> None:

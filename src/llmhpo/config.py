@@ -16,8 +16,9 @@ from typing import Any, Mapping
 
 from llmhpo._tables import device, expect, no_unknown, parse_duration, storage_url
 from llmhpo.errors import ConfigError, did_you_mean
+from llmhpo.goals import Constraint, Objective, parse_constraints, parse_objectives
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
-from llmhpo.optimizers import check_optimizer
+from llmhpo.optimizers import MULTI_OBJECTIVE, check_optimizer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +26,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 from llmhpo.space import SearchSpace
 
-_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging"}
+_SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging",
+             "constraint"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class StudyConfig:
     #: more each (another seed where the objective takes one), and the study's best is the best
     #: mean over a configuration's evaluations, not the luckiest single draw (0: off)
     reevaluate: int = 0
+    #: several objectives (``[study] objectives``); empty: one, the objective's value in ``direction``
+    objectives: tuple[Objective, ...] = ()
+
+    @property
+    def directions(self) -> list[str]:
+        """One direction per objective: the objectives' or, with one objective, ``direction``."""
+        return [o.direction for o in self.objectives] or [self.direction]
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class Config:
     base_dir: str = "."  # relative paths in the config are relative to this folder
     fidelity: FidelityConfig | None = None
     logging: LoggingConfig = LoggingConfig()
+    constraints: tuple[Constraint, ...] = ()  # [[constraint]]
 
     def resource_budget(self) -> float | None:
         """With [fidelity]: the total resource the study may spend."""
@@ -153,7 +163,9 @@ class Config:
         tables = self.objective.to_tables()
         return {
             "study": {"name": self.study.name, "storage": self.study.storage,
-                      "direction": self.study.direction, "seed": self.study.seed,
+                      **({"objectives": [o.to_dict() for o in self.study.objectives]} if self.study.objectives
+                         else {"direction": self.study.direction}),
+                      "seed": self.study.seed,
                       **({"reevaluate": self.study.reevaluate} if self.study.reevaluate else {})},
             "budget": {"trials": self.budget.trials, "wall_time": self.budget.wall_time,
                        "resource": self.budget.resource},
@@ -166,6 +178,7 @@ class Config:
             **tables,
             "runner": self.runner.to_dict(),
             **({"logging": self.logging.to_dict()} if self.logging.enabled else {}),
+            **({"constraint": [c.to_dict() for c in self.constraints]} if self.constraints else {}),
         }
 
     @classmethod
@@ -186,7 +199,7 @@ class Config:
 def search_part(d: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a config dict that defines the search (what ``search_hash`` covers)."""
     out = {k: v for k, v in d.items() if k not in ("budget", "runner", "base_dir", "logging")}
-    out["study"] = {k: v for k, v in (d.get("study") or {}).items() if k in ("direction", "seed")}
+    out["study"] = {k: v for k, v in (d.get("study") or {}).items() if k in ("direction", "seed", "objectives")}
     return out
 
 
@@ -222,7 +235,7 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     raw = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, Mapping) else v)
            for k, v in raw.items()}
     for key, value in raw.items():
-        if key != "warm_start" and not isinstance(value, Mapping):
+        if key not in ("warm_start", "constraint") and not isinstance(value, Mapping):
             raise ConfigError(f"'{key}' must be a table: write [{key}] on its own line")
 
     # [objective]
@@ -259,13 +272,29 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     ws = _warm_start(raw.get("warm_start", []), space)
     fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
     logging = _logging(raw.get("logging", {}), base_dir)
-    return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging)
+    constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
+    _check_goals(study, constraints, opt_name, fidelity is not None)
+    return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging, constraints)
+
+
+def _check_goals(study: StudyConfig, constraints: tuple, optimizer: str, fidelity: bool) -> None:
+    """What several objectives and constraints do not work with yet."""
+    what = "[study] objectives" if study.objectives else "[[constraint]]" if constraints else None
+    if what is None:
+        return
+    if fidelity:
+        raise ConfigError(f"{what} does not work with [fidelity] yet (rungs compare one value); drop one of the two")
+    if study.reevaluate:
+        raise ConfigError(f"[study] reevaluate is for single-objective studies without constraints; drop it or {what}")
+    if study.objectives and optimizer not in MULTI_OBJECTIVE:
+        raise ConfigError(f"optimizer '{optimizer}' optimises one objective; with [study] objectives use "
+                          f"{', '.join(MULTI_OBJECTIVE[:-1])} or {MULTI_OBJECTIVE[-1]}")
 
 
 def _study(st: Mapping[str, Any], default_name: str, base_dir: Path, kind: ObjectiveKind,
            fidelity: bool) -> StudyConfig:
     """[study]; ``fidelity``: whether the file has a [fidelity] table."""
-    no_unknown("study", st, {"name", "storage", "direction", "seed", "reevaluate"})
+    no_unknown("study", st, {"name", "storage", "direction", "seed", "reevaluate", "objectives"})
     name = expect("study", st, "name", (str,), default_name)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ConfigError(f"[study] name = {name!r} may only use letters, digits, '_', '-' and '.'")
@@ -273,13 +302,18 @@ def _study(st: Mapping[str, Any], default_name: str, base_dir: Path, kind: Objec
     direction = expect("study", st, "direction", (str,), kind.default_direction)
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"[study] direction = {direction!r} must be \"minimize\" or \"maximize\"")
+    objectives = parse_objectives(st["objectives"]) if "objectives" in st else ()
+    if objectives and "direction" in st:
+        raise ConfigError("[study] direction and objectives: each objective has its own direction; drop direction")
     seed = expect("study", st, "seed", (int,), 0)
     reevaluate = expect("study", st, "reevaluate", (int,), 0)
     if reevaluate < 0:
         raise ConfigError(f"[study] reevaluate = {reevaluate} must be >= 0 (the top configurations run again)")
     if reevaluate and fidelity:
         raise ConfigError("[study] reevaluate is for studies without [fidelity]; drop one of the two")
-    return StudyConfig(name, storage, direction, seed, reevaluate)
+    # several objectives: ``direction`` is the first one's (for views that show one value)
+    return StudyConfig(name, storage, objectives[0].direction if objectives else direction, seed, reevaluate,
+                       objectives)
 
 
 def _budget(bd: Mapping[str, Any] | None, fidelity: bool) -> Budget:

@@ -6,6 +6,11 @@ params (with Optuna distributions), and as user attributes the unit-cube point, 
 candidate's id and bookkeeping, metrics, timings and, for a failure, its reason. The
 study's system attributes hold the config, its hash and the optimiser state, rewritten
 after every ask and tell, so that a crashed run resumes exactly.
+
+A study of several objectives (``[study] objectives``) is an Optuna multi-objective study
+(one direction per objective, each trial the list of values); constraints are each trial's
+``constraints`` system attribute (<= 0 where one holds), as Optuna's samplers, ``best_trials``
+and optuna-dashboard read feasibility.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import BaseStorage
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import FrozenTrial, TrialState
 
 from llmhpo._json import jsonable
 from llmhpo._version import __version__
 from llmhpo.config import Config, search_part
 from llmhpo.errors import StudyError
+from llmhpo.goals import feasible, metric_value, signed
+from llmhpo.pareto import hypervolume, non_dominated
 from llmhpo.space import Categorical, Float, SearchSpace
 from llmhpo.storage import StorageBusy, open_storage  # noqa: F401 (re-exported: callers import them from here)
 
@@ -65,6 +73,13 @@ class TrialRecord:
     intermediate: dict[int, float] | None = None  # multi-fidelity: step (resource) -> value
     start: float | None = None  # epoch seconds: when the trial started (Optuna's datetime_start)
     end: float | None = None  # epoch seconds: when it finished (datetime_complete); None while running
+    #: several objectives: the values, one per objective (``value`` is then the first one)
+    values: list[float] | None = None
+    constraints: list[float] | None = None  # <= 0 where a constraint holds; None: none stored
+
+    @property
+    def feasible(self) -> bool:
+        return feasible(self.constraints)
 
 
 class Study:
@@ -124,7 +139,7 @@ class Study:
                 optuna.delete_study(study_name=name, storage=storage)
                 exists = False
         if not exists:
-            study = optuna.create_study(study_name=name, storage=storage, direction=config.study.direction)
+            study = optuna.create_study(study_name=name, storage=storage, directions=config.study.directions)
             storage.set_study_user_attr(study._study_id, "llmhpo_version", __version__)
             storage.set_study_user_attr(study._study_id, "optimizer", config.optimizer)
             storage.set_study_user_attr(study._study_id, "objective", config.objective.kind)
@@ -239,10 +254,11 @@ class Study:
     def trial_number(self, trial_id: int) -> int:
         return self.storage.get_trial_number_from_id(trial_id)
 
-    def finish_trial(self, trial_id: int, value: float | None, metrics: dict[str, Any] | None = None,
+    def finish_trial(self, trial_id: int, value: Any, metrics: dict[str, Any] | None = None,
                      timings: dict[str, float] | None = None, error: str | None = None,
-                     extra: dict[str, Any] | None = None) -> None:
-        """COMPLETE with ``value``, or FAIL with ``error`` (value None)."""
+                     extra: dict[str, Any] | None = None, constraints: list[float] | None = None) -> None:
+        """COMPLETE with ``value`` (several objectives: their list), or FAIL with ``error``
+        (value None). constraints: the trial's constraint values (<= 0 where one holds)."""
         attrs = {"metrics": jsonable(metrics or {}), "timings": jsonable(timings or {}), **(extra or {})}
         # each scalar metric also on its own, so trials_dataframe() and optuna-dashboard show it as a column
         for k, v in attrs["metrics"].items():
@@ -252,10 +268,13 @@ class Study:
             attrs["error"] = error
         for k, v in attrs.items():
             self.storage.set_trial_user_attr(trial_id, k, v)
+        if constraints is not None:
+            self.storage.set_trial_system_attr(trial_id, _CONSTRAINTS_KEY, [float(c) for c in constraints])
         if value is None:
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         else:
-            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(value)])
+            values = value if isinstance(value, (list, tuple)) else [value]
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(v) for v in values])
 
     # ------------------------------------------------------------------ multi-fidelity
     def report_rung(self, trial_id: int, step: int, value: float | None, attrs: dict[str, Any]) -> None:
@@ -308,13 +327,17 @@ class Study:
         return out
 
     def best(self) -> TrialRecord | None:
-        """The best complete trial. With re-evaluations (``[study] reevaluate``): among the
+        """The best complete trial (with constraints: the best feasible one; with several
+        objectives, which have no one best: the Pareto set's first, see ``pareto``). With re-evaluations (``[study] reevaluate``): among the
         configurations evaluated more than once, the best mean of their evaluations (the
         record of its first trial, its ``value`` the mean, ``attrs["evaluations"]`` their
         values), so a lucky draw of a noisy objective does not win by luck."""
+        if self.config.study.objectives:
+            front = self.pareto()
+            return front[0] if front else None
         records = self.records()
         sign = 1 if self.config.study.direction == "minimize" else -1
-        done = [r for r in records if r.state == "COMPLETE" and "reevaluation_of" not in r.attrs]
+        done = [r for r in records if r.state == "COMPLETE" and "reevaluation_of" not in r.attrs and r.feasible]
         if not done:
             return None
         again: dict[int, list[float]] = {}
@@ -333,6 +356,43 @@ class Study:
                 mean, _, rec, vals = min(means, key=lambda m: (sign * m[0], m[1]))
                 return replace(rec, value=mean, attrs={**rec.attrs, "evaluations": vals})
         return min(done, key=lambda r: (sign * r.value, r.number))
+
+    def pareto(self) -> list[TrialRecord]:
+        """Several objectives: the Pareto set, the feasible complete trials no other feasible
+        complete trial dominates (trials with equal values all kept), ordered by the first
+        objective. (``best()`` is its first trial.)"""
+        done = [r for r in self.records() if r.state == "COMPLETE" and r.values is not None and r.feasible]
+        if not done:
+            return []
+        Y = [signed(self.config.study.directions, r.values) for r in done]
+        front = [r for r, keep in zip(done, non_dominated(Y)) if keep]
+        return sorted(front, key=lambda r: (signed(self.config.study.directions, r.values), r.number))
+
+    def reference_point(self) -> list[tuple[float, str]] | None:
+        """Several objectives: the point the hypervolume is measured from, per objective
+        (value, source): the base model's value of its metric when the study scored one
+        (source "base"), else the worst value of the feasible complete trials ("worst").
+        None before any such trial."""
+        cfg = self.config.study
+        done = [r.values for r in self.records() if r.state == "COMPLETE" and r.values is not None and r.feasible]
+        if not cfg.objectives or not done:
+            return None
+        base = self.base()
+        ref = []
+        for i, (o, d) in enumerate(zip(cfg.objectives, cfg.directions)):
+            b = None if base is None else metric_value(o.metric, base[0], base[1], None)
+            column = [v[i] for v in done]
+            ref.append((b, "base") if b is not None else (max(column) if d == "minimize" else min(column), "worst"))
+        return ref
+
+    def hypervolume(self) -> float | None:
+        """Several objectives: the hypervolume of the Pareto set against ``reference_point()``
+        (in the objectives' units; maximised objectives negated), None before any trial."""
+        ref = self.reference_point()
+        if ref is None:
+            return None
+        d = self.config.study.directions
+        return hypervolume([signed(d, r.values) for r in self.pareto()], signed(d, [v for v, _ in ref]))
 
     def importances(self, method: str) -> dict[str, float]:
         """Optuna's parameter importances over the complete trials, each hyperparameter's share
@@ -360,11 +420,15 @@ class Study:
 
 def _record(t: FrozenTrial) -> TrialRecord:
     ua = t.user_attrs
-    value = t.value if t.state == TrialState.COMPLETE else None
+    done = t.state == TrialState.COMPLETE and t.values is not None
+    value = t.values[0] if done else None
+    cons = t.system_attrs.get(_CONSTRAINTS_KEY)
     return TrialRecord(t.number, t._trial_id, t.state.name, value, dict(t.params), ua.get("candidate_id"),
                        bool(ua.get("interrupted", False)), dict(ua), dict(t.intermediate_values),
                        t.datetime_start.timestamp() if t.datetime_start else None,
-                       t.datetime_complete.timestamp() if t.datetime_complete else None)
+                       t.datetime_complete.timestamp() if t.datetime_complete else None,
+                       list(t.values) if done and len(t.values) > 1 else None,
+                       None if cons is None else [float(c) for c in cons])
 
 
 def _diff(old_json: str, new: Config) -> str:

@@ -12,9 +12,9 @@ from llmhpo.errors import ConfigError
 from llmhpo.optimizers import OPTIMIZERS, check_optimizer, make_optimizer, optimizer_options
 
 ORDER = ["random", "grid", "lhs", "sobol", "annealing", "genetic", "local_search", "bo",
-         "soo", "bamsoo", "direct", "fda", "optuna_tpe", "optuna_cmaes", "optuna_gp"]
+         "soo", "bamsoo", "direct", "fda", "optuna_tpe", "optuna_cmaes", "optuna_gp", "optuna_nsga2"]
 SAMPLERS = {"optuna_tpe": optuna.samplers.TPESampler, "optuna_cmaes": optuna.samplers.CmaEsSampler,
-            "optuna_gp": optuna.samplers.GPSampler}
+            "optuna_gp": optuna.samplers.GPSampler, "optuna_nsga2": optuna.samplers.NSGAIISampler}
 
 
 def test_table_names_and_classes():

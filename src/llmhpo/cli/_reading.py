@@ -13,6 +13,7 @@ from rich.table import Table
 from llmhpo._format import fmt
 from llmhpo._json import jsonable
 from llmhpo.cli._app import console, fail, open_study, say
+from llmhpo.cli._pareto import chosen, constraints_json, pareto_json, print_front, say_status
 from llmhpo.errors import LlmhpoError
 
 
@@ -71,9 +72,11 @@ def status(
     if best and "evaluations" in best.attrs:
         say(f"best mean {best.value:.6g} over {len(best.attrs['evaluations'])} evaluations (trial {best.number}: "
             + ", ".join(f"{v:.6g}" for v in best.attrs["evaluations"]) + ")")
-    elif best:
+    elif best and not st.config.study.objectives:
         say(f"best value {best.value:.6g} (trial {best.number})")
-    _say_base(st, best)
+    say_status(st, records)
+    if not st.config.study.objectives:
+        _say_base(st, best)
     workers = (row or {}).get("workers") or []
     if alive and workers:
         console.print(_workers_table(workers, now))
@@ -82,6 +85,8 @@ def status(
 
 def _trial_json(r) -> dict:
     return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
+            **({"values": r.values} if r.values is not None else {}),
+            **({"constraints": r.constraints, "feasible": r.feasible} if r.constraints is not None else {}),
             "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),
             "timings": r.attrs.get("timings", {}), "worker": r.attrs.get("worker"), "rung_workers": r.attrs.get("rung_workers"),
             "intermediate": r.intermediate or None, "retries": r.attrs.get("retries", 0)}
@@ -97,15 +102,18 @@ def _status_json(st, c: dict, best, records: list, row: dict | None, alive: bool
     return {"study": cfg.study.name, "storage": cfg.study.storage, "optimizer": cfg.optimizer,
             "objective": cfg.kind.describe(cfg.objective), "direction": cfg.study.direction,
             "budget": {"trials": cfg.budget.trials, "resource": cfg.resource_budget()},
-            "counts": c, "best": None if best is None else _trial_json(best), "base": _base_json(st), "driver": driver,
+            "counts": c, "best": None if best is None or cfg.study.objectives else _trial_json(best),
+            **(pareto_json(st) if cfg.study.objectives else {}),
+            **({"constraints": constraints_json(st, records)} if cfg.constraints else {}),
+            "base": _base_json(st), "driver": driver,
             "workers": (row or {}).get("workers", []) if alive else [],
             "trials": [_trial_json(r) for r in records]}
 
 
 def _say_counts(cfg, c: dict, records: list) -> None:
     """The study in one line, then its trials by state against the budget."""
-    say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
-        f"{cfg.study.direction}")
+    goal = ", ".join(f"{o.metric} {o.direction}" for o in cfg.study.objectives) or cfg.study.direction
+    say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, {goal}")
     if cfg.fidelity is None:
         say(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
             f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")
@@ -158,11 +166,13 @@ def _trials_table(records: list, driver_gone: bool) -> Table:
         if value is None and r.intermediate:  # multi-fidelity: the score at its highest rung
             value = r.intermediate[max(r.intermediate)]
         state = "INTERRUPTED" if r.interrupted else r.state
+        if r.constraints is not None and state == "COMPLETE" and not r.feasible:
+            state = "COMPLETE (infeasible)"
         if state == "RUNNING" and driver_gone:
             state = "RUNNING (driver gone)"
         peak = (r.attrs.get("metrics") or {}).get("peak_memory_mb")  # the GPU's on CUDA, the resident set's on CPU
-        table.add_row(str(r.number), state,
-                      "" if value is None else f"{value:.6g}" + (f" @{max(r.intermediate)}" if r.intermediate else ""),
+        shown = "" if value is None else ", ".join(f"{v:.6g}" for v in r.values) if r.values else f"{value:.6g}"
+        table.add_row(str(r.number), state, shown + (f" @{max(r.intermediate)}" if r.intermediate and shown else ""),
                       *["" if peak is None else f"{peak:.0f}"] * memory,
                       escape(", ".join(f"{k}={fmt(v)}" for k, v in r.params.items())),
                       escape(r.attrs.get("error") or ""))
@@ -174,14 +184,26 @@ def best(
     name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial's adapter and config here."),
     merge: bool = typer.Option(False, "--merge", help="With --export: also write the base model with the adapter merged."),
-    as_json: bool = typer.Option(False, "--json", help="Print the best trial as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the best trial (several objectives: the Pareto set) "
+                                 "as JSON."),
+    trial: Optional[int] = typer.Option(None, "--trial", help="Show or export this trial instead of the best "
+                                        "(several objectives: one of the Pareto set)."),
 ):
-    """The best trial: value, params, metrics; optionally export its adapter."""
+    """The best trial: value, params, metrics; optionally export its adapter. With several
+    objectives: the Pareto set (trial, each objective, params) and its hypervolume."""
     try:
         st = open_study(study, name)
-        b = st.best()
-        if b is None:
-            raise LlmhpoError(f"study '{st.config.study.name}' has no complete trial yet")
+        if st.config.study.objectives and trial is None and export is None:
+            if not st.pareto():
+                raise LlmhpoError(f"study '{st.config.study.name}' has no feasible complete trial yet")
+            if as_json:
+                cfg = st.config
+                print(json.dumps(jsonable({"study": cfg.study.name, "storage": cfg.study.storage, **pareto_json(st),
+                                           "base": _base_json(st)}), indent=1))
+            else:
+                print_front(st)
+            return
+        b = chosen(st, trial)
         if export is not None:
             cfg = st.config
             where = cfg.kind.export(cfg.objective, b, export, merge=merge)
@@ -193,13 +215,18 @@ def best(
         metrics = {k: v for k, v in (b.attrs.get("metrics") or {}).items() if k != "traceback"}
         print(json.dumps(jsonable({"study": cfg.study.name, "storage": cfg.study.storage, "direction": cfg.study.direction,
                           "objective": cfg.kind.describe(cfg.objective), "number": b.number, "value": b.value,
+                          **({"values": b.values} if b.values is not None else {}),
                           "params": b.params, "metrics": metrics, "timings": b.attrs.get("timings", {}),
                           "adapter_dir": metrics.get("adapter_dir"), "base": _base_json(st),
                           "exported": None if export is None else str(where)}), indent=1))
         return
     else:
-        say(f"best trial {b.number}: value {b.value:.6g}")
-        _say_base(st, b)
+        if b.values is not None:
+            say(f"trial {b.number} (Pareto set): " + ", ".join(
+                f"{o.metric} {v:.6g}" for o, v in zip(st.config.study.objectives, b.values)))
+        else:
+            say(f"{'best ' if trial is None else ''}trial {b.number}: value {b.value:.6g}")
+            _say_base(st, b)
         for k, v in b.params.items():
             say(f"  {k} = {fmt(v)}")
         for k, v in sorted((b.attrs.get("metrics") or {}).items()):

@@ -64,6 +64,9 @@ def run(
     if summary.best_value is not None:
         say(f"best value {summary.best_value:.6g} (trial {summary.best_number}): "
             + ", ".join(f"{k}={fmt(v)}" for k, v in summary.best_params.items()))
+    if summary.pareto is not None:
+        hv = "" if summary.hypervolume is None else f", hypervolume {summary.hypervolume:.6g}"
+        say(f"Pareto set: {len(summary.pareto)} trial(s){hv}; `llmhpo best` lists them")
     if summary.failure is not None:
         err.print(f"[bold red]error:[/] {escape(summary.failure)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)

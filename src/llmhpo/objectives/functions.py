@@ -7,7 +7,12 @@ axes are permuted at random), so that no optimiser meets the optimum by construc
 (partition methods evaluate the centre first: ackley's and rastrigin's minima sit there) and
 a deterministic optimiser gets a different problem for every seed. The known minimum value
 is kept: each function's minimum is its minimum over all of R^d, and the moved function
-is the original one read around a moved point."""
+is the original one read around a moved point.
+
+A function may also compute other named values at the same point (``metrics``), which a
+trial records: ``branin_currin`` is the two-objective problem of Belakaria et al. (2019)
+(Branin rescaled to [0, 1]^2, and Currin's exponential function), both minimised, read as
+the metrics ``branin`` and ``currin`` of ``[study] objectives``."""
 
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ class Function:
     bounds: np.ndarray
     f_min: float
     x_opt: np.ndarray | None = None
+    #: other values at the same point, recorded as the trial's metrics: (name, (d,) -> float)
+    metrics: tuple[tuple[str, Callable[[np.ndarray], float]], ...] = ()
 
     @property
     def dim(self) -> int:
@@ -66,13 +73,16 @@ class Function:
         widths = self.bounds[:, 1] - self.bounds[:, 0]
         perm = rng.permutation(d) if np.allclose(widths, widths[0]) and np.allclose(self.bounds, self.bounds[0]) \
             else np.arange(d)
-        f, lo, width = self.f, self.bounds[:, 0].copy(), widths.copy()
+        lo, width = self.bounds[:, 0].copy(), widths.copy()
 
-        def g(x):
-            v = (np.asarray(x, dtype=float) - lo) / width - u_new  # displacement from the new optimum
-            return f(lo + (u_old + v[perm]) * width)
+        def moved(f):
+            def g(x):
+                v = (np.asarray(x, dtype=float) - lo) / width - u_new  # displacement from the new optimum
+                return f(lo + (u_old + v[perm]) * width)
+            return g
 
-        return Function(self.name, g, self.bounds.copy(), self.f_min, lo + u_new * width)
+        return Function(self.name, moved(self.f), self.bounds.copy(), self.f_min, lo + u_new * width,
+                        tuple((k, moved(f)) for k, f in self.metrics))
 
 
 def _himmelblau(x):
@@ -121,6 +131,17 @@ def _styblinski_tang(x):
     return float(np.sum(x**4 - 16 * x**2 + 5 * x) / 2)
 
 
+def _branin_unit(x):
+    return _branin([15 * x[0] - 5, 15 * x[1]])
+
+
+def _currin(x):
+    # 1 - exp(-1 / (2 x1)) tends to 1 as x1 -> 0
+    factor = 1.0 if x[1] <= 0 else 1 - math.exp(-1 / (2 * x[1]))
+    return float(factor * (2300 * x[0] ** 3 + 1900 * x[0] ** 2 + 2092 * x[0] + 60)
+                 / (100 * x[0] ** 3 + 500 * x[0] ** 2 + 4 * x[0] + 20))
+
+
 def _box(lo, hi, d):
     return np.tile([lo, hi], (d, 1)).astype(float)
 
@@ -139,17 +160,21 @@ _FUNCTIONS: dict[str, tuple[Callable[[int], Function], int | None, int]] = {
     "levy": (lambda d: Function("levy", _levy, _box(-10, 10, d), 0.0, np.ones(d)), None, 4),
     "styblinski_tang": (lambda d: Function("styblinski_tang", _styblinski_tang, _box(-5, 5, d), -39.16616570377142 * d,
                                                 np.full(d, -2.903534027771178)), None, 4),
+    "branin_currin": (lambda d: Function("branin_currin", _branin_unit, _box(0, 1, 2), 0.397887357729738,
+                                         np.array([(math.pi + 5) / 15, 2.275 / 15]),
+                                         (("branin", _branin_unit), ("currin", _currin))), 2, 2),
 }
 
-FUNCTION_NAMES = list(_FUNCTIONS)
+#: the single-objective benchmark functions (``llmhpo bench`` all)
+FUNCTION_NAMES = [n for n, (make, _, d) in _FUNCTIONS.items() if not make(d).metrics]
 
 
 def get_function(name: str, dim: int | None = None) -> Function:
     """A benchmark function by name; ``dim`` for those defined in any dimension."""
     key = name.replace("-", "_")
     if key not in _FUNCTIONS:
-        raise ConfigError(f"unknown function {name!r}{did_you_mean(name, FUNCTION_NAMES)}; "
-                          f"choose one of: {', '.join(FUNCTION_NAMES)}")
+        raise ConfigError(f"unknown function {name!r}{did_you_mean(name, _FUNCTIONS)}; "
+                          f"choose one of: {', '.join(_FUNCTIONS)}")
     make, fixed, default = _FUNCTIONS[key]
     if dim is not None and fixed is not None and dim != fixed:
         raise ConfigError(f"function '{name}' is {fixed}-dimensional; remove dim = {dim} or set it to {fixed}")

@@ -133,7 +133,8 @@ class PythonObjective:
             if self.spec.metric not in metrics:
                 raise TrialFailed(f"the objective's dict has no key {self.spec.metric!r} (metric); "
                                   f"it has: {', '.join(metrics)}")
-            value = _number(metrics.pop(self.spec.metric), self.spec.metric)
+            # kept among the metrics too: several objectives and constraints read it there
+            value = _number(metrics[self.spec.metric], self.spec.metric)
             return Result(value, metrics, {"call": seconds})
         return Result(_number(out, "the returned value"), {}, {"call": seconds})
 

@@ -102,7 +102,8 @@ class FunctionObjective:
 
     def __call__(self, params: Mapping[str, Any], fidelity: Fidelity | None = None) -> Result:
         x = list(params.values())
-        metrics: dict[str, Any] = {"regret": self.function(x) - self.function.f_min}
+        metrics: dict[str, Any] = {"regret": self.function(x) - self.function.f_min,
+                                   **{k: float(f(np.asarray(x, dtype=float))) for k, f in self.function.metrics}}
         if fidelity is None:
             v = self.function(x)
         else:

@@ -36,7 +36,11 @@ _IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "optuna_tpe": (_P + "optuna_based", "OptunaTPE"),
     "optuna_cmaes": (_P + "optuna_based", "OptunaCMAES"),
     "optuna_gp": (_P + "optuna_based", "OptunaGP"),
+    "optuna_nsga2": (_P + "optuna_based", "OptunaNSGAII"),
 }
+
+#: the optimisers that take several objectives (their classes say ``multi_objective``)
+MULTI_OBJECTIVE: tuple[str, ...] = ("bo", "random", "grid", "lhs", "sobol", "optuna_tpe", "optuna_gp", "optuna_nsga2")
 
 
 class _Registry(Mapping[str, type[Optimizer]]):
@@ -100,8 +104,8 @@ def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
 
 def make_optimizer(name: str, dim: int, rng: np.random.Generator, budget: int | None = None,
                    options: dict[str, Any] | None = None,
-                   snap: Callable[[np.ndarray], np.ndarray] | None = None) -> Optimizer:
-    """An optimiser by name. snap: (d,) point of [0, 1]^d -> (d,) point of the configuration
+                   snap: Callable[[np.ndarray], np.ndarray] | None = None, n_objectives: int = 1) -> Optimizer:
+    """An optimiser by name, told ``n_objectives`` values per result. snap: (d,) point of [0, 1]^d -> (d,) point of the configuration
     really evaluated (``SearchSpace.snap``); every proposed point goes through it before the
     duplicate check, so the model sees evaluated points and no configuration comes twice."""
     check_optimizer(name, options)
@@ -110,7 +114,12 @@ def make_optimizer(name: str, dim: int, rng: np.random.Generator, budget: int | 
     except (TypeError, ValueError) as e:
         raise ConfigError(f"optimizer '{name}': bad options {options}: {e}") from e
     opt.snap = snap
+    if n_objectives > 1:
+        try:
+            opt.set_objectives(n_objectives)
+        except ValueError as e:
+            raise ConfigError(f"{e}; with several objectives use one of: {', '.join(MULTI_OBJECTIVE)}") from None
     return opt
 
 
-__all__ = ["OPTIMIZERS", "Candidate", "Optimizer", "check_optimizer", "make_optimizer", "optimizer_options"]
+__all__ = ["MULTI_OBJECTIVE", "OPTIMIZERS", "Candidate", "Optimizer", "check_optimizer", "make_optimizer", "optimizer_options"]

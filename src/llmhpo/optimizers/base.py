@@ -1,6 +1,10 @@
 """The optimiser protocol: ``ask(n)`` / ``tell(candidate, value)`` on points of [0, 1]^d.
 
-Every optimiser minimises. The public methods do the bookkeeping (ids, pending work,
+Every optimiser minimises. A multi-objective optimiser (``multi_objective``) is told one
+value per objective (a list, each minimised); the others one number. Constraints (a list of
+floats, <= 0 where one holds, as Optuna's) go to an optimiser that models them
+(``handles_constraints``); for any other, an infeasible result is told as a failure, so it
+steers away from it as from a configuration that fails. The public methods do the bookkeeping (ids, pending work,
 history, validation); subclasses implement ``_ask`` and ``_tell`` on arrays, and list the
 attributes that make up their state in ``_state_attrs`` so that ``state_dict`` /
 ``load_state_dict`` give an identical continuation through plain JSON.
@@ -57,6 +61,10 @@ class Optimizer:
     name: ClassVar[str] = "base"
     #: False for optimisers whose sequence does not depend on the seed.
     stochastic: ClassVar[bool] = True
+    #: whether ``tell`` takes one value per objective (``set_objectives``)
+    multi_objective: ClassVar[bool] = False
+    #: whether ``_tell`` is given the constraint values (else infeasible = failed)
+    handles_constraints: ClassVar[bool] = False
     _state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, rng: np.random.Generator | None = None, budget: int | None = None):
@@ -73,6 +81,17 @@ class Optimizer:
         #: (d,) -> (d,): the point of the configuration actually evaluated (None: every point
         #: is its own configuration); set by ``make_optimizer``, not part of the state
         self.snap: Callable[[np.ndarray], np.ndarray] | None = None
+        #: objectives told per result (``set_objectives``; not part of the state)
+        self.n_objectives = 1
+        #: the constraint values of the result being told (``handles_constraints``), None: none
+        self.constraints: list[float] | None = None
+
+    def set_objectives(self, m: int) -> None:
+        """Tell values of ``m`` objectives from now on (before the first ask)."""
+        if m > 1 and not self.multi_objective:
+            raise ValueError(f"optimizer '{self.name}' optimises one objective, not {m}")
+        self.n_objectives = m
+        self._after_load()
 
     # ---------------------------------------------------------------- options
     @classmethod
@@ -142,21 +161,40 @@ class Optimizer:
                 return y
         return None
 
-    def tell(self, candidate: Candidate, value: float | None) -> None:
-        """Report the value of a pending candidate; None (or NaN/inf) means the trial failed."""
+    def tell(self, candidate: Candidate, value: Any, constraints: list[float] | None = None) -> None:
+        """Report the value of a pending candidate: a number, or with several objectives a list
+        of ``n_objectives`` numbers; None (or NaN/inf) means the trial failed. constraints:
+        Optuna-style values, <= 0 where a constraint holds (see the module docstring)."""
         if candidate.id not in self.pending:
             raise ValueError(f"candidate {candidate.id} is not pending (already told, or from another optimiser)")
-        if value is not None:
-            value = float(value)
-            if not math.isfinite(value):
+        value = self._checked(value)
+        if constraints is not None and not self.handles_constraints:
+            if any(c > 0 for c in constraints):
                 value = None
+            constraints = None
         candidate = self.pending.pop(candidate.id)
         self.X.append(candidate.x.copy())
         self.y.append(value)
-        if candidate.info.get("external"):
-            self._observe(candidate, value)
-        else:
-            self._tell(candidate, value)
+        self.constraints = None if value is None or constraints is None else [float(c) for c in constraints]
+        try:
+            if candidate.info.get("external"):
+                self._observe(candidate, value)
+            else:
+                self._tell(candidate, value)
+        finally:
+            self.constraints = None
+
+    def _checked(self, value: Any) -> Any:
+        """A told value as a float (a list of ``n_objectives`` floats), None for a failure."""
+        if value is None:
+            return None
+        if self.n_objectives == 1:
+            value = float(value)
+            return value if math.isfinite(value) else None
+        values = [float(v) for v in value]
+        if len(values) != self.n_objectives:
+            raise ValueError(f"{self.name} optimises {self.n_objectives} objectives, told {len(values)} values")
+        return values if all(math.isfinite(v) for v in values) else None
 
     def register(self, x: np.ndarray, info: dict[str, Any] | None = None) -> Candidate:
         """A pending candidate the optimiser did not propose (a warm-start configuration).

@@ -23,7 +23,12 @@ refine, and not only explore (``_gp.py`` for the model):
   cost 4-5 times that, and kept eight workers waiting on one-second trials; a Kriging
   believer, cheaper, crowded batches around the incumbent: docs/benchmarks.md);
 - failures: a failed point enters the GP with the worst warped value observed, so the region
-  around it loses its expected improvement; the base class never hands it out again.
+  around it loses its expected improvement; the base class never hands it out again;
+- several objectives: one GP per objective (each warped as above) and BoTorch's
+  ``qLogNoisyExpectedHypervolumeImprovement`` (Daulton et al. 2021; the log form of Ament et
+  al. 2023) against a reference point a tenth of each objective's observed range below its
+  worst value, with the running and already chosen points as ``X_pending``, maximised as
+  above; under constraints an infeasible trial is told as a failure (the base class).
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -46,6 +51,7 @@ _LOCAL_SD = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2)
 
 class BayesianOptimization(Optimizer):
     name = "bo"
+    multi_objective = True
     _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n")
 
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
@@ -99,7 +105,10 @@ class BayesianOptimization(Optimizer):
             return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)
-        pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True)
+        if self.n_objectives > 1:
+            pts = self._acquire_pareto(X, y, X_fail, n - len(out), pending)
+        else:
+            pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True)
         return out + [(x, {"phase": "model"}) for x in pts]
 
     def suggest(self, X, y, pending):
@@ -139,6 +148,35 @@ class BayesianOptimization(Optimizer):
                 taken = (lambda x, extra=X_pending: self.is_known(x, extra)) if own else \
                     (lambda x, extra=[*X, *X_pending]: _near_any(x, extra, self.same_tol))
                 chosen.append(self._maximise(acqf, X, y, taken, seed + i))
+        return chosen
+
+    def _acquire_pareto(self, X, Y, X_fail, q, pending) -> list[np.ndarray]:
+        """q new points by sequential greedy qLogNEHVI. X: (n, d) successes, Y: (n, m) their
+        values (each minimised), X_fail: (k, d) failed points, pending: points still running."""
+        import torch
+        from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+        from botorch.models import ModelListGP
+        from botorch.sampling import SobolQMCNormalSampler
+
+        seed = self._seed()
+        Z = np.column_stack([warp_outcomes(-Y[:, j], self.warp) for j in range(Y.shape[1])])  # maximised
+        ref = Z.min(axis=0) - 0.1 * np.maximum(Z.max(axis=0) - Z.min(axis=0), 1e-9)
+        if len(X_fail) and self.failures == "impute":
+            X, Z = np.vstack([X, X_fail]), np.vstack([Z, np.tile(Z.min(axis=0), (len(X_fail), 1))])
+        chosen: list[np.ndarray] = []
+        with seeded_torch(seed):
+            model = ModelListGP(*[fit_gp(X, Z[:, j], self.kernel, self.noise, maxiter=self.fit_maxiter)
+                                  for j in range(Z.shape[1])])
+            for i in range(q):
+                X_pending = [*pending, *chosen]
+                acqf = qLogNoisyExpectedHypervolumeImprovement(
+                    model, ref_point=ref.tolist(), X_baseline=torch.as_tensor(X, dtype=dtype()),
+                    sampler=SobolQMCNormalSampler(torch.Size([64]), seed=seed + i), prune_baseline=True,
+                    X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()) if X_pending else None)
+                # local starts around the points best on the objectives together
+                score = -Z[: len(Y)].sum(axis=1)
+                chosen.append(self._maximise(acqf, X[: len(Y)], score,
+                                             lambda x, extra=X_pending: self.is_known(x, extra), seed + i))
         return chosen
 
     def _maximise(self, acqf, X, y, taken, seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Optuna's samplers (TPE, CMA-ES, GP) behind llmhpo's ask/tell protocol, so that they run
+"""Optuna's samplers (TPE, CMA-ES, GP, NSGA-II) behind llmhpo's ask/tell protocol, so that they run
 side by side with the report's optimisers on the same space, budget and seeds.
 
 Each wrapper drives a private in-memory Optuna study over d uniform variables x0..x{d-1}
@@ -15,6 +15,12 @@ its configuration was known) is told as what was evaluated: the asked trial is f
 complete trial at the evaluated point is added. The base class never hands out a known
 configuration twice.
 
+Several objectives (TPE, GP, NSGA-II): the private study has one minimised direction per
+objective and each trial the list of values. Constraints: each told trial carries its
+constraint values as Optuna's ``constraints`` system attribute, which these samplers read
+(a failed trial gets the worst values seen, beside its penalty); CMA-ES, which reads none,
+is told an infeasible result as a failure (the base class).
+
 The options of a wrapper are the keyword arguments of its sampler's constructor, less
 ``seed`` (llmhpo sets it): ``check_values`` checks them against that signature, their
 simple types against its annotations, and builds the sampler once, before anything runs.
@@ -30,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 
 from llmhpo import _json
@@ -60,7 +67,7 @@ def _type_problem(annotation: Any, value: Any) -> str | None:
 
 
 class _OptunaOptimizer(Optimizer):
-    _state_attrs = ("trials", "seed_base", "n_asks")
+    _state_attrs = ("trials", "seed_base", "n_asks", "study_attrs")
     #: whether its sampler is a model of the scores that can be refitted to other data (not CMA-ES,
     #: whose state is its own evolution)
     model_based: ClassVar[bool] = True
@@ -79,6 +86,8 @@ class _OptunaOptimizer(Optimizer):
         self.n_asks = 0
         #: one entry per Optuna trial: {"x", "value", "state", "system_attrs"}
         self.trials: list[dict] = []
+        #: the private study's system attributes (NSGA-II caches each generation's parents there)
+        self.study_attrs: dict[str, Any] = {}
         self._dists = {f"x{i}": FloatDistribution(0.0, 1.0) for i in range(dim)}
         self._study = self._new_study()
 
@@ -113,16 +122,19 @@ class _OptunaOptimizer(Optimizer):
         return self._sampler_class()(seed=seed, **{**self.sampler_defaults, **self.sampler_options})
 
     def _new_study(self) -> optuna.Study:
-        return optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0))
+        return optuna.create_study(directions=["minimize"] * self.n_objectives,
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
 
     def _after_load(self):
         self._dists = {f"x{i}": FloatDistribution(0.0, 1.0) for i in range(self.dim)}
         self._study = self._new_study()
+        for k, v in _json.decode(self.study_attrs).items():
+            self._study._storage.set_study_system_attr(self._study._study_id, k, v)
         for t in self.trials:
             state = TrialState[t["state"]]
             self._study.add_trial(
                 optuna.trial.create_trial(
-                    state=state, value=t["value"] if state == TrialState.COMPLETE else None,
+                    state=state, values=_listed(t["value"]) if state == TrialState.COMPLETE else None,
                     params={f"x{i}": float(v) for i, v in enumerate(t["x"])}, distributions=self._dists,
                     system_attrs=_json.decode(t["system_attrs"]),
                 )
@@ -142,6 +154,7 @@ class _OptunaOptimizer(Optimizer):
             self.trials.append({"x": x, "value": None, "state": "RUNNING",
                                 "system_attrs": _json.encode(self._frozen(trial.number).system_attrs)})
             out.append((x, {"optuna_trial": trial.number}))
+        self.study_attrs = _json.encode(self._study._storage.get_study_system_attrs(self._study._study_id))
         return out
 
     def suggest(self, X, y, pending):
@@ -150,7 +163,7 @@ class _OptunaOptimizer(Optimizer):
         study = self._new_study()  # a throw-away study with the other fidelity's scores
         for x, v in zip(X, y):
             study.add_trial(optuna.trial.create_trial(
-                value=float(v), params={f"x{i}": float(u) for i, u in enumerate(x)}, distributions=self._dists))
+                values=_listed(v), params={f"x{i}": float(u) for i, u in enumerate(x)}, distributions=self._dists))
         study.sampler = self._make_sampler(self._seed())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -161,7 +174,11 @@ class _OptunaOptimizer(Optimizer):
         storage = self._study._storage
         return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self._study._study_id, number))
 
-    def _finish(self, number: int, value: float | None) -> None:
+    def _finish(self, number: int, value, constraints: list[float] | None = None) -> None:
+        if constraints is not None:  # read by the samplers as trial.constraints
+            storage = self._study._storage
+            trial_id = storage.get_trial_id_from_study_id_trial_number(self._study._study_id, number)
+            storage.set_trial_system_attr(trial_id, _CONSTRAINTS_KEY, list(constraints))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if value is None:
@@ -171,36 +188,61 @@ class _OptunaOptimizer(Optimizer):
         frozen = self._frozen(number)
         self.trials[number].update(value=value, state="COMPLETE" if value is not None else "FAIL",
                                    system_attrs=_json.encode(frozen.system_attrs))
+        self.study_attrs = _json.encode(self._study._storage.get_study_system_attrs(self._study._study_id))
 
-    def _penalty(self) -> float | None:
-        """The worst value of a completed trial (None before any)."""
+    def _penalty(self):
+        """The worst value of a completed trial, per objective (None before any)."""
         done = [t["value"] for t in self.trials if t["state"] == "COMPLETE" and t["value"] is not None]
-        return max(done) if done else None
+        if not done:
+            return None
+        worst = np.max(np.asarray(done, dtype=float).reshape(len(done), -1), axis=0)
+        return float(worst[0]) if self.n_objectives == 1 else [float(v) for v in worst]
+
+    def _worst_constraints(self) -> list[float] | None:
+        """The worst constraint values told so far (None before any)."""
+        seen = [c for t in self.trials if (c := (t.get("system_attrs") or {}).get(_CONSTRAINTS_KEY))]
+        if not seen or len({len(c) for c in seen}) != 1:
+            return None
+        return [float(v) for v in np.max(np.asarray(seen, dtype=float), axis=0)]
 
     def _tell(self, candidate, value):
         number = candidate.info["optuna_trial"]
+        constraints = self.constraints
         if value is None:
-            value = self._penalty()
+            value, constraints = self._penalty(), self._worst_constraints()
         if np.max(np.abs(np.asarray(self.trials[number]["x"]) - candidate.x)) > 1e-12:
             self._finish(number, None)  # the asked point was not evaluated: the evaluated one is added
-            self._observe(candidate, value)
+            self._add(candidate, value, constraints)
         else:
-            self._finish(number, value)
+            self._finish(number, value, constraints)
 
     def _observe(self, candidate, value):
+        constraints = self.constraints
         if value is None:
-            value = self._penalty()
+            value, constraints = self._penalty(), self._worst_constraints()
+        self._add(candidate, value, constraints)
+
+    def _add(self, candidate, value, constraints: list[float] | None) -> None:
+        """A complete trial at the candidate's point, not asked of the sampler."""
         if value is None:
             return
         params = {f"x{i}": float(v) for i, v in enumerate(candidate.x)}
-        self._study.add_trial(optuna.trial.create_trial(value=value, params=params, distributions=self._dists))
-        self.trials.append({"x": candidate.x.copy(), "value": value, "state": "COMPLETE", "system_attrs": {}})
+        attrs = {} if constraints is None else {_CONSTRAINTS_KEY: list(constraints)}
+        self._study.add_trial(optuna.trial.create_trial(values=_listed(value), params=params,
+                                                        distributions=self._dists, system_attrs=attrs))
+        self.trials.append({"x": candidate.x.copy(), "value": value, "state": "COMPLETE", "system_attrs": attrs})
+
+
+def _listed(value) -> list[float]:
+    """A told value (a number, or one per objective) as Optuna's list of values."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else [float(value)]
 
 
 class OptunaTPE(_OptunaOptimizer):
     """Optuna's TPESampler (multivariate, 10 startup trials unless set)."""
 
     name = "optuna_tpe"
+    multi_objective = handles_constraints = True
     sampler = "TPESampler"
     sampler_defaults = {"multivariate": True, "n_startup_trials": 10}
 
@@ -218,5 +260,15 @@ class OptunaGP(_OptunaOptimizer):
     """Optuna's GPSampler (10 startup trials unless set)."""
 
     name = "optuna_gp"
+    multi_objective = handles_constraints = True
     sampler = "GPSampler"
     sampler_defaults = {"warn_independent_sampling": False}
+
+
+class OptunaNSGAII(_OptunaOptimizer):
+    """Optuna's NSGAIISampler (Deb et al. 2002; generations of ``population_size``, 50 unless set)."""
+
+    name = "optuna_nsga2"
+    model_based = False
+    multi_objective = handles_constraints = True
+    sampler = "NSGAIISampler"

@@ -15,6 +15,7 @@ class RandomSearch(Optimizer):
     """Independent uniform points of [0, 1]^d."""
 
     name = "random"
+    multi_objective = True  # its points do not depend on the values
 
     def _ask(self, n):
         return [(self.rng.random(self.dim), {}) for _ in range(n)]
@@ -29,6 +30,7 @@ class GridSearch(Optimizer):
     """
 
     name = "grid"
+    multi_objective = True  # its points do not depend on the values
     _state_attrs = ("order", "index")
     max_points = 10_000_000
 
@@ -60,6 +62,7 @@ class LatinHypercube(Optimizer):
     """
 
     name = "lhs"
+    multi_objective = True  # its points do not depend on the values
     _state_attrs = ("design", "index")
 
     def __init__(self, dim, rng=None, budget=None, size: int | None = None):
@@ -85,6 +88,7 @@ class Sobol(Optimizer):
     """A scrambled Sobol sequence (scipy.stats.qmc), seeded from the optimiser's stream."""
 
     name = "sobol"
+    multi_objective = True  # its points do not depend on the values
     _state_attrs = ("sobol_seed", "drawn")
 
     def __init__(self, dim, rng=None, budget=None):

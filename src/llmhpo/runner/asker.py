@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import Any
 
 from llmhpo.optimizers import Candidate, Optimizer
 
@@ -20,18 +21,19 @@ class Asker:
         self._thread: threading.Thread | None = None
         self._result: tuple[list[Candidate], float] | None = None
         self._error: BaseException | None = None
-        self._tells: list[tuple[Candidate, float | None]] = []
+        self._tells: list[tuple[Candidate, Any, list[float] | None]] = []
         self.seconds = 0.0  # the last ask's duration
         self.stale = False
 
     def busy(self) -> bool:
         return self._thread is not None
 
-    def tell(self, cand: Candidate, y: float | None) -> None:
+    def tell(self, cand: Candidate, y: Any, constraints: list[float] | None = None) -> None:
+        """``y``: a number, or one per objective; None for a failure (``Optimizer.tell``)."""
         if self.busy():
-            self._tells.append((cand, y))
+            self._tells.append((cand, y, constraints))
         else:
-            self.optimizer.tell(cand, y)
+            self.optimizer.tell(cand, y, constraints)
 
     def _ask(self, n: int) -> None:
         t0 = time.perf_counter()
@@ -65,8 +67,8 @@ class Asker:
             self._thread = None
         #: results arrived during the ask: an empty answer may not hold any more
         self.stale = bool(self._tells)
-        for cand, y in self._tells:
-            self.optimizer.tell(cand, y)
+        for cand, y, constraints in self._tells:
+            self.optimizer.tell(cand, y, constraints)
         self._tells.clear()
         if self._error is not None:
             e, self._error = self._error, None

@@ -15,7 +15,10 @@ the configuration started at (rung 0 for ASHA and successive halving: every told
 the same fidelity). Under Hyperband, whose brackets start at different rungs, a model-based
 optimiser proposes each new configuration from the highest rung with at least d + 2 scores,
 as BOHB does (Falkner, Klein & Hutter 2018). Jobs are keyed by their candidate's id: one
-configuration, one candidate. Resume: ``resume.py``.
+configuration, one candidate. Several objectives and constraints (``llmhpo.goals``) are
+read from each finished trial's metrics; a trial that lacks one fails. A trial whose
+constraint is relative to the base model's score waits, finished, for that score.
+Resume: ``resume.py``.
 """
 
 from __future__ import annotations
@@ -24,19 +27,20 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable
 
 import numpy as np
 
 from llmhpo.config import Config
-from llmhpo.errors import StudyError
+from llmhpo.errors import StudyError, TrialFailed
 from llmhpo.executors import Executor, Outcome
+from llmhpo.goals import evaluate, feasible, told
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
 from llmhpo.runner import checkpoints
 from llmhpo.runner.asker import Asker, lookahead
 from llmhpo._format import fmt
-from llmhpo.runner.output import Best, FailureStreak, Reporter, RunSummary
+from llmhpo.runner.output import Best, FailureStreak, Reporter, RunSummary, summary_of
 from llmhpo.runner.reevaluate import reevaluate
 from llmhpo.runner.resume import Conf, restore
 from llmhpo.schedulers import Job, OneRung, make_scheduler
@@ -51,7 +55,8 @@ def build_optimizer(config: Config) -> Optimizer:
     # snap: integer and categorical variables are proposed, modelled and de-duplicated as the
     # configuration actually evaluated (rounded), never as the unrounded point
     return make_optimizer(config.optimizer, config.space.dim, np.random.default_rng(opt_seq),
-                          config.budget.trials, config.optimizer_options, snap=config.space.snap)
+                          config.budget.trials, config.optimizer_options, snap=config.space.snap,
+                          n_objectives=len(config.study.directions))
 
 
 @dataclass
@@ -84,13 +89,17 @@ class Loop:
         if state is not None:
             self.optimizer.load_state_dict(state)
         got = restore(config, study, self.optimizer, self.scheduler, self.step_of, self.sign)
+        base = study.base()
+        self.base_metrics = None if base is None else {**base[1], "value": base[0]}
+        #: finished trials that wait for the base model's score (their constraints are relative to it)
+        self.held: list[Outcome] = []
         self.confs, self.requeue, self.fresh, self.untold = got.confs, got.requeue, got.fresh, got.untold
         self.spent, self.complete, self.failed = got.spent, got.complete, got.failed
         self.running: dict[Hashable, _Running] = {}
         self.side: set[Hashable] = set()  # jobs outside the budget (the base model's score)
         self.asker = Asker(self.optimizer, threaded=executor.slots > 1)
         self.streak = FailureStreak(config.runner.max_repeated_failures)
-        self.best: Any = study.best()
+        self.best: Any = None if config.study.objectives else study.best()  # several: a Pareto set
         self.report = Reporter(mode, int(self.budget) if fd is None else self.budget, self.spent, self.failed,
                                None if self.best is None else self.best.value, config.study.name,
                                unit="trials" if fd is None else fd.resource)
@@ -138,10 +147,7 @@ class Loop:
             self._stop()
         if self.multi and self.stopped in ("budget", "optimizer exhausted"):
             checkpoints.close_study(self.config, self.study, self.scheduler, self.confs, self.running, self.log)
-        best = self.study.best()
-        return RunSummary(self.config.study.name, self.config.study.storage, self.complete, self.failed,
-                          best.value if best else None, best.params if best else None,
-                          best.number if best else None, self.stopped, time.time() - self.t_start,
+        return summary_of(self.study, self.stopped, time.time() - self.t_start, self.complete, self.failed,
                           self.streak.reason, self.spent if self.multi else None)
 
     def _busy(self) -> int:
@@ -329,22 +335,45 @@ class Loop:
         for outcome in outcomes:
             if outcome.key in self.side:
                 self._base_done(outcome)
+            elif BASE_JOB in self.side and outcome.value is not None and \
+                    any(c.relative for c in self.config.constraints):
+                self.held.append(outcome)  # its worker stays counted busy until the base is in
             else:
                 self._finished(outcome)
 
     def _base_done(self, out: Outcome) -> None:
         self.side.discard(out.key)
         if out.value is None:
+            if any(c.relative for c in self.config.constraints):
+                raise StudyError(f"base model scoring failed: {out.error}; a [[constraint]] relative to \"base\" "
+                                 "needs its score: fix the failure and resume, or give the bound as a number")
             self.report.note(f"base model scoring failed: {out.error}; the study goes on without a reference")
             return
         self.study.set_base(out.value, out.metrics)
+        self.base_metrics = {**out.metrics, "value": out.value}
         self.report.note(f"base model: value {out.value:.6g} ({self.config.kind.describe(self.config.objective)}), "
                          f"scored in {out.timings.get('trial', 0.0):.0f} s")
+        held, self.held = self.held, []
+        for outcome in held:
+            self._finished(outcome)
+
+    def _goals(self, outcome: Outcome) -> tuple[Outcome, list[float] | None, list[float] | None]:
+        """(outcome, objective values, constraint values) of a finished trial; one whose
+        results lack a metric they name becomes a failure saying which."""
+        if outcome.value is None or not (self.config.study.objectives or self.config.constraints):
+            return outcome, None, None
+        try:
+            values, cons = evaluate(self.config.study.objectives, self.config.constraints, outcome.value,
+                                    outcome.metrics, outcome.timings, self.base_metrics)
+        except TrialFailed as e:
+            return replace(outcome, value=None, error=str(e)), None, None
+        return outcome, values, cons
 
     def _finished(self, outcome: Outcome) -> None:
         cid = outcome.key
         job = self.running.pop(cid)
         conf, c = self.confs[cid], self.scheduler.configs[cid]
+        outcome, values, cons = self._goals(outcome)
         value = outcome.value
         trained = self._trained(outcome, job, conf)
         self.scheduler.finished(cid, job.rung, None if value is None else self.sign * value)
@@ -354,9 +383,9 @@ class Loop:
             verdict = "failed"
         else:
             verdict = "complete" if job.rung == self.scheduler.K else "waiting"
-        self._record(outcome, conf, job.rung, verdict)
+        self._record(outcome, conf, job.rung, verdict, values, cons)
         if job.rung == c.start_rung and cid in self.untold:
-            self.asker.tell(self.untold.pop(cid), None if value is None else self.sign * value)
+            self.asker.tell(self.untold.pop(cid), *told(self.config.study.directions, value, values, cons))
             self.exhausted = False
             if not self.asker.busy():
                 self.study.save_optimizer_state(self.optimizer.state_dict())
@@ -366,11 +395,15 @@ class Loop:
         if self.multi:
             checkpoints.collect(self.config, self.study, self.scheduler, self.confs, self.running)
         self.trial_seconds.append(outcome.timings.get("trial", 0.0))
-        if verdict == "complete" and (self.best is None or self.sign * value < self.sign * self.best.value):
+        ok = feasible(cons) and values is None  # several objectives have a Pareto set, not one best
+        if verdict == "complete" and ok and (self.best is None or self.sign * value < self.sign * self.best.value):
             self.best = Best(value, conf.number)
         label = f"rung {job.rung} ({fmt(self.r[job.rung])} {self.unit})" if self.multi else ""
+        verdict = verdict if self.multi and value is not None else ""
+        if not feasible(cons):
+            verdict = ", ".join(v for v in (verdict, "infeasible") if v)
         self.report.finished(conf.number, value, outcome.error, outcome.timings.get("trial", 0.0), self.best,
-                             amount=trained, label=label, verdict=verdict if self.multi and value is not None else "")
+                             amount=trained, label=label, verdict=verdict, values=values)
         if self.streak.add(None if value is not None else outcome.error or ""):
             self.stopped = "repeated failures"
             self.report.note(self.streak.note())
@@ -388,7 +421,8 @@ class Loop:
         self.spent += trained
         return trained
 
-    def _record(self, outcome: Outcome, conf: Conf, rung: int, verdict: str) -> None:
+    def _record(self, outcome: Outcome, conf: Conf, rung: int, verdict: str, values: list[float] | None = None,
+                constraints: list[float] | None = None) -> None:
         """The finished job written down: its rung's score, then the trial's state."""
         tid, worker = conf.trial_id, ({"worker": outcome.worker} if outcome.worker else {})
         if self.multi:
@@ -405,7 +439,8 @@ class Loop:
         if verdict == "waiting":
             self.study.set_waiting(tid)
             return
-        self.study.finish_trial(tid, outcome.value, outcome.metrics, outcome.timings, outcome.error, worker or None)
+        self.study.finish_trial(tid, values if values is not None and outcome.value is not None else outcome.value,
+                                outcome.metrics, outcome.timings, outcome.error, worker or None, constraints)
         self.log(tid)
         if verdict == "failed":
             self.failed += 1

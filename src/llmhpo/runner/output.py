@@ -26,6 +26,20 @@ class RunSummary:
     #: the reason of the failures that stopped the study (stopped == "repeated failures")
     failure: str | None = None
     resource_spent: float | None = None  # with [fidelity]: resource units spent, all runs together
+    #: several objectives (the best_* fields are then None): the Pareto set's trial numbers
+    pareto: list[int] | None = None
+    hypervolume: float | None = None  # of the Pareto set (``Study.hypervolume``)
+
+
+def summary_of(study: Any, stopped: str, seconds: float, complete: int, failed: int, failure: str | None = None,
+               spent: float | None = None) -> RunSummary:
+    """The run's summary from its study: the best trial, or with several objectives the Pareto set."""
+    cfg = study.config
+    best = None if cfg.study.objectives else study.best()
+    front = [r.number for r in study.pareto()] if cfg.study.objectives else None
+    return RunSummary(cfg.study.name, cfg.study.storage, complete, failed, best.value if best else None,
+                      best.params if best else None, best.number if best else None, stopped, seconds, failure,
+                      spent, front, study.hypervolume() if front else None)
 
 
 @dataclass
@@ -82,7 +96,9 @@ class Reporter:
             self._line(f"{what} started: " + ", ".join(f"{k}={fmt(v)}" for k, v in params.items()))
 
     def finished(self, number: int, value: float | None, error: str | None, seconds: float,
-                 best: Any, amount: float = 1, label: str = "", verdict: str = "") -> None:
+                 best: Any, amount: float = 1, label: str = "", verdict: str = "",
+                 values: list[float] | None = None) -> None:
+        """A job ended; ``values``: several objectives' values (``value`` is the first)."""
         self.done += amount
         self.failed += value is None
         self.best = best
@@ -96,7 +112,8 @@ class Reporter:
         else:
             b = "" if best is None else f" (best {best.value:.6g}, trial {best.number})"
             v = f", {verdict}" if verdict else ""
-            self._line(f"{what} done in {seconds:.1f} s: value {value:.6g}{v}{b} {count}")
+            shown = f"value {value:.6g}" if values is None else "values " + ", ".join(f"{y:.6g}" for y in values)
+            self._line(f"{what} done in {seconds:.1f} s: {shown}{v}{b} {count}")
         if self.mode == "bar":
             self.p.update(self.task, completed=min(self.done, self.total), failed=self.failed,
                           best="-" if best is None else f"{best.value:.6g}")

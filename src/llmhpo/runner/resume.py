@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from llmhpo.config import Config
+from llmhpo.goals import told
 from llmhpo.optimizers import Candidate, Optimizer
 from llmhpo.schedulers import Job, Scheduler
 from llmhpo.study import Study, TrialRecord
@@ -54,7 +55,7 @@ def restore(config: Config, study: Study, optimizer: Optimizer, scheduler: Sched
     belonged to a driver that is gone); writes what reconciling changes."""
     records = study.records()
     if config.fidelity is None:
-        out = _restore_trials(study, optimizer, records, sign)
+        out = _restore_trials(config, study, optimizer, records)
     else:
         out = _restore_rungs(study, optimizer, scheduler, records, step_of, sign)
     c = study.counts()
@@ -75,7 +76,7 @@ def resource_spent(records: list[TrialRecord]) -> float:
     return sum(float(r.attrs.get("resource_spent", 0.0)) for r in records if "bracket" in r.attrs and not r.interrupted)
 
 
-def _restore_trials(study: Study, optimizer: Optimizer, records: list[TrialRecord], sign: float) -> Restored:
+def _restore_trials(config: Config, study: Study, optimizer: Optimizer, records: list[TrialRecord]) -> Restored:
     out = Restored()
     by_candidate: dict[int, TrialRecord] = {}
     for r in records:
@@ -87,7 +88,7 @@ def _restore_trials(study: Study, optimizer: Optimizer, records: list[TrialRecor
     for cand in list(optimizer.pending.values()):
         r = by_candidate.get(cand.id)
         if r is not None and r.state in ("COMPLETE", "FAIL"):
-            optimizer.tell(cand, None if r.value is None else sign * r.value)
+            optimizer.tell(cand, *told(config.study.directions, r.value, r.values, r.constraints))
         else:
             out.fresh.append(cand)
     return out

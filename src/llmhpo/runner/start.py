@@ -15,7 +15,7 @@ from llmhpo.config import Config
 from llmhpo.errors import ConfigError
 from llmhpo.executors import make_executor, runs_inline, startup_note
 from llmhpo.runner.loop import Loop
-from llmhpo.runner.output import RunSummary, output_mode, say
+from llmhpo.runner.output import RunSummary, output_mode, say, summary_of
 from llmhpo.runner.reevaluate import reevaluation_queue
 from llmhpo.runner.resume import resource_spent
 from llmhpo.study import Study
@@ -133,10 +133,7 @@ def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | No
             return None
     how = "raise [budget] resource" if config.fidelity is not None and config.budget.resource is not None \
         else "raise [budget] trials (or pass --trials N)"
-    best = study.best()
-    summary = RunSummary(name, config.study.storage, counts["COMPLETE"], counts["FAIL"],
-                         best.value if best else None, best.params if best else None,
-                         best.number if best else None, "budget", 0.0, None, spent)
+    summary = summary_of(study, "budget", 0.0, counts["COMPLETE"], counts["FAIL"], None, spent)
     return summary, f"study '{name}' has met its budget ({used:g} of {budget:g} {unit}); {how} to run more"
 
 
