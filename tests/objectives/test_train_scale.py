@@ -1,6 +1,6 @@
 """The training loop at real scale, on the tiny random Llama: the loss normalised over the
-whole optimiser step, the micro-batch that halves on out-of-memory, padding-free packing
-and gradient checkpointing."""
+whole optimiser step, the micro-batch that halves on out-of-memory, padding-free packing,
+gradient checkpointing, and data parallelism over torch.distributed (gloo, two processes)."""
 
 from dataclasses import replace
 
@@ -168,6 +168,35 @@ def test_gradient_checkpointing_same_curve_and_off_after_the_trial(setup, refere
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert not getattr(model, "_require_grads_hooks", None)
     np.testing.assert_allclose(run(setup)[0].losses, reference[0].losses, rtol=0)
+
+
+def _rank(rank: int, world: int, folder: str, out: str) -> None:
+    """One data-parallel rank: the tiny model loaded as every rank loads it, two runs."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/group", rank=rank, world_size=world)
+    try:
+        setup = load(folder)
+        plain = run(setup)[0]
+        backed_off = run(setup, replace(BASE, packing=True), inject_oom_above=2)[0]
+        torch.save({"plain": plain, "backed_off": backed_off}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes that each import torch and transformers (~10 s)
+def test_two_data_parallel_ranks_give_the_curve_of_one_process(tiny_llama, tmp_path, reference):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_rank, args=(2, str(tiny_llama), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for got in ranks:
+        for run_ in ("plain", "backed_off"):
+            np.testing.assert_allclose(got[run_].losses, reference[0].losses, rtol=1e-5)
+            assert got[run_].tokens == reference[0].tokens
+        assert got["backed_off"].micro_batch == 2 and got["backed_off"].oom_backoffs == 2
+    assert ranks[0]["plain"].losses == ranks[1]["plain"].losses
 
 
 @pytest.mark.slow  # two trials with lm-eval scoring (~25 s)

@@ -3,11 +3,13 @@ only, gradient accumulation, a transformers learning-rate schedule, bf16 autocas
 that support it. A NaN or infinite loss stops the trial as FAIL("diverged at step k").
 
 An optimiser step's loss is the sum of the response-token losses over its whole effective
-batch (batch_size x grad_accum examples) divided by the
+batch (batch_size x grad_accum examples, over every data-parallel rank) divided by the
 number of those tokens (transformers' ``num_items_in_batch``), so a step does not depend on
 how it is cut into forward passes. The micro-batch (examples per forward pass) starts at
 batch_size and halves on a CUDA out-of-memory error, redoing the same step on the same
-examples. Options: padding-free packing (``[train] packing``) and gradient checkpointing.
+examples. Options: padding-free packing (``[train] packing``), gradient checkpointing, and
+data parallelism when torch.distributed is initialised (each rank takes its share of every
+micro-batch; the LoRA gradients are summed over the ranks before clipping).
 
 Training can stop at any step and continue later exactly (multi-fidelity rungs): the
 returned state holds the AdamW moments, the schedule's position, the data order and
@@ -34,9 +36,9 @@ from llmhpo.objectives.finetune.data import Tokenized, collate, n_targets, pack
 class TrainStats:
     losses: list[float] = field(default_factory=list)  # per optimiser step
     steps: int = 0
-    tokens: int = 0  # non-padding tokens seen
+    tokens: int = 0  # non-padding tokens seen (all ranks)
     seconds: float = 0.0
-    micro_batch: int = 0  # examples per forward pass at the end
+    micro_batch: int = 0  # examples per forward pass at the end (all ranks together)
     oom_backoffs: int = 0  # halvings of the micro-batch after out-of-memory errors
 
 
@@ -66,6 +68,13 @@ def train(model, data: Tokenized, settings: TrainConfig, pad_id: int, device: st
     curve from step 1) and the state to continue from. inject_nan_at / inject_oom_above
     (tests): the loss turns NaN from that step on / micro-batches larger than this raise
     torch.OutOfMemoryError.
+
+    Data parallel (torch.distributed initialised, world size W > 1): every rank calls this
+    with the same model, data and settings, so all draw the same examples; each takes its
+    share of every micro-batch (``idx[rank::W]``). The step's token count is then known to
+    every rank without communication; the loss, an out-of-memory flag and the LoRA gradients
+    (one flattened buffer, before clipping) are summed over the ranks, so every rank ends
+    with the same weights, loss curve and stats.
     """
     import torch
 
@@ -111,8 +120,8 @@ def _draw(order: list[int], cursor: int, gen, n: int, bs: int, accum: int):
 
 
 class _Loop:
-    """What the optimiser steps of one train() call share: model, optimiser, schedule and the
-    current micro-batch."""
+    """What the optimiser steps of one train() call share: model, optimiser, schedule, the
+    current micro-batch and this process's rank among ``world`` data-parallel ranks."""
 
     def __init__(self, model, data: Tokenized, settings: TrainConfig, pad_id: int, device: str, autocast_dtype,
                  steps: int, inject_nan_at: int | None, inject_oom_above: int | None):
@@ -126,6 +135,7 @@ class _Loop:
                                    num_training_steps=steps)
         self.autocast = {"device_type": device.split(":")[0], "dtype": autocast_dtype,
                          "enabled": autocast_dtype is not None}
+        self.rank, self.world = _rank_and_world()
         self.micro = settings.batch_size
         self.inject_nan_at, self.inject_oom_above = inject_nan_at, inject_oom_above
 
@@ -162,6 +172,7 @@ class _Loop:
         rng = _rng_state(self.device)
         while True:
             loss, oom = self._passes(step, idx, n_items)
+            loss, oom = self._reduce_loss(loss, oom)
             if oom is None:
                 break
             self._back_off(oom, stats)
@@ -170,6 +181,7 @@ class _Loop:
             err = TrialFailed(f"diverged at step {step} (loss {loss})")
             err.metrics = {"train_loss_curve": stats.losses, "diverged_step": step}
             raise err
+        self._reduce_grads()
         if self.settings.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
         self.opt.step()
@@ -179,15 +191,18 @@ class _Loop:
         return loss
 
     def _passes(self, step: int, idx: list[int], n_items: int) -> tuple[float, str | None]:
-        """Forward and backward over ``idx`` in micro-batches, each loss divided by the step's
-        ``n_items``. Returns (the step's loss, None), or what an out-of-memory error said."""
+        """Forward and backward over ``idx`` in micro-batches (this rank's share of each),
+        each loss divided by the step's ``n_items``. Returns (this rank's loss, None), or
+        what an out-of-memory error said."""
         import torch
 
         total = 0.0
         try:
             for start in range(0, len(idx), self.micro):
-                micro = idx[start: start + self.micro]
-                inputs = batch_inputs(self.data, micro, self.pad_id, self.settings.packing, self.device)
+                share = idx[start: start + self.micro][self.rank:: self.world]  # this rank's part
+                if not share:
+                    continue
+                inputs = batch_inputs(self.data, share, self.pad_id, self.settings.packing, self.device)
                 with torch.autocast(**self.autocast):
                     loss = self.model(**inputs, num_items_in_batch=n_items, use_cache=False).loss
                 if self.inject_nan_at is not None and step >= self.inject_nan_at:
@@ -204,19 +219,52 @@ class _Loop:
 
     def _back_off(self, oom: str, stats: TrainStats) -> None:
         """Drop the step's gradients, free the memory, halve the micro-batch (or fail at one
-        example)."""
+        example per rank)."""
         import torch
 
         self.opt.zero_grad(set_to_none=True)
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        if self.micro == 1:
+        if self.micro <= self.world:
             raise TrialFailed(f"out of memory at micro-batch {self.micro} (max_seq_len {self.settings.max_seq_len}): "
                               f"{oom}; set [train] gradient_checkpointing = true, [model] quantization = \"4bit\", "
                               "or lower max_seq_len")
-        self.micro //= 2
+        self.micro = max(self.micro // 2, self.world)
         stats.oom_backoffs += 1
+
+    def _reduce_loss(self, loss: float, oom: str | None) -> tuple[float, str | None]:
+        """The step's loss summed over the ranks, and whether any rank ran out of memory."""
+        if self.world == 1:
+            return loss, oom
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([loss, 0.0 if oom is None else 1.0], dtype=torch.float64, device=self.trainable[0].device)
+        dist.all_reduce(t)
+        if t[1].item() > 0:
+            return loss, oom or "out of memory on another rank"
+        return t[0].item(), None
+
+    def _reduce_grads(self) -> None:
+        """Sum the LoRA gradients over the ranks (one flattened buffer)."""
+        if self.world == 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for p in self.trainable])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in self.trainable:
+            g = flat[offset: offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+
 
 def batch_inputs(data: Tokenized, idx: list[int], pad_id: int, packing: bool, device: str) -> dict:
     """The model's keyword arguments for the examples ``idx``, labels included: one packed row
@@ -245,6 +293,14 @@ def checkpointing(model, on: bool):
     finally:
         base.activation_checkpointing_disable()
         base.disable_input_require_grads()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _is_oom(e: BaseException) -> bool:
