@@ -80,6 +80,13 @@ def test_out_of_memory_at_micro_batch_1_fails_naming_the_memory(setup):
         run(setup, inject_oom_above=0)
 
 
+def test_memory_note_reads_torch_s_message():
+    msg = ("CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of 79.19 GiB of which "
+           "300.00 MiB is free.")
+    assert train_lib.memory_note(torch.OutOfMemoryError(msg), "cpu") == "needed 0.5 GiB more"
+    assert train_lib.memory_note(RuntimeError("out of memory"), "cpu") == "RuntimeError"
+
+
 def test_the_next_rung_starts_at_the_smaller_micro_batch(setup, reference):
     model, tok, data = setup
     first, state, _ = run(setup, inject_oom_above=4, until=3)

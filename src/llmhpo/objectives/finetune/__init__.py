@@ -155,8 +155,8 @@ class FinetuneObjective:
                 raise
             from llmhpo.objectives.finetune.train import memory_note
 
-            raise TrialFailed(f"out of memory ({memory_note(e, self.device)}); lower [eval] batch_size or "
-                              "max_seq_len") from None
+            raise TrialFailed(f"out of memory outside the training passes ({memory_note(e, self.device)}); "
+                              "lower [eval] batch_size, batch_size or max_seq_len") from None
         finally:
             if peft_model is not None:
                 self.model = peft_model.unload()  # removes the LoRA layers: the base model is untouched
