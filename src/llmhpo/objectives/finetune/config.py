@@ -65,6 +65,8 @@ class TrainConfig:
     output_dir: str = "llmhpo-runs"
     use_dora: bool = False  # DoRA: weight-decomposed LoRA (a learnt magnitude per output)
     use_rslora: bool = False  # rank-stabilised LoRA: scaling lora_alpha / sqrt(r) instead of / r
+    packing: bool = False  # each micro-batch as one padding-free row (position_ids restart per example)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
 
     def with_params(self, params: Mapping[str, Any]) -> "TrainConfig":
         """One trial's settings: these values with the searched ``params`` in their place, each
@@ -209,13 +211,15 @@ class FinetuneConfig:
 #: keys added after studies were first stored: left out of the stored tables while at their
 #: defaults, so that a study stored before a key existed keeps its config hash and resumes
 ADDED_KEYS: dict[str, tuple[str, ...]] = {"model": ("quantization", "attn_implementation"), "data": (),
-                                          "train": ("use_dora", "use_rslora"), "eval": ("base",)}
+                                          "train": ("use_dora", "use_rslora", "packing", "gradient_checkpointing"),
+                                          "eval": ("base",)}
 _DEFAULTS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig(), "eval": EvalConfig()}
 
 QUANTIZATIONS = ("none", "4bit", "8bit")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
-SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
+SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads", "packing",
+                                                     "gradient_checkpointing"}
 
 
 def _build(section: str, cls, table: Mapping[str, Any]):
