@@ -196,7 +196,9 @@ def _build(section: str, cls, table: Mapping[str, Any]):
             raise ConfigError(f"[{section}] has an unknown key '{key}'{did_you_mean(key, allowed)}; "
                               f"allowed keys: {', '.join(allowed)}")
         default = getattr(cls(), key)
-        if isinstance(default, tuple):
+        if section == "eval" and key == "batch_size":
+            pass  # an integer or "auto": checked in FinetuneConfig.check
+        elif isinstance(default, tuple):
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -212,8 +214,6 @@ def _build(section: str, cls, table: Mapping[str, Any]):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"[{section}] {key} = {value!r} must be a number")
             value = float(value)
-        elif section == "eval" and key == "batch_size":
-            pass  # an integer or "auto": checked in FinetuneConfig.check
         elif key in ("limit", "low_rung_limit"):
             value = None if value == "all" else value  # checked in FinetuneConfig.check
         elif isinstance(default, str):

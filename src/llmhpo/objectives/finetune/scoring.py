@@ -92,60 +92,66 @@ def _make():
                 if bs == "auto":  # the longest request sets the size; ours are shorter
                     bs = self._detect_batch_size([max(requests, key=lambda r: len(r[1]) + len(r[2]))], 0)
                 for chunk in _chunks(groups, int(bs)):
-                    self._score_shared(requests, chunk, out)
+                    _score_shared(self, requests, chunk, out)
             return out
 
-        def _score_shared(self, requests, chunk: list[list[int]], out: list) -> None:
-            """Score the requests of ``chunk`` (groups of request indices, one context each)
-            into ``out``: one pass over the contexts, one over every ending."""
-            import lm_eval.models.huggingface as hf
-            import torch
-            import torch.nn.functional as F
-
-            ctxs = [requests[idx[0]][1] for idx in chunk]
-            rows = [(g, i) for g, idx in enumerate(chunk) for i in idx]
-            conts = [requests[i][2] for _, i in rows]
-            dev = self.device
-            # prefixes: each context but its last token, left-padded to P
-            P = max(len(c) for c in ctxs) - 1
-            pre = torch.zeros((len(ctxs), P), dtype=torch.long)
-            pre_mask = torch.zeros((len(ctxs), P), dtype=torch.long)
-            for g, c in enumerate(ctxs):
-                pre[g, P - len(c) + 1:] = torch.tensor(c[:-1])
-                pre_mask[g, P - len(c) + 1:] = 1
-            # endings: the context's last token, then the continuation but its last token
-            S = max(len(c) for c in conts)
-            end = torch.zeros((len(rows), S), dtype=torch.long)
-            end_mask = torch.zeros((len(rows), S), dtype=torch.long)
-            for r, ((g, _), cont) in enumerate(zip(rows, conts)):
-                end[r, :len(cont)] = torch.tensor([ctxs[g][-1]] + cont[:-1])
-                end_mask[r, :len(cont)] = 1
-            which = torch.tensor([g for g, _ in rows])
-            start = torch.tensor([len(ctxs[g]) - 1 for g, _ in rows])
-            cache_name, last_only = _forward_args(self.model)
-            with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=self.mixed_precision_dtype,
-                                                 enabled=self.mixed_precision_dtype is not None):
-                out_pre = self.model(input_ids=pre.to(dev), attention_mask=pre_mask.to(dev),
-                                     position_ids=(pre_mask.cumsum(-1) - 1).clamp(min=0).to(dev),
-                                     use_cache=True, **last_only)
-                cache = getattr(out_pre, cache_name)
-                cache.batch_select_indices(which.to(dev))  # each context's cache, once per ending
-                logits = self.model(input_ids=end.to(dev),
-                                    attention_mask=torch.cat([pre_mask[which], end_mask], 1).to(dev),
-                                    position_ids=(start[:, None] + torch.arange(S)).to(dev),
-                                    use_cache=False, **{cache_name: cache}).logits
-            logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # (rows, S, vocab)
-            bar = hf.tqdm(total=len(rows), disable=True)
-            for r, ((_, i), cont) in enumerate(zip(rows, conts)):
-                lp = logp[r, :len(cont)]
-                target = torch.tensor(cont, device=lp.device)
-                answer = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
-                out[i] = answer
-                self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-                bar.update(1)
-            bar.close()
-
     return ScoringLM
+
+
+def _score_shared(lm, requests, chunk: list[list[int]], out: list) -> None:
+    """Score the requests of ``chunk`` (groups of request indices, one context each) into
+    ``out``: one pass over the contexts, one over every ending from their KV cache."""
+    import lm_eval.models.huggingface as hf
+    import torch
+    import torch.nn.functional as F
+
+    ctxs = [requests[idx[0]][1] for idx in chunk]
+    rows = [(g, i) for g, idx in enumerate(chunk) for i in idx]
+    conts = [requests[i][2] for _, i in rows]
+    pre, pre_mask, end, end_mask = _inputs(ctxs, rows, conts)
+    which = torch.tensor([g for g, _ in rows])
+    start = torch.tensor([len(ctxs[g]) - 1 for g, _ in rows])
+    dev, model = lm.device, lm.model
+    cache_name, last_only = _forward_args(model)
+    with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=lm.mixed_precision_dtype,
+                                         enabled=lm.mixed_precision_dtype is not None):
+        out_pre = model(input_ids=pre.to(dev), attention_mask=pre_mask.to(dev),
+                        position_ids=(pre_mask.cumsum(-1) - 1).clamp(min=0).to(dev), use_cache=True, **last_only)
+        cache = getattr(out_pre, cache_name)
+        cache.batch_select_indices(which.to(dev))  # each context's cache, once per ending
+        logits = model(input_ids=end.to(dev), attention_mask=torch.cat([pre_mask[which], end_mask], 1).to(dev),
+                       position_ids=(start[:, None] + torch.arange(end.shape[1])).to(dev),
+                       use_cache=False, **{cache_name: cache}).logits
+    logp = F.log_softmax(logits, dim=-1, dtype=lm.softmax_dtype)  # (rows, S, vocab)
+    bar = hf.tqdm(total=len(rows), disable=True)  # counts the requests while evaluate's counting bar is in
+    for r, ((_, i), cont) in enumerate(zip(rows, conts)):
+        lp = logp[r, :len(cont)]
+        target = torch.tensor(cont, device=lp.device)
+        answer = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+        out[i] = answer
+        lm.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+        bar.update(1)
+    bar.close()
+
+
+def _inputs(ctxs: list[list[int]], rows: list[tuple[int, int]], conts: list[list[int]]):
+    """(prefixes (n_ctx, P): each context but its last token, left-padded; their mask;
+    endings (n_rows, S): the context's last token, then the continuation but its last token,
+    right-padded; their mask). Logit t of an ending's row predicts its continuation's token t."""
+    import torch
+
+    P, S = max(len(c) for c in ctxs) - 1, max(len(c) for c in conts)
+    pre = torch.zeros((len(ctxs), P), dtype=torch.long)
+    pre_mask = torch.zeros((len(ctxs), P), dtype=torch.long)
+    for g, c in enumerate(ctxs):
+        pre[g, P - len(c) + 1:] = torch.tensor(c[:-1])
+        pre_mask[g, P - len(c) + 1:] = 1
+    end = torch.zeros((len(rows), S), dtype=torch.long)
+    end_mask = torch.zeros((len(rows), S), dtype=torch.long)
+    for r, ((g, _), cont) in enumerate(zip(rows, conts)):
+        end[r, :len(cont)] = torch.tensor([ctxs[g][-1]] + cont[:-1])
+        end_mask[r, :len(cont)] = 1
+    return pre, pre_mask, end, end_mask
 
 
 def _shareable(requests, max_length: int) -> tuple[list[list[int]], list[int]]:
