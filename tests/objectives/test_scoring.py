@@ -61,6 +61,20 @@ def test_shared_contexts_give_plain_loglikelihoods_for_less_work(tiny_model, bs)
     assert shared_tokens < 0.6 * plain_tokens  # each story's context ran once, not four times
 
 
+def test_a_cache_that_cannot_be_shared_falls_back_to_plain_scoring(tiny_model, monkeypatch):
+    from transformers import DynamicCache
+
+    def cannot(self, indices):
+        raise NotImplementedError("no batch selection")
+
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", cannot)
+    reqs = instances(stories(2), "llmhpo_story")
+    plain, _, _ = score(*tiny_model, reqs, shared=False)
+    with pytest.warns(UserWarning, match="shared_context = false"):
+        answers, _, lm = score(*tiny_model, reqs, shared=True)
+    assert answers == plain and not lm.shared_context
+
+
 def test_only_worthwhile_groups_are_shared():
     def req(ctx, cont):
         return (("c", "x"), ctx, cont)

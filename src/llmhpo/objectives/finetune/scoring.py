@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import io
 import time
+import warnings
 from collections import defaultdict
 
 from llmhpo.objectives import progress
@@ -92,7 +93,13 @@ def _make():
                 if bs == "auto":  # the longest request sets the size; ours are shorter
                     bs = self._detect_batch_size([max(requests, key=lambda r: len(r[1]) + len(r[2]))], 0)
                 for chunk in _chunks(groups, int(bs)):
-                    _score_shared(self, requests, chunk, out)
+                    try:
+                        _score_shared(self, requests, chunk, out)
+                    except (AttributeError, TypeError, NotImplementedError) as e:
+                        warnings.warn(f"[eval] shared_context: this model's KV cache cannot be shared ({e}); "
+                                      "scoring each ending with its context; set shared_context = false")
+                        self.shared_context = False
+                        return self._loglikelihood_tokens(requests, override_bs=override_bs)
             return out
 
     return ScoringLM
