@@ -97,6 +97,21 @@ def test_each_task_is_timed_on_its_own(tiny_model):
     assert all(seconds > 0 for _, seconds in lm.scored.values())
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_auto_batch_search_runs_once_per_new_longest_length(tiny_model, monkeypatch, shared):
+    from lm_eval.models.huggingface import HFLM
+
+    searched = []
+    monkeypatch.setattr(HFLM, "_detect_batch_size", lambda self, requests=None, pos=0: searched.append(1) or 16)
+    long_first = instances(stories(2), "llmhpo_story") + instances(questions("add", 2), "llmhpo_add")
+    plain, _, _ = score(*tiny_model, long_first, shared=False)
+    answers, _, _ = score(*tiny_model, long_first, shared=shared, bs="auto")
+    assert len(searched) == 1  # the questions are shorter: the stories' batch fits them
+    assert [a for a, _ in answers] == pytest.approx([a for a, _ in plain], abs=1e-4)
+    score(*tiny_model, long_first[8:] + long_first[:8], shared=shared, bs="auto")
+    assert len(searched) == 3  # questions first, then longer stories: a new search
+
+
 def test_batch_size_auto_is_a_fixed_batch_off_cuda(tiny_model):
     cfg = FinetuneConfig.from_sections({"eval": {"batch_size": "auto"}})
     assert cfg.eval.batch_size == "auto"

@@ -46,6 +46,17 @@ def _make():
             super().__init__(*args, **kwargs)
             self.shared_context = shared_context
             self.scored: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+            self._fits: dict[int, int] = {}  # batch_size "auto": sequence length -> the batch found to fit
+
+        def _detect_batch_size(self, requests=None, pos: int = 0):
+            # lm-eval searches anew in each call, which is now one per task: a batch that fit
+            # longer sequences fits these, so the search runs only for a new longest length
+            length = len(requests[pos][1]) + len(requests[pos][2]) if requests else self.max_length
+            longer = [n for n in self._fits if n >= length]
+            if longer:
+                return self._fits[min(longer)]
+            self._fits[length] = super()._detect_batch_size(requests, pos)
+            return self._fits[length]
 
         def loglikelihood(self, requests, disable_tqdm: bool = True):
             return self._per_task(HFLM.loglikelihood, requests, len(requests))
