@@ -64,8 +64,8 @@ def main() -> None:
             "model_s_per_request": round(m[f"{STORY_TASK}/seconds_per_request"], 4),
             "acc": m[f"{STORY_TASK}/acc"], "acc_norm": m[f"{STORY_TASK}/acc_norm"]}
     result = {"model": "builtin:smollm2-135m-instruct (fp32)", "task": STORY_TASK, "device": device,
-              "threads": torch.get_num_threads(), "batch_size": args.batch_size, "machine": platform.processor()
-              or platform.machine(), "date": time.strftime("%Y-%m-%d"), **rows,
+              "threads": torch.get_num_threads(), "limit": args.limit, "batch_size": args.batch_size,
+              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"), **rows,
               "speedup": round(rows["plain"]["scoring_s"] / rows["shared"]["scoring_s"], 2),
               "max_abs_loglikelihood_diff": loglikelihood_gap(model, tok, min(args.limit, 8), args.batch_size)}
     print("| scoring | requests | seconds | CPU seconds | requests/s | acc | acc_norm |\n|---|---|---|---|---|---|---|")
