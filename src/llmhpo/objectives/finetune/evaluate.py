@@ -115,8 +115,9 @@ def evaluate(model, tokenizer, tm, cfg: EvalConfig) -> dict[str, float]:
 
 
 def batch_size(cfg: EvalConfig, model) -> int | str:
-    """[eval] batch_size for lm-eval: "auto" only on a CUDA device. lm-eval's search starts at
-    64 and halves on an out-of-memory error, which a CPU does not raise (the system swaps or
+    """[eval] batch_size for lm-eval: "auto" only on a CUDA device. lm-eval's search (accelerate's
+    find_executable_batch_size) runs five passes at 64 rows of the longest request and shrinks
+    by 10% on each out-of-memory error, which a CPU seldom raises (Linux overcommits memory and
     kills the process instead): there "auto" is AUTO_CPU_BATCH."""
     if cfg.batch_size == "auto" and next(model.parameters()).device.type != "cuda":
         return AUTO_CPU_BATCH
