@@ -27,8 +27,9 @@ def memory_columns(trials: list["Trial"]) -> dict[str, str]:
 
 
 def is_bookkeeping(metric: str) -> bool:
-    """Counts of work or resources, and lm-eval's sample counts: for tables, not panels."""
-    return metric in BOOKKEEPING or metric.split("/")[-1] in ("sample_len", "sample_count")
+    """Counts of work or resources, lm-eval's sample counts and scoring times: for tables, not panels."""
+    return metric in BOOKKEEPING or metric.split("/")[-1] in ("sample_len", "sample_count", "requests",
+                                                               "seconds_per_request")
 
 
 #: timing keys -> the phase of a trial they belong to (the rest of the trial's time is "other")

@@ -94,7 +94,9 @@ class EvalConfig:
     objective: str = "llmhpo_add/acc"  # task/metric
     #: per task: a number of examples, a fraction of the task (0 < limit < 1), or None for all
     limit: int | float | None = None
-    batch_size: int = 8
+    #: lm-eval's batch size, or "auto": lm-eval finds the largest that fits the GPU (on a
+    #: CPU, where that search cannot work, "auto" scores in batches of 8)
+    batch_size: int | str = 8
     num_fewshot: int | None = None
     include_path: tuple[str, ...] = ()  # folders of the user's own lm-eval YAML tasks
     val_loss: bool = True
@@ -104,6 +106,8 @@ class EvalConfig:
     n_questions: int = 200  # size of each builtin question set
     #: score the base model (no adapter) once per study, as the reference for every trial
     base: bool = True
+    #: score a multiple-choice question's shared context once and its endings from its KV cache
+    shared_context: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,9 @@ class FinetuneConfig:
                                       or (isinstance(limit, float) and not 0 < limit < 1)):
                 raise ConfigError(f"[eval] {key} = {limit!r} must be a number of examples (an integer >= 1), a "
                                   "fraction of each task (0 < limit < 1), or left out for the whole task")
+        bs = self.eval.batch_size
+        if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+            raise ConfigError(f"[eval] batch_size = {bs!r} must be an integer >= 1 or \"auto\" (GPUs)")
         if self.data.val_examples < 0 or (self.data.max_examples is not None and self.data.max_examples < 1):
             raise ConfigError("[data] val_examples must be >= 0 and max_examples >= 1")
         for key in ("batch_size", "grad_accum", "max_seq_len"):
@@ -212,7 +219,7 @@ class FinetuneConfig:
 #: defaults, so that a study stored before a key existed keeps its config hash and resumes
 ADDED_KEYS: dict[str, tuple[str, ...]] = {"model": ("quantization", "attn_implementation"), "data": (),
                                           "train": ("use_dora", "use_rslora", "packing", "gradient_checkpointing"),
-                                          "eval": ("base",)}
+                                          "eval": ("base", "shared_context")}
 _DEFAULTS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig(), "eval": EvalConfig()}
 
 QUANTIZATIONS = ("none", "4bit", "8bit")
@@ -230,7 +237,9 @@ def _build(section: str, cls, table: Mapping[str, Any]):
             raise ConfigError(f"[{section}] has an unknown key '{key}'{did_you_mean(key, allowed)}; "
                               f"allowed keys: {', '.join(allowed)}")
         default = getattr(cls(), key)
-        if isinstance(default, tuple):
+        if section == "eval" and key == "batch_size":
+            pass  # an integer or "auto": checked in FinetuneConfig.check
+        elif isinstance(default, tuple):
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

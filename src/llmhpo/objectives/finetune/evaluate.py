@@ -7,7 +7,8 @@ not in every trial; ``evaluate`` reuses them. Every metric of every task is retu
 
 Evaluation is quiet: the tool prints one line per trial, and lm-eval's, datasets' and
 transformers' progress bars (and lm-eval's ``git describe``) would bury it. The requests
-scored so far go to ``progress("scoring", k, M, "requests")`` instead.
+scored so far go to ``progress("scoring", k, M, "requests")`` instead. Each task's requests
+and seconds per request are returned as ``task/requests`` and ``task/seconds_per_request``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import weakref
 from typing import Any
 
 from llmhpo.errors import ObjectiveSetupError
-from llmhpo.objectives import progress
 from llmhpo.objectives.finetune.config import EvalConfig
+from llmhpo.objectives.finetune.scoring import counting_bar, scoring_lm
 from llmhpo.objectives.finetune.tasks import builtin_task_names, write_tasks
 
+#: the batch size "auto" means on a device other than CUDA
+AUTO_CPU_BATCH = 8
 # the tasks built for a TaskManager, by (task names, num_fewshot): a worker loads their data once
 _BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -86,9 +89,10 @@ def evaluate(model, tokenizer, tm, cfg: EvalConfig) -> dict[str, float]:
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     tasks = _flat(_build(tm, cfg))  # built by check_tasks already, normally: no second load
-    lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+    lm = scoring_lm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size(cfg, model),
+                      shared_context=cfg.shared_context)
     try:
-        with _quiet(), _swapped(hf, "tqdm", _counting_bar):
+        with _quiet(), _swapped(hf, "tqdm", counting_bar):
             out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=cfg.limit,
                                           num_fewshot=cfg.num_fewshot, log_samples=False, verbosity="ERROR",
                                           bootstrap_iters=0)
@@ -104,7 +108,20 @@ def evaluate(model, tokenizer, tm, cfg: EvalConfig) -> dict[str, float]:
                 continue
             metric = key.split(",")[0]
             metrics[f"{task}/{metric}"] = float(value)
+    for task, (n, seconds) in lm.scored.items():
+        metrics[f"{task}/requests"] = n
+        metrics[f"{task}/seconds_per_request"] = seconds / max(n, 1)
     return metrics
+
+
+def batch_size(cfg: EvalConfig, model) -> int | str:
+    """[eval] batch_size for lm-eval: "auto" only on a CUDA device. lm-eval's search (accelerate's
+    find_executable_batch_size) runs five passes at 64 rows of the longest request and shrinks
+    by 10% on each out-of-memory error, which a CPU seldom raises (Linux overcommits memory and
+    kills the process instead): there "auto" is AUTO_CPU_BATCH."""
+    if cfg.batch_size == "auto" and next(model.parameters()).device.type != "cuda":
+        return AUTO_CPU_BATCH
+    return cfg.batch_size
 
 
 def objective_value(metrics: dict[str, Any], name: str) -> float:
@@ -193,65 +210,6 @@ def _first_line(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- quiet evaluation
-_QuietHFLM = None
-
-
-def _quiet_hflm():
-    """HFLM with its progress bars off (its own ``disable_tqdm`` switch, which lm-eval's
-    evaluator never passes). Made on first use: lm-eval is imported lazily."""
-    global _QuietHFLM
-    if _QuietHFLM is None:
-        from lm_eval.models.huggingface import HFLM
-
-        class QuietHFLM(HFLM):
-            def loglikelihood(self, requests, disable_tqdm: bool = True):
-                _Scored.start(len(requests))
-                return super().loglikelihood(requests, disable_tqdm=True)
-
-            def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
-                _Scored.start(None)  # its windows are counted, and known only as they are made
-                return super().loglikelihood_rolling(requests, disable_tqdm=True)
-
-            def generate_until(self, requests, disable_tqdm: bool = True):
-                _Scored.start(len(requests))
-                return super().generate_until(requests, disable_tqdm=True)
-
-            def _loglikelihood_tokens(self, requests, disable_tqdm: bool = True, **kwargs):
-                # loglikelihood_rolling calls this with disable_tqdm=False hard-coded
-                return super()._loglikelihood_tokens(requests, disable_tqdm=True, **kwargs)
-
-        _QuietHFLM = QuietHFLM
-    return _QuietHFLM
-
-
-class _Scored:
-    """The requests HFLM has scored in its current call (all the log-likelihood requests of
-    every task, or all the generations), counted through its progress bars (``_counting_bar``)."""
-
-    done = 0
-    total: int | None = None
-
-    @classmethod
-    def start(cls, total: int | None) -> None:
-        cls.done, cls.total = 0, total
-        progress("scoring", 0, total, "requests")
-
-    @classmethod
-    def update(cls, n: int = 1) -> None:
-        cls.done += n
-        progress("scoring", cls.done, cls.total, "requests")
-
-    def close(self) -> None:
-        pass
-
-
-def _counting_bar(iterable=None, *args, **kwargs):
-    """Stands in for tqdm in lm-eval's HFLM: a bar over requests (``total=``) counts them in
-    ``_Scored``; a bar over an iterable (the documents a rolling log-likelihood cuts into
-    windows) is the iterable itself."""
-    return _Scored() if iterable is None else iterable
-
-
 @contextlib.contextmanager
 def _quiet():
     """No progress bars from datasets, huggingface_hub, transformers and lm-eval, and no

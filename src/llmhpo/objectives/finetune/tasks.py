@@ -4,7 +4,9 @@ that watches for forgetting (the role MMLU plays in the report). All of it is ge
 deterministically and written as lm-eval local tasks (``dataset_path: json``).
 
 Skills: ``add`` (two-digit addition), ``sub`` (two-digit subtraction), ``letters`` (the
-letter after a given one). lm-eval tasks: ``llmhpo_<skill>`` and ``llmhpo_general``.
+letter after a given one). lm-eval tasks: ``llmhpo_<skill>`` and ``llmhpo_general``, and
+``llmhpo_story``, shaped like HellaSwag (a context of about 100 tokens, four endings of
+about 20, one of which fits the story): the shape that scoring cost depends on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from llmhpo.errors import ConfigError
 
 SKILLS = ("add", "sub", "letters")
 GENERAL_TASK = "llmhpo_general"
+STORY_TASK = "llmhpo_story"
 FORMAT_VERSION = 1
 
 ALPACA_PROMPT = (
@@ -122,6 +125,54 @@ def general_knowledge() -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------- stories (HellaSwag-shaped)
+# activity -> (what is decided, where, what is gathered, the ending that fits)
+_ACTIVITIES = {
+    "bake": ("bake a loaf of bread for the family dinner", "kitchen", "flour, yeast, salt and a large mixing bowl",
+             "took the warm golden loaf out of the oven and left it on the rack to cool before dinner."),
+    "paint": ("paint the old wooden fence behind the house", "garden shed", "two brushes, a ladder and a can of white paint",
+              "stepped back to admire the freshly painted fence, now bright white from one end to the other."),
+    "fish": ("go fishing at the lake before the crowds arrived", "boathouse", "a rod, a box of hooks and a bucket of worms",
+             "reeled in a large silver trout, the first catch of the morning, and placed it in the bucket."),
+    "knit": ("knit a warm scarf for a friend's birthday", "sewing room", "three balls of blue wool and a pair of long needles",
+             "cast off the last stitch and held up a long blue scarf, soft and ready to be wrapped as a gift."),
+    "repair": ("repair the bicycle that had a flat tyre", "garage", "a pump, a patch kit and a set of small spanners",
+               "pumped the patched tyre up to full pressure and rode the bicycle once around the block to test it."),
+    "plant": ("plant tomatoes in the vegetable patch", "greenhouse", "a tray of seedlings, a trowel and a watering can",
+              "pressed the soil around the last tomato seedling and gave the whole row a long drink of water."),
+}
+_NAMES = ("Anna", "Ben", "Clara", "David", "Ella", "Frank", "Grace", "Henry", "Iris", "Jack")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_FILLERS = ("The sky was grey and a light wind moved through the trees along the street.",
+            "A neighbour waved from across the road and asked how the week had been going.",
+            "The radio in the corner played old songs that nobody in the house had heard in years.",
+            "Somewhere down the lane a dog barked twice and then fell quiet again.",
+            "It had rained during the night, and the path was still wet and shining in the sun.",
+            "A cup of tea went cold on the windowsill, forgotten for most of the morning.")
+
+
+def stories(n: int = 200, seed: int = 0) -> list[dict]:
+    """n HellaSwag-shaped questions: a story of about 100 tokens and four endings, one of
+    which finishes the activity the story set up (deterministic in ``seed``)."""
+    rng = np.random.default_rng([seed, 4])
+    kinds = list(_ACTIVITIES)
+    out = []
+    for _ in range(n):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        goal, place, things, ending = _ACTIVITIES[kind]
+        name = _NAMES[int(rng.integers(len(_NAMES)))]
+        fill = [_FILLERS[int(i)] for i in rng.choice(len(_FILLERS), size=2, replace=False)]
+        prompt = (f"{name} woke up early on {_DAYS[int(rng.integers(7))]} and decided to {goal}. {fill[0]} "
+                  f"{name} went out to the {place} and gathered {things}. {fill[1]} "
+                  f"The work took most of the morning, with a short break for lunch. At last, {name}")
+        wrong = [_ACTIVITIES[k][3] for k in rng.choice([k for k in kinds if k != kind], size=3, replace=False)]
+        choices = [ending, *wrong]
+        order = rng.permutation(4)
+        out.append({"prompt": prompt, "choices": [" " + choices[i] for i in order],
+                    "answer": int(np.flatnonzero(order == 0)[0])})
+    return out
+
+
 def _check_skills(skills) -> None:
     bad = [s for s in skills if s not in _SKILLS]
     if bad or not skills:
@@ -161,7 +212,9 @@ def write_tasks(root: Path | None = None, n_questions: int = 200, seed: int = 0)
 
     The folder name carries a hash of the inputs, so a folder is written once and reused.
     """
-    key = hashlib.sha256(json.dumps([FORMAT_VERSION, n_questions, seed]).encode()).hexdigest()[:10]
+    # the task names too: a folder written before a task was added is not reused without it
+    inputs = [FORMAT_VERSION, n_questions, seed, builtin_task_names()]
+    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:10]
     folder = Path(root or cache_dir() / "tasks") / f"llmhpo-tasks-{key}"
     if (folder / "done").exists():
         return folder
@@ -170,6 +223,7 @@ def write_tasks(root: Path | None = None, n_questions: int = 200, seed: int = 0)
     tmp.mkdir(parents=True, exist_ok=True)
     sets: dict[str, list[dict[str, Any]]] = {f"llmhpo_{s}": questions(s, n_questions, seed) for s in SKILLS}
     sets[GENERAL_TASK] = general_knowledge()
+    sets[STORY_TASK] = stories(n_questions, seed)
     for task, rows in sets.items():
         (tmp / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         data = (folder / f"{task}.jsonl").resolve()
@@ -183,4 +237,4 @@ def write_tasks(root: Path | None = None, n_questions: int = 200, seed: int = 0)
 
 
 def builtin_task_names() -> list[str]:
-    return [f"llmhpo_{s}" for s in SKILLS] + [GENERAL_TASK]
+    return [f"llmhpo_{s}" for s in SKILLS] + [GENERAL_TASK, STORY_TASK]
