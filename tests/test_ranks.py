@@ -1,0 +1,112 @@
+"""Workers share the machine: CPU workers split the cores, GPU workers take one device, a
+share of one, or a group of k (a rank group that trains one trial over k processes);
+``llmhpo status`` shows which GPUs each running trial holds."""
+
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from llmhpo._tables import device_groups
+from llmhpo.config import Config
+from llmhpo.errors import ConfigError
+from llmhpo.executors import InlineExecutor, ProcessExecutor, RayExecutor
+from llmhpo.executors import ranks
+from llmhpo.executors.ranks import split_threads
+from llmhpo.objectives import Result
+
+BASE = {"study": {"name": "g"}, "budget": {"trials": 2}, "objective": {"type": "sleep", "seconds": 0},
+        "optimizer": {"name": "random"}}
+
+
+def runner(**rn):
+    return Config.from_dict({**BASE, "runner": rn}).runner
+
+
+class Threads:
+    """Reports the CPU threads its worker computes on."""
+
+    def __call__(self, params):
+        import torch
+
+        return Result(0.0, {"threads": torch.get_num_threads(), "env": os.environ.get("LLMHPO_THREADS")})
+
+
+def test_devices_group_k_per_worker_or_n_workers_per_device():
+    four = ("0", "1", "2", "3")
+    assert device_groups(four, 0) == device_groups(four, 1) == [("0",), ("1",), ("2",), ("3",)]
+    assert device_groups(four, 2) == [("0", "1"), ("2", "3")]
+    assert device_groups(four, 4) == [four]
+    assert device_groups(("0", "1"), 0.5) == [("0",), ("1",), ("0",), ("1",)]  # alternating: spread first
+    assert device_groups(("0",), 0.25) == [("0",)] * 4
+    with pytest.raises(ConfigError, match=r"gpus_per_trial = 2 does not divide the 3 devices listed"):
+        device_groups(("0", "1", "2"), 2)
+    with pytest.raises(ConfigError, match=r"gpus_per_trial = 0.3 must be 1/n"):
+        device_groups(four, 0.3)
+    with pytest.raises(ConfigError, match=r"gpus_per_trial = 1.5 must be a whole number"):
+        device_groups(four, 1.5)
+
+
+def test_runner_sizes_the_pool_from_the_device_groups():
+    r = runner(devices=[0, 1, 2, 3], gpus_per_trial=2)
+    assert (r.workers, r.gpus_per_trial) == (2, 2.0)
+    assert runner(devices=[0, 1, 2, 3], gpus_per_trial=2, workers="auto").workers == 2
+    assert runner(devices=[0, 1], gpus_per_trial=0.5).workers == 4
+    assert runner(executor="ray", gpus_per_trial=0.5).gpus_per_trial == 0.5  # a Ray fraction is accepted
+    back = Config.from_dict({**BASE, "runner": r.to_dict()}).runner
+    assert back == r
+    with pytest.raises(ConfigError, match=r"workers = 3 but 4 devices are listed at gpus_per_trial = 2; use 2 workers"):
+        runner(devices=[0, 1, 2, 3], gpus_per_trial=2, workers=3)
+    with pytest.raises(ConfigError, match=r"gpus_per_trial with the process executor groups \[runner\] devices"):
+        runner(gpus_per_trial=2)
+    with pytest.raises(ConfigError, match=r"gpus_per_trial = 1.5 must be a whole number"):
+        runner(executor="ray", gpus_per_trial=1.5)
+
+
+def test_ray_fits_fractional_gpus():
+    fit = RayExecutor._fit
+    assert fit(SimpleNamespace(_gpus=0.5, _cpus=1.0), {"GPU": 2, "CPU": 16}) == 4
+    assert fit(SimpleNamespace(_gpus=2.0, _cpus=1.0), {"GPU": 4, "CPU": 16}) == 2
+    with pytest.raises(ConfigError, match="cannot fit one trial"):
+        fit(SimpleNamespace(_gpus=2.0, _cpus=1.0), {"GPU": 1, "CPU": 16})
+
+
+def test_cpu_workers_split_the_cores(monkeypatch):
+    assert split_threads(2, cores=8) == 4 and split_threads(3, cores=8) == 2 and split_threads(4, cores=2) == 1
+    # the split is the driver's: as if on 2 cores, where each worker would take both by default
+    monkeypatch.setattr(ranks, "usable_cores", lambda: 2)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LLMHPO_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    ex = ProcessExecutor(Threads, 2)
+    try:
+        ex.submit("a", {})
+        out = []
+        while not out:
+            out = ex.wait(timeout=60)
+        assert out[0].error is None and out[0].metrics == {"threads": 1, "env": "1"}
+    finally:
+        ex.close()
+    import torch
+
+    before = torch.get_num_threads()
+    inline = InlineExecutor(Threads)
+    inline.submit("a", {})
+    assert inline.wait()[0].metrics["threads"] == before  # the driver's own process keeps its threads
+
+
+def test_status_shows_the_gpus_of_each_running_trial():
+    from rich.console import Console
+
+    from llmhpo.cli._reading import _workers_table
+
+    now = time.time()
+    table = _workers_table([{"host": "node1", "device": "0,1", "trial": 7, "since": now - 30},
+                            {"host": "node1", "device": "2,3", "trial": None}], now)
+    console = Console(width=100, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "GPUs" in text
+    busy = next(line for line in text.splitlines() if "0,1" in line)
+    assert "7" in busy and "30 s" in busy
+    assert "idle" in next(line for line in text.splitlines() if "2,3" in line)
