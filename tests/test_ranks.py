@@ -110,3 +110,64 @@ def test_status_shows_the_gpus_of_each_running_trial():
     busy = next(line for line in text.splitlines() if "0,1" in line)
     assert "7" in busy and "30 s" in busy
     assert "idle" in next(line for line in text.splitlines() if "2,3" in line)
+
+
+class AllReduce:
+    """Sums params["x"] over the ranks of its group (rank 0 answers, followers follow); a
+    follower fails once, mid-trial, when the file params["crash"] names can be claimed."""
+
+    def __call__(self, params):
+        import torch.distributed as dist
+
+        return Result(self._sum(params), {"world": dist.get_world_size(), "pid": os.getpid()})
+
+    def follow(self, params, fidelity=None):
+        crash = params.get("crash")
+        if crash:
+            try:
+                os.rename(crash, crash + ".taken")
+            except FileNotFoundError:
+                pass
+            else:
+                raise RuntimeError("a follower's crash")
+        self._sum(params)
+
+    @staticmethod
+    def _sum(params):
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([float(params["x"])])
+        dist.all_reduce(t)
+        return t.item()
+
+
+def run_jobs(ex, jobs):
+    got = {}
+    try:
+        for key, params in jobs.items():
+            ex.submit(key, params)
+        while len(got) < len(jobs):
+            for out in ex.wait(timeout=120):
+                got[out.key] = out
+    finally:
+        ex.close()
+    return got
+
+
+def test_a_rank_group_runs_each_job_on_every_rank():
+    """gpus_per_trial = 2 without devices: a group of two CPU processes (gloo)."""
+    got = run_jobs(ProcessExecutor(AllReduce, 1, gpus_per_trial=2), {i: {"x": i + 1} for i in range(3)})
+    assert {k: o.value for k, o in got.items()} == {0: 2.0, 1: 4.0, 2: 6.0}
+    assert {o.metrics["world"] for o in got.values()} == {2}
+    assert len({o.metrics["pid"] for o in got.values()}) == 1  # the group stays up between jobs
+
+
+@pytest.mark.slow  # two rank groups started (15 s on 2 busy cores)
+def test_a_follower_lost_mid_trial_reruns_the_trial_on_a_fresh_group(tmp_path):
+    flag = tmp_path / "crash.flag"
+    flag.touch()
+    ex = ProcessExecutor(AllReduce, 1, gpus_per_trial=2)
+    got = run_jobs(ex, {"a": {"x": 3, "crash": str(flag)}})
+    assert got["a"].value == 6.0 and got["a"].retries == 1
+    assert "a follower rank of the worker's rank group" in ex.retries[0].reason

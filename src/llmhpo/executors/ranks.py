@@ -158,9 +158,13 @@ class RankGroup:
         end rank 0 too, so that its job is run again on a fresh group."""
         mpc.wait([p.sentinel for p in followers])
         if not self._closing and any(p in self._followers for p in followers):
-            sys.stderr.write("llmhpo: a follower rank of this worker's rank group ended; the worker ends too\n")
-            sys.stderr.flush()
-            os._exit(RANK_LOST)
+            self._lost()
+
+    @staticmethod
+    def _lost() -> None:
+        sys.stderr.write("llmhpo: a follower rank of this worker's rank group ended; the worker ends too\n")
+        sys.stderr.flush()
+        os._exit(RANK_LOST)
 
     def run(self, objective: Callable[..., Any], key: Any, params: dict[str, Any] | None,
             fidelity: Any) -> tuple[Any, bool]:
@@ -178,10 +182,15 @@ class RankGroup:
         for c in self._conns:
             c.send((key, params, fidelity))
         out = objective(key, params, fidelity)
-        healthy = all(c.poll(_ACK_TIMEOUT) for c in self._conns)
-        if healthy:
-            for c in self._conns:
+        healthy = True
+        for c in self._conns:
+            if not c.poll(_ACK_TIMEOUT):
+                healthy = False  # stuck in a collective rank 0 never joined
+                continue
+            try:
                 c.recv()
+            except (EOFError, OSError):  # the follower ended mid-trial: as the watchdog does
+                self._lost()
         return out, healthy
 
     def close(self) -> None:
