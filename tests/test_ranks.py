@@ -171,3 +171,54 @@ def test_a_follower_lost_mid_trial_reruns_the_trial_on_a_fresh_group(tmp_path):
     got = run_jobs(ex, {"a": {"x": 3, "crash": str(flag)}})
     assert got["a"].value == 6.0 and got["a"].retries == 1
     assert "a follower rank of the worker's rank group" in ex.retries[0].reason
+
+
+@pytest.mark.slow  # two fine-tuning trials of the tiny model, one over a CPU rank group (~30 s)
+def test_a_rank_group_trains_as_one_process_does(tiny_llama, tmp_path):
+    """Two ranks, each on half of every micro-batch, follow the loss curve of one process at
+    the same effective batch (no dropout: nothing random differs between the two)."""
+    import functools
+
+    from llmhpo.objectives.finetune import FinetuneObjective
+    from llmhpo.objectives.finetune.config import FinetuneConfig
+    from llmhpo.objectives.finetune.kind import objective_for
+
+    spec = FinetuneConfig.from_sections({
+        "model": {"name": str(tiny_llama)},
+        "data": {"dataset": "builtin:add", "max_examples": 64, "val_examples": 8},
+        "train": {"max_steps": 6, "batch_size": 4, "max_seq_len": 64, "output_dir": str(tmp_path),
+                  "save_adapters": False},
+        "eval": {"tasks": ["llmhpo_add"], "objective": "llmhpo_add/acc", "limit": 4, "n_questions": 20},
+    }, "ranks")
+    params = {"learning_rate": 1e-2, "lora_rank": 4, "lora_alpha": 16, "lora_dropout": 0.0, "weight_decay": 0.0}
+    one = FinetuneObjective(spec.resolved())(params)
+    got = run_jobs(ProcessExecutor(functools.partial(objective_for, spec), 1, gpus_per_trial=2), {"t": params})
+    two = got["t"]
+    assert two.error is None and two.metrics["ranks"] == 2 and one.metrics["ranks"] == 1
+    assert two.metrics["threads"] == split_threads(2)  # each rank a CPU process of its own
+    assert two.metrics["train_loss_curve"] == pytest.approx(one.metrics["train_loss_curve"], rel=1e-4)
+    assert two.metrics["train_tokens"] == one.metrics["train_tokens"]
+    assert two.metrics["val_loss"] == pytest.approx(one.metrics["val_loss"], rel=1e-4)
+
+
+def test_the_finetune_objective_takes_the_executors_threads_unless_train_threads_says(tiny_llama, monkeypatch):
+    import torch
+
+    from llmhpo.objectives.finetune import FinetuneObjective
+    from llmhpo.objectives.finetune.config import FinetuneConfig
+
+    def threads_after_setup(**train):
+        spec = FinetuneConfig.from_sections({"model": {"name": str(tiny_llama)}, "data": {"dataset": "builtin:add"},
+                                             "train": train, "eval": {"tasks": ["llmhpo_add"]}}, "th")
+        obj = FinetuneObjective(spec.resolved())
+        obj.follower = True  # no task index: only the threads matter here
+        obj.setup()
+        return torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("LLMHPO_THREADS", "3")
+    try:
+        assert threads_after_setup() == 3
+        assert threads_after_setup(threads=2) == 2  # [train] threads overrides the executor's share
+    finally:
+        torch.set_num_threads(before)

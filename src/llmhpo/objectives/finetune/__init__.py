@@ -51,6 +51,7 @@ class FinetuneObjective:
         self._records = None
         self.load_seconds = 0.0
         self.task_index_seconds = 0.0
+        self.follower = False  # a follower rank trains only: no lm-eval task index
 
     # ------------------------------------------------------------------ set-up (once per worker)
     def setup(self) -> None:
@@ -73,7 +74,7 @@ class FinetuneObjective:
             torch.set_num_threads(threads)
         if self.model is None:
             self._load_model()
-        if self._tm is None:
+        if self._tm is None and not self.follower:
             from llmhpo.objectives.finetune.evaluate import check_tasks, task_manager
 
             t0 = time.time()
@@ -165,6 +166,7 @@ class FinetuneObjective:
                                      else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         metrics["device"] = self.device
         metrics["threads"] = torch.get_num_threads()
+        metrics["ranks"] = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         timings["total"] = time.time() - t0
         return Result(value, metrics, timings)
 
@@ -178,6 +180,7 @@ class FinetuneObjective:
 
         from llmhpo.objectives.finetune import train as train_lib
 
+        self.follower = True
         plan, train_data, _ = self._prepare(params, fidelity, {})
         resume = (torch.load(plan.checkpoint, map_location="cpu", weights_only=False)
                   if plan.checkpoint is not None and plan.checkpoint.is_file() else None)
