@@ -3,6 +3,7 @@ share of one, or a group of k (a rank group that trains one trial over k process
 ``llmhpo status`` shows which GPUs each running trial holds."""
 
 import os
+import signal
 import time
 from types import SimpleNamespace
 
@@ -113,8 +114,9 @@ def test_status_shows_the_gpus_of_each_running_trial():
 
 
 class AllReduce:
-    """Sums params["x"] over the ranks of its group (rank 0 answers, followers follow); a
-    follower fails once, mid-trial, when the file params["crash"] names can be claimed."""
+    """Sums params["x"] over the ranks of its group (rank 0 answers, followers follow). A
+    follower, once each, mid-trial, when it can claim the file that params names: raises
+    (params["crash"]) or is killed (params["kill"])."""
 
     def __call__(self, params):
         import torch.distributed as dist
@@ -122,13 +124,12 @@ class AllReduce:
         return Result(self._sum(params), {"world": dist.get_world_size(), "pid": os.getpid()})
 
     def follow(self, params, fidelity=None):
-        crash = params.get("crash")
-        if crash:
-            try:
-                os.rename(crash, crash + ".taken")
-            except FileNotFoundError:
-                pass
-            else:
+        for what in ("crash", "kill"):
+            flag = params.get(what)
+            if flag and os.path.exists(flag):
+                os.rename(flag, flag + ".taken")
+                if what == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
                 raise RuntimeError("a follower's crash")
         self._sum(params)
 
@@ -163,14 +164,18 @@ def test_a_rank_group_runs_each_job_on_every_rank():
     assert len({o.metrics["pid"] for o in got.values()}) == 1  # the group stays up between jobs
 
 
-@pytest.mark.slow  # two rank groups started (15 s on 2 busy cores)
-def test_a_follower_lost_mid_trial_reruns_the_trial_on_a_fresh_group(tmp_path):
-    flag = tmp_path / "crash.flag"
-    flag.touch()
+@pytest.mark.slow  # three rank groups started (30 s on 2 busy cores)
+def test_a_follower_killed_mid_trial_reruns_it_and_one_that_raises_fails_it(tmp_path):
+    for name in ("kill", "crash"):
+        (tmp_path / name).touch()
     ex = ProcessExecutor(AllReduce, 1, gpus_per_trial=2)
-    got = run_jobs(ex, {"a": {"x": 3, "crash": str(flag)}})
-    assert got["a"].value == 6.0 and got["a"].retries == 1
+    got = run_jobs(ex, {"killed": {"x": 3, "kill": str(tmp_path / "kill")},
+                        "raised": {"x": 1, "crash": str(tmp_path / "crash")}, "after": {"x": 2}})
+    assert got["killed"].value == 6.0 and got["killed"].retries == 1
     assert "a follower rank of the worker's rank group" in ex.retries[0].reason
+    assert got["raised"].value is None and got["raised"].retries == 0
+    assert "rank 1: RuntimeError: a follower's crash" in got["raised"].error
+    assert got["after"].value == 4.0  # a fresh group takes the next job
 
 
 @pytest.mark.slow  # two fine-tuning trials of the tiny model, one over a CPU rank group (~30 s)

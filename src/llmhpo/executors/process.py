@@ -22,7 +22,7 @@ from typing import Any, Callable, Hashable
 from llmhpo._progress import reporting
 from llmhpo._tables import device_groups
 from llmhpo.executors.base import Job, Outcome, Pool, Progress, WorkerObjective
-from llmhpo.executors.ranks import RANK_LOST, RankGroup, split_threads, use_threads
+from llmhpo.executors.ranks import RANK_FAILED, RANK_LOST, RankGroup, split_threads, use_threads
 
 
 def _let_go_of_fork_server() -> int | None:
@@ -61,6 +61,9 @@ def _die_with_parent() -> None:
 
 
 
+_SENDING = threading.Lock()  # one message at a time on the driver's pipe (a rank group's watchdog sends too)
+
+
 class _PipeSink:
     """Sends a job's progress reports to the driver; a driver gone ends the reports, not the job."""
 
@@ -71,7 +74,8 @@ class _PipeSink:
         if self.dead:
             return
         try:
-            self.conn.send(Progress(self.key, phase, done, total, unit))
+            with _SENDING:
+                self.conn.send(Progress(self.key, phase, done, total, unit))
         except Exception:  # a dead driver (its Outcome will not arrive either), or an odd value
             self.dead = True
 
@@ -80,7 +84,8 @@ def _send_outcome(conn: mpc.Connection, out: Outcome) -> bool:
     """Send a job's Outcome; False when the driver is gone (the worker then ends quietly:
     nobody reads its traceback, and it would bury the log of a run that was stopped)."""
     try:
-        conn.send(out)
+        with _SENDING:
+            conn.send(out)
     except (OSError, EOFError):
         return False
     except Exception as e:  # e.g. a metric that cannot be pickled
@@ -109,7 +114,11 @@ def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str 
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[0] if ranks > 1 else str(device)
     use_threads(threads)
     objective = WorkerObjective(factory)
-    group = RankGroup(factory, devices, threads, "fork") if ranks > 1 else None
+    def failed(key: Hashable, reason: str) -> None:  # a follower's trial raised: the job FAILs with it
+        _send_outcome(conn, Outcome(key, None, {}, {}, reason, {"host": socket.gethostname(), "pid": os.getpid(),
+                                                                "device": device, "ends": True}))
+
+    group = RankGroup(factory, devices, threads, "fork", failed) if ranks > 1 else None
     try:
         while True:
             try:
@@ -122,10 +131,12 @@ def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str 
                 out, healthy = group.run(objective, *job) if group is not None else (objective(*job), True)
             if device is not None:
                 out.worker["device"] = str(device)
+            if not healthy:
+                out.worker["ends"] = True  # the driver starts a fresh worker for the next job
             if not _send_outcome(conn, out):
                 return
-            if not healthy:  # a follower is stuck in the failed trial: the next job starts a fresh group
-                group.close()
+            if not healthy:  # a follower is stuck in the failed trial: a fresh worker takes the next job
+                return
     finally:
         if group is not None:
             group.close()
@@ -144,6 +155,8 @@ def _describe_exit(pid: int | None, exitcode: int | None) -> tuple[str, bool]:
         if sig == signal.SIGKILL:
             return f"the worker process (pid {pid}) was killed (SIGKILL: out of memory, or killed from outside)", True
         return f"the worker process (pid {pid}) was stopped by {name}", True
+    if exitcode == RANK_FAILED:
+        return f"a follower rank of the worker's rank group (pid {pid}) failed the trial", False
     if exitcode == RANK_LOST:
         return f"a follower rank of the worker's rank group (pid {pid}) ended during the trial", True
     return f"the objective ended its worker process (exit code {exitcode})", False
@@ -310,6 +323,8 @@ class ProcessExecutor(Pool):
                     result.worker.setdefault("slot", slot.index)
                     slot.job = None
                     out.append(result)
+                    if result.worker.pop("ends", False):  # a rank group's worker that ends after this job
+                        self._stop(slot)
                 elif not slot.process.is_alive():
                     slot.process.join(timeout=1)
                     reason, retry = _describe_exit(slot.process.pid, slot.process.exitcode)

@@ -29,8 +29,10 @@ from llmhpo.executors.base import Outcome
 #: the CPU threads the executor gives a worker; the fine-tuning objective reads it when
 #: [train] threads is 0
 THREADS_ENV = "LLMHPO_THREADS"
-#: rank 0's exit status when a follower ended mid-trial (the group cannot go on)
+#: rank 0's exit status when a follower was lost mid-trial (killed: the job is worth rerunning)
 RANK_LOST = 75
+#: rank 0's exit status when a follower's trial raised (its reason went to the driver already)
+RANK_FAILED = 76
 # a follower that has not finished its share this long after rank 0 finished the trial is
 # taken to be stuck in a collective that rank 0 never joined (rank 0 failed before training)
 _ACK_TIMEOUT = 60.0
@@ -111,10 +113,15 @@ def _follower_main(conn: mpc.Connection, factory: Callable[[], Any], rank: int, 
             conn.send("ok")
         except TrialFailed as e:  # every rank fails the same trial the same way (a diverged loss)
             conn.send(f"failed: {e}")
-        except BaseException:  # anything else leaves the group out of step: rank 0 starts a new one
+        except BaseException as e:  # the group is out of step (rank 0 may wait in a collective): end
             traceback.print_exc()
             sys.stderr.flush()
-            os._exit(1)
+            last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+            where = f" ({os.path.basename(last.filename)}:{last.lineno} in {last.name})" if last else ""
+            try:
+                conn.send(f"error: rank {rank}: {type(e).__name__}: {e}{where}")
+            finally:
+                os._exit(1)
     import torch.distributed as dist
 
     dist.destroy_process_group()
@@ -124,22 +131,29 @@ class RankGroup:
     """Rank 0's side of a rank group: its followers, their pipes, and the process group.
     devices: one per rank, rank 0's first (None each: ranks on the CPU, with gloo); rank 0's
     own CUDA_VISIBLE_DEVICES is set by the caller. method: how followers start ("fork" from
-    a clean worker, "spawn" inside a Ray actor, which runs threads)."""
+    a clean worker that has not imported torch yet, else "spawn", as inside a Ray actor).
+    on_failure(key, reason): called before rank 0 ends because a follower's trial raised (the
+    worker process sends the job's failed Outcome from it); without it rank 0 just ends."""
 
     def __init__(self, factory: Callable[[], Any], devices: list[str | None], threads: int | None,
-                 method: str = "fork"):
+                 method: str = "fork", on_failure: Callable[[Any, str], None] | None = None):
         self.size = len(devices)
         self._factory, self._devices, self._threads, self._method = factory, devices, threads, method
+        self._on_failure = on_failure
         self._followers: list[Any] = []
         self._conns: list[mpc.Connection] = []
         self._closing = False
+        self._key: Any = None  # the job rank 0 runs now
+        self._running = False  # rank 0 is inside its job (the watchdog acts only then)
+        self._lock = threading.Lock()  # one reader of the followers' pipes at a time
 
     def _start(self) -> None:
         """Start the followers and join the process group (once every rank has joined)."""
         self._closing = False
         port = _free_port()
-        method = self._method if self._method in mp.get_all_start_methods() else "spawn"
-        ctx = mp.get_context(method)
+        # fork only from a process that has not imported torch (no CUDA context, no thread pool)
+        fork_ok = self._method == "fork" and "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
+        ctx = mp.get_context("fork" if fork_ok else "spawn")
         for rank in range(1, self.size):
             parent, child = ctx.Pipe()
             p = ctx.Process(target=_follower_main, name=f"llmhpo-rank-{rank}",
@@ -149,27 +163,48 @@ class RankGroup:
             child.close()
             self._followers.append(p)
             self._conns.append(parent)
-        followers = list(self._followers)
-        threading.Thread(target=self._watch, args=(followers,), name="llmhpo-ranks", daemon=True).start()
+        threading.Thread(target=self._watch, args=(list(self._followers), list(self._conns)),
+                         name="llmhpo-ranks", daemon=True).start()
         _join(0, self.size, port, self._devices[0])
 
-    def _watch(self, followers: list[Any]) -> None:
-        """A follower that ends mid-trial leaves rank 0 waiting in a collective for ever:
-        end rank 0 too, so that its job is run again on a fresh group."""
+    def _watch(self, followers: list[Any], conns: list[mpc.Connection]) -> None:
+        """A follower that ends mid-trial leaves rank 0 waiting in a collective for ever: end
+        rank 0 too, with the follower's reason when it left one."""
         mpc.wait([p.sentinel for p in followers])
-        if not self._closing and any(p in self._followers for p in followers):
-            self._lost()
+        if self._closing or not any(p in self._followers for p in followers):
+            return
+        with self._lock:
+            if not self._running:  # between jobs, or rank 0 is reading the acks: run() sees it
+                return
+            for c in conns:
+                try:
+                    msg = c.recv() if c.poll(0) else None
+                except (EOFError, OSError):
+                    msg = None
+                if isinstance(msg, str) and msg.startswith("error: "):
+                    self._end(msg[len("error: "):])
+            self._end(None)
 
-    @staticmethod
-    def _lost() -> None:
-        sys.stderr.write("llmhpo: a follower rank of this worker's rank group ended; the worker ends too\n")
+    def _end(self, reason: str | None) -> None:
+        """End rank 0: a follower's trial raised (``reason``: the job FAILs with it), or a
+        follower was lost (None: the driver reruns the job)."""
+        sys.stderr.write(f"llmhpo: a follower rank of this worker's rank group ended ({reason or 'lost'}); "
+                         "the worker ends too\n")
         sys.stderr.flush()
+        if reason is not None and self._on_failure is not None:
+            try:
+                self._on_failure(self._key, reason)
+            except Exception:
+                pass
+            os._exit(RANK_FAILED)
         os._exit(RANK_LOST)
 
     def run(self, objective: Callable[..., Any], key: Any, params: dict[str, Any] | None,
             fidelity: Any) -> tuple[Any, bool]:
         """Run one job over the group (started on the first): (rank 0's Outcome, whether the
         group can take another). ``params`` None (the base model's score) runs on rank 0 alone."""
+        if any(not p.is_alive() for p in self._followers):  # one was lost between jobs
+            self.close()
         if not self._followers:
             try:
                 self._start()
@@ -179,18 +214,27 @@ class RankGroup:
                                f"{type(e).__name__}: {e}", {"host": socket.gethostname(), "pid": os.getpid()}), True
         if params is None:
             return objective(key, params, fidelity), True
+        with self._lock:
+            self._key, self._running = key, True
         for c in self._conns:
             c.send((key, params, fidelity))
         out = objective(key, params, fidelity)
+        with self._lock:
+            self._running = False
         healthy = True
         for c in self._conns:
             if not c.poll(_ACK_TIMEOUT):
-                healthy = False  # stuck in a collective rank 0 never joined
+                healthy = False  # stuck in a collective rank 0 never joined (it failed before training)
                 continue
-            try:
-                c.recv()
-            except (EOFError, OSError):  # the follower ended mid-trial: as the watchdog does
-                self._lost()
+            with self._lock:
+                try:
+                    msg = c.recv()
+                except (EOFError, OSError):  # ended: the watchdog ends rank 0
+                    msg = None
+            if not isinstance(msg, str) or msg.startswith("error: "):
+                healthy = False
+            if isinstance(msg, str) and msg.startswith("error: ") and getattr(out, "error", None):
+                out.error += f"; {msg[len('error: '):]}"  # the follower's own reason too
         return out, healthy
 
     def close(self) -> None:
