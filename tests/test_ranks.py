@@ -156,6 +156,7 @@ def run_jobs(ex, jobs):
     return got
 
 
+@pytest.mark.slow  # a rank group started (6 s on 2 idle cores)
 def test_a_rank_group_runs_each_job_on_every_rank():
     """gpus_per_trial = 2 without devices: a group of two CPU processes (gloo)."""
     got = run_jobs(ProcessExecutor(AllReduce, 1, gpus_per_trial=2), {i: {"x": i + 1} for i in range(3)})

@@ -60,7 +60,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-
 _SENDING = threading.Lock()  # one message at a time on the driver's pipe (a rank group's watchdog sends too)
 
 
@@ -114,6 +113,7 @@ def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str 
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[0] if ranks > 1 else str(device)
     use_threads(threads)
     objective = WorkerObjective(factory)
+
     def failed(key: Hashable, reason: str) -> None:  # a follower's trial raised: the job FAILs with it
         _send_outcome(conn, Outcome(key, None, {}, {}, reason, {"host": socket.gethostname(), "pid": os.getpid(),
                                                                 "device": device, "ends": True}))
