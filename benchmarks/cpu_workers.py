@@ -8,7 +8,8 @@ all of them (the old behaviour, asked for here with [train] threads = cores).
 For each (workers, threads) setting: the wall time of the study (the workers' model loads
 included), the mean seconds of a trial as its worker timed it, and trials per hour
 (trials / wall). The base model is not scored (``[eval] base = false``), so every second
-is a trial's. ``--trials 1 --workers 1 --modes split`` is a smoke check of a few minutes.
+is a trial's. ``--trials 1 --workers 1 --modes split --smoke`` (2 steps, 4 questions) checks
+that the script runs, in a few minutes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def one(trials: int, workers: int, mode: str, model: str | None) -> dict:
+def one(trials: int, workers: int, mode: str, model: str | None, smoke: bool = False) -> dict:
     """One study of ``trials`` demo trials on ``workers`` process workers; mode "split"
     (the default share) or "all" (every worker on every core)."""
     from importlib import resources
@@ -50,6 +51,9 @@ def one(trials: int, workers: int, mode: str, model: str | None) -> dict:
             raw["train"]["threads"] = cores
         if model is not None:
             raw["model"]["name"] = model
+        if smoke:
+            raw["train"]["max_steps"] = 2
+            raw["eval"].update(limit=4, tasks=["llmhpo_add"])
         cfg = Config.from_dict(raw, default_name="cpu", base_dir=Path(d))
         t0 = time.time()
         run(cfg, progress=False, quiet=True)
@@ -70,12 +74,13 @@ def main() -> None:
     ap.add_argument("--modes", default="all,split", help="all (every worker on every core), split (the default)")
     ap.add_argument("--model", default=None, help="another model than the demo's builtin SmolLM2")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--smoke", action="store_true", help="2 steps and 4 questions a trial: does it run")
     args = ap.parse_args()
     rows = []
     print(f"{'workers':>7} {'mode':>6} {'threads':>8} {'trials':>6} {'wall s':>8} {'s/trial':>8} {'trials/h':>9}")
     for workers in (int(w) for w in args.workers.split(",")):
         for mode in args.modes.split(","):
-            r = one(args.trials, workers, mode, args.model)
+            r = one(args.trials, workers, mode, args.model, args.smoke)
             rows.append(r)
             print(f"{r['workers']:>7} {r['mode']:>6} {','.join(map(str, r['threads'])):>8} {r['trials']:>6} "
                   f"{r['wall_s']:>8} {r['seconds_per_trial']!s:>8} {r['trials_per_hour']:>9}", flush=True)
