@@ -116,10 +116,12 @@ class FinetuneObjective:
         return self._data[max_len]
 
     # ------------------------------------------------------------------ one trial
-    def __call__(self, params: dict[str, Any], inject_nan_at: int | None = None, fidelity=None) -> Result:
+    def __call__(self, params: dict[str, Any], inject_nan_at: int | None = None, fidelity=None,
+                 inject_oom_above: int | None = None) -> Result:
         """One trial; with ``fidelity`` (multi-fidelity), train up to fidelity.value steps (or
         epochs) of a run whose schedule spans fidelity.max, going on from the checkpoint in
-        fidelity.checkpoint and leaving the new one there."""
+        fidelity.checkpoint and leaving the new one there. inject_nan_at / inject_oom_above:
+        test hooks of ``train.train``."""
         import torch
         from peft import get_peft_model
         from peft.utils import set_peft_model_state_dict
@@ -141,20 +143,23 @@ class FinetuneObjective:
                 peft_model = get_peft_model(self.model, lora_config(plan.settings, self.cfg.model.target_modules))
                 if resume is not None:
                     set_peft_model_state_dict(peft_model, resume["adapter"])
-                metrics = self._train(peft_model, plan, train_data, resume, inject_nan_at, timings)
+                metrics = self._train(peft_model, plan, train_data, resume, (inject_nan_at, inject_oom_above),
+                                      timings)
             value = self._score(peft_model, plan, val_data, metrics, timings)
             if self.cfg.train.save_adapters:
                 progress("saving adapter")
                 metrics["adapter_dir"] = self._save_adapter(peft_model, params, asdict(plan.settings))
         except (TrialFailed, ObjectiveSetupError):
             raise
-        except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-            raise TrialFailed(f"out of memory ({type(e).__name__}); lower batch_size or max_seq_len, "
-                              "or raise grad_accum") from None
-        except RuntimeError as e:
-            if "out of memory" in str(e).lower():
-                raise TrialFailed("out of memory; lower batch_size or max_seq_len, or raise grad_accum") from None
-            raise
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            # training halves its micro-batch on its own; this is memory run out elsewhere
+            # (scoring, host memory), which no retry of the same trial would change
+            if not isinstance(e, MemoryError) and "out of memory" not in str(e).lower():
+                raise
+            from llmhpo.objectives.finetune.train import memory_note
+
+            raise TrialFailed(f"out of memory ({memory_note(e, self.device)}); lower [eval] batch_size or "
+                              "max_seq_len") from None
         finally:
             if peft_model is not None:
                 self.model = peft_model.unload()  # removes the LoRA layers: the base model is untouched
@@ -227,8 +232,8 @@ class FinetuneObjective:
             until = int(fidelity.value)
         return TrialPlan(settings, fidelity, until, Path(fidelity.checkpoint) / "state.pt"), train_data, val_data
 
-    def _train(self, peft_model, plan: "TrialPlan", train_data, resume: dict | None, inject_nan_at: int | None,
-               timings: dict[str, float]) -> dict[str, Any]:
+    def _train(self, peft_model, plan: "TrialPlan", train_data, resume: dict | None,
+               inject: tuple[int | None, int | None], timings: dict[str, float]) -> dict[str, Any]:
         """Train the adapter (from ``resume``, a rung's checkpoint, if any), leave the new
         checkpoint, and return the training metrics."""
         import torch
@@ -238,8 +243,8 @@ class FinetuneObjective:
 
         start_step = 0 if resume is None else int(resume["train"]["step"])
         stats, state = train_lib.train(peft_model, train_data, plan.settings, self.tokenizer.pad_token_id, self.device,
-                                       self._autocast_dtype(), inject_nan_at,
-                                       None if resume is None else resume["train"], plan.until)
+                                       self._autocast_dtype(), inject[0],
+                                       None if resume is None else resume["train"], plan.until, inject[1])
         if plan.checkpoint is not None:
             progress("saving checkpoint")
             plan.checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +258,8 @@ class FinetuneObjective:
         return {"train_loss_curve": stats.losses, "train_steps": stats.steps,
                 "steps_trained_now": state["step"] - start_step, **trained,
                 "train_tokens": stats.tokens, "train_tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
-                "final_train_loss": stats.losses[-1] if stats.losses else None}
+                "final_train_loss": stats.losses[-1] if stats.losses else None,
+                "micro_batch": stats.micro_batch, "oom_backoffs": stats.oom_backoffs}
 
     def _score(self, peft_model, plan: "TrialPlan", val_data, metrics: dict[str, Any],
                timings: dict[str, float]) -> float:
@@ -263,8 +269,9 @@ class FinetuneObjective:
 
         t1 = time.time()
         if self.cfg.eval.val_loss and val_data is not None:
-            metrics["val_loss"] = validation_loss(peft_model, val_data, self.tokenizer.pad_token_id,
-                                                  self.device, autocast_dtype=self._autocast_dtype())
+            metrics["val_loss"] = validation_loss(peft_model, val_data, self.tokenizer.pad_token_id, self.device,
+                                                  autocast_dtype=self._autocast_dtype(),
+                                                  packing=plan.settings.packing)
         timings["val_loss"] = time.time() - t1
         t1 = time.time()
         eval_cfg = self.cfg.eval

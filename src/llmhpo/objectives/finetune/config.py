@@ -59,6 +59,8 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     save_adapters: bool = True
     output_dir: str = "llmhpo-runs"
+    packing: bool = False  # each micro-batch as one padding-free row (position_ids restart per example)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
 
     def with_params(self, params: Mapping[str, Any]) -> "TrainConfig":
         """One trial's settings: these values with the searched ``params`` in their place, each
@@ -175,10 +177,12 @@ class FinetuneConfig:
 
 #: keys added after studies were first stored: left out of the stored tables while at their
 #: defaults, so that a study stored before a key existed keeps its config hash and resumes
-ADDED_KEYS: dict[str, tuple[str, ...]] = {"model": (), "data": (), "train": (), "eval": ("base",)}
+ADDED_KEYS: dict[str, tuple[str, ...]] = {"model": (), "data": (), "train": ("packing", "gradient_checkpointing"),
+                                          "eval": ("base",)}
 _DEFAULTS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig(), "eval": EvalConfig()}
 
-SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads"}
+SEARCHABLE = {f.name for f in fields(TrainConfig)} - {"save_adapters", "output_dir", "threads", "packing",
+                                                     "gradient_checkpointing"}
 
 
 def _build(section: str, cls, table: Mapping[str, Any]):

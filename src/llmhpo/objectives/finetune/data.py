@@ -1,6 +1,7 @@
 """Instruction data: load (builtin generator, hub id, local JSON/JSONL), split off a
-held-out set, format with the Alpaca template or the tokenizer's chat template, and
-tokenise with the loss on response tokens only (prompt labels are -100)."""
+held-out set, format with the Alpaca template or the tokenizer's chat template,
+tokenise with the loss on response tokens only (prompt labels are -100), and batch
+(right-padded rows, or one padding-free packed row)."""
 
 from __future__ import annotations
 
@@ -117,3 +118,23 @@ def collate(batch_ids: list[list[int]], batch_labels: list[list[int]], pad_id: i
         lab[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
     return ids, mask, lab
+
+
+def pack(batch_ids: list[list[int]], batch_labels: list[list[int]]):
+    """One padding-free row: input_ids (1, T), position_ids (1, T), labels (1, T), T the
+    examples' total length. Positions restart at 0 for each example, which is how the model
+    tells the examples apart (transformers builds a block-diagonal causal mask from them when
+    no attention mask is given; flash attention reads them directly). Each example's first
+    label is -100, so no token predicts across a boundary: the loss is that of the padded batch."""
+    import torch
+
+    ids = torch.tensor([t for x in batch_ids for t in x], dtype=torch.long).unsqueeze(0)
+    pos = torch.tensor([p for x in batch_ids for p in range(len(x))], dtype=torch.long).unsqueeze(0)
+    lab = torch.tensor([t for y in batch_labels for t in [IGNORE] + y[1:]], dtype=torch.long).unsqueeze(0)
+    return ids, pos, lab
+
+
+def n_targets(labels: list[int]) -> int:
+    """The tokens an example is scored on: response labels after the first position (the
+    first token is never predicted)."""
+    return sum(1 for v in labels[1:] if v != IGNORE)
