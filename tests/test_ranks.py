@@ -143,11 +143,12 @@ class AllReduce:
         return t.item()
 
 
-def run_jobs(ex, jobs):
+def run_jobs(ex, jobs, fidelities=None):
+    """Each job's Outcome; ``fidelities``: key -> Fidelity for the multi-fidelity ones."""
     got = {}
     try:
         for key, params in jobs.items():
-            ex.submit(key, params)
+            ex.submit(key, params, (fidelities or {}).get(key))
         while len(got) < len(jobs):
             for out in ex.wait(timeout=120):
                 got[out.key] = out
@@ -182,9 +183,11 @@ def test_a_follower_killed_mid_trial_reruns_it_and_one_that_raises_fails_it(tmp_
 @pytest.mark.slow  # two fine-tuning trials of the tiny model, one over a CPU rank group (~30 s)
 def test_a_rank_group_trains_as_one_process_does(tiny_llama, tmp_path):
     """Two ranks, each on half of every micro-batch, follow the loss curve of one process at
-    the same effective batch (no dropout: nothing random differs between the two)."""
+    the same effective batch (no dropout: nothing random differs between the two), also over
+    two rungs of a multi-fidelity run (the followers go on from rank 0's checkpoint)."""
     import functools
 
+    from llmhpo.objectives import Fidelity
     from llmhpo.objectives.finetune import FinetuneObjective
     from llmhpo.objectives.finetune.config import FinetuneConfig
     from llmhpo.objectives.finetune.kind import objective_for
@@ -198,13 +201,18 @@ def test_a_rank_group_trains_as_one_process_does(tiny_llama, tmp_path):
     }, "ranks")
     params = {"learning_rate": 1e-2, "lora_rank": 4, "lora_alpha": 16, "lora_dropout": 0.0, "weight_decay": 0.0}
     one = FinetuneObjective(spec.resolved())(params)
-    got = run_jobs(ProcessExecutor(functools.partial(objective_for, spec), 1, gpus_per_trial=2), {"t": params})
+    rungs = {"r1": Fidelity("max_steps", 3, 6, str(tmp_path / "rungs")),
+             "r2": Fidelity("max_steps", 6, 6, str(tmp_path / "rungs"))}
+    got = run_jobs(ProcessExecutor(functools.partial(objective_for, spec), 1, gpus_per_trial=2),
+                   {"t": params, "r1": params, "r2": params}, rungs)
     two = got["t"]
     assert two.error is None and two.metrics["ranks"] == 2 and one.metrics["ranks"] == 1
     assert two.metrics["threads"] == split_threads(2)  # each rank a CPU process of its own
     assert two.metrics["train_loss_curve"] == pytest.approx(one.metrics["train_loss_curve"], rel=1e-4)
     assert two.metrics["train_tokens"] == one.metrics["train_tokens"]
     assert two.metrics["val_loss"] == pytest.approx(one.metrics["val_loss"], rel=1e-4)
+    assert got["r1"].error is None and got["r2"].metrics["steps_trained_now"] == 3
+    assert got["r2"].metrics["train_loss_curve"] == pytest.approx(one.metrics["train_loss_curve"], rel=1e-4)
 
 
 def test_the_finetune_objective_takes_the_executors_threads_unless_train_threads_says(tiny_llama, monkeypatch):
