@@ -236,3 +236,29 @@ def test_the_finetune_objective_takes_the_executors_threads_unless_train_threads
         assert threads_after_setup(threads=2) == 2  # [train] threads overrides the executor's share
     finally:
         torch.set_num_threads(before)
+
+
+class FailsOnRankZero(AllReduce):
+    """Rank 0 fails before the collective its followers wait in (params["fail"])."""
+
+    def __call__(self, params):
+        if params.get("fail"):
+            raise ValueError("rank 0 fails first")
+        return super().__call__(params)
+
+
+@pytest.mark.slow  # two rank groups started in this process (10-20 s)
+def test_followers_stuck_after_rank_zero_failed_are_replaced(monkeypatch):
+    from llmhpo.executors.base import WorkerObjective
+
+    monkeypatch.setattr(ranks, "_ACK_TIMEOUT", 2.0)
+    group = ranks.RankGroup(FailsOnRankZero, [None, None], 1)
+    objective = WorkerObjective(FailsOnRankZero)
+    try:
+        out, healthy = group.run(objective, "a", {"x": 1, "fail": True}, None)
+        assert "rank 0 fails first" in out.error and not healthy
+        group.close()
+        out, healthy = group.run(objective, "b", {"x": 2}, None)  # a fresh group
+        assert out.value == 4.0 and healthy
+    finally:
+        group.close()
