@@ -40,7 +40,7 @@ BAD = {
     "executor": (GOOD + '[runner]\nexecutor = "slurm"\n', "[runner] executor = 'slurm' must be"),
     "devices with ray": (GOOD + '[runner]\nexecutor = "ray"\ndevices = ["0"]\n', "set gpus_per_trial"),
     "address without ray": (GOOD + '[runner]\naddress = "auto"\n', "it needs executor = \"ray\""),
-    "gpus without ray": (GOOD + "[runner]\ngpus_per_trial = 1\n", "[runner] gpus_per_trial is a Ray resource request"),
+    "gpus without ray": (GOOD + "[runner]\ngpus_per_trial = 1\n", "[runner] gpus_per_trial with the process executor groups [runner] devices"),
     "retries": (GOOD + "[runner]\nmax_retries = -1\n", "[runner] max_retries = -1 must be >= 0"),
     "timeout": (GOOD + '[runner]\ntrial_timeout = "soon"\n', "[runner] trial_timeout = 'soon' must be seconds"),
     "reevaluate": (GOOD.replace("seed = 1", "seed = 1\nreevaluate = -2"), "[study] reevaluate = -2 must be >= 0"),

@@ -1,5 +1,5 @@
 """The Ray executor on a local cluster of two simulated nodes: it keeps the executor
-contract, trials spread over both nodes, an actor killed mid-trial or a node lost costs only
+contract, an actor computes on the CPUs it reserved, trials spread over both nodes, an actor killed mid-trial or a node lost costs only
 the trials it ran (rerun elsewhere), an ASHA study promotes configurations across nodes and
 reruns only the rung an actor lost, and the CLI starts a local cluster when no address is
 given."""
@@ -94,6 +94,25 @@ def test_the_ray_executor_keeps_the_executor_contract(cluster):
     from llmhpo.executors import RayExecutor
 
     check_contract(RayExecutor(FACTORY, workers=2))
+
+
+def test_an_actor_computes_on_the_cpus_it_reserved(cluster):
+    import test_ranks
+    from ray import cloudpickle
+
+    from llmhpo.executors import RayExecutor
+
+    cloudpickle.register_pickle_by_value(test_ranks)  # Ray's workers cannot import the tests
+    ex = RayExecutor(test_ranks.Threads, workers=1, cpus_per_trial=2)
+    try:
+        ex.submit("a", {})
+        out = []
+        while not out:
+            out = ex.wait(timeout=60)
+    finally:
+        ex.close()
+        cloudpickle.unregister_pickle_by_value(test_ranks)
+    assert out[0].error is None and out[0].metrics == {"threads": 2, "env": "2"}
 
 
 def test_sixteen_one_second_trials_on_four_actors_over_two_nodes(cluster, tmp_path):

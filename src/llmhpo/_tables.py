@@ -79,3 +79,26 @@ def storage_url(storage: str, base_dir: Path) -> str:
             path = Path(storage[len(prefix):]).expanduser()
             storage = prefix + str(path if path.is_absolute() else (base_dir / path).resolve())
     return storage
+
+
+def device_groups(devices: tuple[str, ...], gpus_per_trial: float) -> list[tuple[str, ...]]:
+    """The GPUs of each process-executor worker: one device each (``gpus_per_trial`` 0 or 1),
+    ``k`` devices each for an integer k > 1 (a rank group), or each device ``n`` times for
+    ``gpus_per_trial`` = 1/n (n workers share a GPU; the workers alternate over the devices)."""
+    g = float(gpus_per_trial)
+    if g in (0.0, 1.0):
+        return [(d,) for d in devices]
+    if g > 1:
+        if g != int(g):
+            raise ConfigError(f"[runner] gpus_per_trial = {g:g} must be a whole number of GPUs above 1 "
+                              "(or a fraction 1/n to share one)")
+        k = int(g)
+        if len(devices) % k:
+            raise ConfigError(f"[runner] gpus_per_trial = {k} does not divide the {len(devices)} devices listed; "
+                              f"list a multiple of {k} devices")
+        return [tuple(devices[i:i + k]) for i in range(0, len(devices), k)]
+    n = round(1 / g)
+    if g <= 0 or abs(n * g - 1) > 1e-9:
+        raise ConfigError(f"[runner] gpus_per_trial = {g:g} must be 1/n (0.5, 0.25, ...) to share a GPU "
+                          "between n workers")
+    return [(d,) for _ in range(n) for d in devices]

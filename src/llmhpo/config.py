@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from llmhpo._tables import device, expect, no_unknown, parse_duration, storage_url
+from llmhpo._tables import device, device_groups, expect, no_unknown, parse_duration, storage_url
 from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.goals import Constraint, Objective, parse_constraints, parse_objectives
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
@@ -86,14 +86,16 @@ class RunnerConfig:
     #: trials at a time; with executor "ray", 0 = as many as the cluster's resources fit
     workers: int = 1
     executor: str = "auto"  # auto (inline for one worker, else processes) | inline | process | ray
-    devices: tuple[str, ...] = ()  # GPU ids, one worker each (process executor)
+    devices: tuple[str, ...] = ()  # GPU ids, one worker each (process executor; see gpus_per_trial)
     #: stop the study when this many trials in a row fail for the same reason (0: never)
     max_repeated_failures: int = 3
     #: a trial whose worker process, actor or node was lost runs again this many times
     max_retries: int = 1
     trial_timeout: float | None = None  # seconds; a trial past it is stopped and FAILs
     address: str | None = None  # ray: "auto", "ray://host:10001", or None to start a local cluster
-    gpus_per_trial: float = 0.0  # ray: GPUs each worker actor reserves
+    #: GPUs per trial: ray, what each actor reserves; process, devices grouped k per worker
+    #: (a rank group) or shared by 1/g workers each
+    gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0  # ray: CPUs each worker actor reserves
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +110,8 @@ class RunnerConfig:
             out.update(gpus_per_trial=self.gpus_per_trial, cpus_per_trial=self.cpus_per_trial)
             if self.address is not None:
                 out["address"] = self.address
+        elif self.gpus_per_trial:
+            out["gpus_per_trial"] = self.gpus_per_trial
         return out
 
 
@@ -345,17 +349,29 @@ def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
     if devices and executor == "ray":
         raise ConfigError("[runner] devices is for the process executor; with executor = \"ray\" set "
                           "gpus_per_trial and Ray places each trial on a free GPU")
-    workers = expect("runner", rn, "workers", (int, str), len(devices) or (0 if executor == "ray" else 1))
+    gpus = float(expect("runner", rn, "gpus_per_trial", (int, float), 0.0))
+    if gpus < 0:
+        raise ConfigError(f"[runner] gpus_per_trial = {gpus:g} must be >= 0")
+    if gpus and executor != "ray" and not devices:
+        raise ConfigError("[runner] gpus_per_trial with the process executor groups [runner] devices; "
+                          "list them (devices = [0, 1]) or set executor = \"ray\"")
+    if executor == "ray" and gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"[runner] gpus_per_trial = {gpus:g} must be a whole number of GPUs above 1 "
+                          "(or a fraction to share one)")
+    groups = device_groups(devices, gpus) if executor != "ray" else []
+    workers = expect("runner", rn, "workers", (int, str), len(groups) or (0 if executor == "ray" else 1))
     if isinstance(workers, str):
-        if workers != "auto" or executor != "ray":
+        if workers != "auto" or not (executor == "ray" or devices):
             raise ConfigError(f"[runner] workers = {workers!r} must be a number"
-                              + (" or \"auto\"" if executor == "ray" else " (\"auto\" is for executor = \"ray\")"))
-        workers = 0
+                              + (" or \"auto\"" if executor == "ray" else
+                                 " (\"auto\" is for executor = \"ray\"), or list [runner] devices"))
+        workers = len(groups)
     if workers < 1 and not (executor == "ray" and workers == 0):
         raise ConfigError(f"[runner] workers = {workers} must be at least 1")
-    if devices and workers != len(devices):
-        raise ConfigError(f"[runner] workers = {workers} but {len(devices)} devices are listed; "
-                          "use one worker per device (or drop workers)")
+    if devices and workers != len(groups):
+        per = "one worker per device" if len(groups) == len(devices) else f"{len(groups)} workers"
+        raise ConfigError(f"[runner] workers = {workers} but {len(devices)} devices are listed at gpus_per_trial = "
+                          f"{gpus or 1:g}; use {per} (or drop workers)")
     if executor == "inline" and workers > 1:
         raise ConfigError("[runner] executor = \"inline\" runs one trial at a time; set workers = 1 or executor = \"process\"")
     repeated = expect("runner", rn, "max_repeated_failures", (int,), 3)
@@ -372,14 +388,12 @@ def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
     address = expect("runner", rn, "address", (str,), None)
     if address is not None and executor != "ray":
         raise ConfigError("[runner] address is the Ray cluster's address; it needs executor = \"ray\"")
-    gpus = float(expect("runner", rn, "gpus_per_trial", (int, float), 0.0))
     cpus = float(expect("runner", rn, "cpus_per_trial", (int, float), 1.0))
-    for key, v in (("gpus_per_trial", gpus), ("cpus_per_trial", cpus)):
-        if v < 0:
-            raise ConfigError(f"[runner] {key} = {v:g} must be >= 0")
-        if key in rn and executor != "ray":
-            raise ConfigError(f"[runner] {key} is a Ray resource request; it needs executor = \"ray\" "
-                              "(the process executor uses devices = [...])")
+    if cpus < 0:
+        raise ConfigError(f"[runner] cpus_per_trial = {cpus:g} must be >= 0")
+    if "cpus_per_trial" in rn and executor != "ray":
+        raise ConfigError("[runner] cpus_per_trial is a Ray resource request; it needs executor = \"ray\" "
+                          "(the process executor splits the cores between its workers)")
     return RunnerConfig(workers, executor, devices, repeated, retries, timeout, address, gpus, cpus)
 
 

@@ -144,7 +144,7 @@ def _say_driver(row: dict | None, alive: bool, now: float) -> None:
 
 
 def _workers_table(workers: list[dict], now: float) -> Table:
-    wt = Table("worker", "host", "device", "trial", "elapsed", title="workers", title_justify="left")
+    wt = Table("worker", "host", "GPUs", "trial", "elapsed", title="workers", title_justify="left")
     for i, w in enumerate(workers):
         since = w.get("since")
         wt.add_row(str(i), escape(str(w.get("host") or "-")), escape(str(w.get("device") or "-")),

@@ -75,4 +75,5 @@ def make_executor(factory: Callable[[], Any], runner: Any, isolate: bool = False
                            runner.max_retries, runner.trial_timeout)
     if runs_inline(runner, isolate):
         return InlineExecutor(factory)
-    return ProcessExecutor(factory, runner.workers, runner.devices, runner.max_retries, runner.trial_timeout)
+    return ProcessExecutor(factory, runner.workers, runner.devices, runner.max_retries, runner.trial_timeout,
+                           runner.gpus_per_trial)

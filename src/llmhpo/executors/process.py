@@ -20,7 +20,9 @@ import time
 from typing import Any, Callable, Hashable
 
 from llmhpo._progress import reporting
+from llmhpo._tables import device_groups
 from llmhpo.executors.base import Job, Outcome, Pool, Progress, WorkerObjective
+from llmhpo.executors.ranks import RANK_FAILED, RANK_LOST, RankGroup, split_threads, use_threads
 
 
 def _let_go_of_fork_server() -> int | None:
@@ -58,6 +60,8 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+_SENDING = threading.Lock()  # one message at a time on the driver's pipe (a rank group's watchdog sends too)
+
 
 class _PipeSink:
     """Sends a job's progress reports to the driver; a driver gone ends the reports, not the job."""
@@ -69,7 +73,8 @@ class _PipeSink:
         if self.dead:
             return
         try:
-            self.conn.send(Progress(self.key, phase, done, total, unit))
+            with _SENDING:
+                self.conn.send(Progress(self.key, phase, done, total, unit))
         except Exception:  # a dead driver (its Outcome will not arrive either), or an odd value
             self.dead = True
 
@@ -78,7 +83,8 @@ def _send_outcome(conn: mpc.Connection, out: Outcome) -> bool:
     """Send a job's Outcome; False when the driver is gone (the worker then ends quietly:
     nobody reads its traceback, and it would bury the log of a run that was stopped)."""
     try:
-        conn.send(out)
+        with _SENDING:
+            conn.send(out)
     except (OSError, EOFError):
         return False
     except Exception as e:  # e.g. a metric that cannot be pickled
@@ -91,29 +97,49 @@ def _send_outcome(conn: mpc.Connection, out: Outcome) -> bool:
 
 
 def _process_main(conn: mpc.Connection, factory: Callable[[], Any], device: str | None,
-                  env: dict[str, str] | None = None) -> None:
+                  env: dict[str, str] | None = None, threads: int | None = None, ranks: int = 1) -> None:
     """A worker process: jobs in, progress reports and outcomes out, until told to stop (None)
     or the driver goes. ``env``: the driver's environment when the worker was started (a
-    forked worker would otherwise have the fork server's, from when that started)."""
+    forked worker would otherwise have the fork server's, from when that started);
+    ``threads``: its CPU threads (None: torch's default); ``ranks`` > 1: it is rank 0 of a
+    rank group over the GPUs in ``device`` ("0,1"; None: ranks on the CPU)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
+    devices = str(device).split(",") if device is not None else [None] * ranks
     if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[0] if ranks > 1 else str(device)
+    use_threads(threads)
     objective = WorkerObjective(factory)
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
-        with reporting(_PipeSink(conn, job[0])):
-            out = objective(*job)
-        if not _send_outcome(conn, out):
-            return
+
+    def failed(key: Hashable, reason: str) -> None:  # a follower's trial raised: the job FAILs with it
+        _send_outcome(conn, Outcome(key, None, {}, {}, reason, {"host": socket.gethostname(), "pid": os.getpid(),
+                                                                "device": device, "ends": True}))
+
+    group = RankGroup(factory, devices, threads, "fork", failed) if ranks > 1 else None
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):
+                return
+            if job is None:
+                return
+            with reporting(_PipeSink(conn, job[0])):
+                out, healthy = group.run(objective, *job) if group is not None else (objective(*job), True)
+            if device is not None:
+                out.worker["device"] = str(device)
+            if not healthy:
+                out.worker["ends"] = True  # the driver starts a fresh worker for the next job
+            if not _send_outcome(conn, out):
+                return
+            if not healthy:  # a follower is stuck in the failed trial: a fresh worker takes the next job
+                return
+    finally:
+        if group is not None:
+            group.close()
 
 
 def _describe_exit(pid: int | None, exitcode: int | None) -> tuple[str, bool]:
@@ -129,6 +155,10 @@ def _describe_exit(pid: int | None, exitcode: int | None) -> tuple[str, bool]:
         if sig == signal.SIGKILL:
             return f"the worker process (pid {pid}) was killed (SIGKILL: out of memory, or killed from outside)", True
         return f"the worker process (pid {pid}) was stopped by {name}", True
+    if exitcode == RANK_FAILED:
+        return f"a follower rank of the worker's rank group (pid {pid}) failed the trial", False
+    if exitcode == RANK_LOST:
+        return f"a follower rank of the worker's rank group (pid {pid}) ended during the trial", True
     return f"the objective ended its worker process (exit code {exitcode})", False
 
 
@@ -190,20 +220,28 @@ def worker_context(factory: Callable[[], Any] | None = None) -> Any:
 class ProcessExecutor(Pool):
     """``workers`` processes forked from a clean fork server (``worker_context``), each with
     its own pipe: the driver knows which process runs which job, so a lost process costs only
-    its own job, and a job past its timeout is stopped by ending its process."""
+    its own job, and a job past its timeout is stopped by ending its process.
+
+    ``devices``: GPU ids, one per worker, or grouped by ``gpus_per_trial`` (``device_groups``:
+    k per worker, each worker rank 0 of a rank group of k processes; or 1/n: n workers per
+    GPU). Without devices the workers split the usable cores between them (``split_threads``);
+    ``gpus_per_trial`` = k > 1 without devices runs CPU rank groups (gloo), for tests."""
 
     #: pools not closed yet in this process (the fork server is not replaced under them)
     open_pools = 0
 
     def __init__(self, factory: Callable[[], Any], workers: int, devices: tuple[str, ...] = (),
-                 max_retries: int = 1, trial_timeout: float | None = None):
+                 max_retries: int = 1, trial_timeout: float | None = None, gpus_per_trial: float = 0.0):
         self.slots = workers
         self._factory = factory
         self._init_pool(max_retries, trial_timeout)
         self._ctx = worker_context(factory)
         ProcessExecutor.open_pools += 1
         self._open = True
-        self._slots = [_Slot(i, devices[i] if devices else None) for i in range(workers)]
+        self._ranks = int(gpus_per_trial) if gpus_per_trial > 1 else 1
+        groups = device_groups(tuple(devices), gpus_per_trial) if devices else [()] * workers
+        self._slots = [_Slot(i, ",".join(groups[i]) or None) for i in range(workers)]
+        self._threads = None if devices else split_threads(workers * self._ranks)
         # the fork server starts now and imports the package while the driver opens its
         # storage; each worker is forked from it for its first job
         if self._ctx.get_start_method() == "forkserver":
@@ -214,7 +252,8 @@ class ProcessExecutor(Pool):
     def _start(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
         slot.process = self._ctx.Process(target=_process_main,
-                                         args=(child, self._factory, slot.device, dict(os.environ)),
+                                         args=(child, self._factory, slot.device, dict(os.environ),
+                                               self._threads, self._ranks),
                                          name=f"llmhpo-worker-{slot.index}")
         slot.process.start()
         child.close()
@@ -284,6 +323,8 @@ class ProcessExecutor(Pool):
                     result.worker.setdefault("slot", slot.index)
                     slot.job = None
                     out.append(result)
+                    if result.worker.pop("ends", False):  # a rank group's worker that ends after this job
+                        self._stop(slot)
                 elif not slot.process.is_alive():
                     slot.process.join(timeout=1)
                     reason, retry = _describe_exit(slot.process.pid, slot.process.exitcode)

@@ -16,24 +16,42 @@ from typing import Any, Callable, Hashable
 
 from llmhpo.errors import ConfigError
 from llmhpo.executors.base import Job, Outcome, Pool, WorkerObjective
+from llmhpo.executors.ranks import RankGroup, use_threads
 
 
 class _TrialActor:
-    """A Ray actor that keeps its objective (base model, task index) between trials."""
+    """A Ray actor that keeps its objective (base model, task index) between trials, on
+    ``threads`` CPU threads; with ``ranks`` > 1 GPUs it is rank 0 of a rank group, one rank
+    per GPU Ray gave it."""
 
-    def __init__(self, factory: Callable[[], Any]):
+    def __init__(self, factory: Callable[[], Any], threads: int = 1, ranks: int = 1):
         self._objective = WorkerObjective(factory)
+        self._gpus = os.environ.get("CUDA_VISIBLE_DEVICES") or None
+        self._group = None
+        if ranks > 1:
+            devices = self._gpus.split(",") if self._gpus else [None] * ranks
+            if devices[0] is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]  # before CUDA starts: rank 0's GPU alone
+            threads = max(1, threads // ranks)
+            self._group = RankGroup(factory, devices, threads, "spawn")
+        use_threads(threads)
 
     def info(self) -> dict[str, Any]:
         import ray
 
-        return {"host": socket.gethostname(), "pid": os.getpid(),
-                "device": os.environ.get("CUDA_VISIBLE_DEVICES") or None,
+        return {"host": socket.gethostname(), "pid": os.getpid(), "device": self._gpus,
                 "node": ray.get_runtime_context().get_node_id()}
 
     def run(self, key: Hashable, params: dict[str, Any], fidelity: Any) -> Outcome:
-        out = self._objective(key, params, fidelity)
+        if self._group is None:
+            out = self._objective(key, params, fidelity)
+        else:
+            out, healthy = self._group.run(self._objective, key, params, fidelity)
+            if not healthy:  # a follower is stuck in the failed trial: the next job starts a fresh group
+                self._group.close()
         out.worker.setdefault("host", socket.gethostname())
+        if self._gpus:
+            out.worker["device"] = self._gpus
         return out
 
 
@@ -48,8 +66,9 @@ class _Actor:
 
 class RayExecutor(Pool):
     """Long-lived worker actors on a Ray cluster, one per trial slot, each reserving
-    ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs, so Ray spreads a study over every
-    GPU of every node. ``address``: "auto" joins the cluster this machine belongs to,
+    ``cpus_per_trial`` CPUs (it computes on that many threads) and ``gpus_per_trial`` GPUs
+    (a fraction shares one; k > 1 runs a rank group of k processes), so Ray spreads a study
+    over every GPU of every node. ``address``: "auto" joins the cluster this machine belongs to,
     "ray://host:10001" one reached through Ray client, None starts a local one. ``workers``
     0: as many actors as the cluster's resources fit."""
 
@@ -98,8 +117,9 @@ class RayExecutor(Pool):
         return n
 
     def _new_actor(self) -> _Actor:
+        ranks = int(self._gpus) if self._gpus > 1 else 1
         handle = self._cls.options(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0,
-                                   max_concurrency=1).remote(self._factory)
+                                   max_concurrency=1).remote(self._factory, max(1, int(self._cpus)), ranks)
         return _Actor(handle, handle.info.remote())
 
     def _dispatch(self) -> None:

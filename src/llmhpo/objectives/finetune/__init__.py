@@ -50,6 +50,7 @@ class FinetuneObjective:
         self._records = None
         self.load_seconds = 0.0
         self.task_index_seconds = 0.0
+        self.follower = False  # a follower rank trains only: no lm-eval task index
 
     # ------------------------------------------------------------------ set-up (once per worker)
     def setup(self) -> None:
@@ -66,11 +67,13 @@ class FinetuneObjective:
 
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.cfg.train.threads:
-            torch.set_num_threads(self.cfg.train.threads)
+        # [train] threads, else the executor's share of the cores (LLMHPO_THREADS), else torch's default
+        threads = self.cfg.train.threads or int(os.environ.get("LLMHPO_THREADS") or 0)
+        if threads:
+            torch.set_num_threads(threads)
         if self.model is None:
             self._load_model()
-        if self._tm is None:
+        if self._tm is None and not self.follower:
             from llmhpo.objectives.finetune.evaluate import check_tasks, task_manager
 
             t0 = time.time()
@@ -171,8 +174,40 @@ class FinetuneObjective:
             memory.stop()
         metrics.update(memory.metrics())
         metrics["device"] = self.device
+        metrics["threads"] = torch.get_num_threads()
+        metrics["ranks"] = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         timings["total"] = time.time() - t0
         return Result(value, metrics, timings)
+
+    def follow(self, params: dict[str, Any], fidelity=None) -> None:
+        """A follower rank's part of a trial trained by a rank group (``llmhpo.executors.ranks``):
+        the same adapter, from the same rung checkpoint, trained on this rank's share of each
+        batch; rank 0 alone scores and saves."""
+        import torch
+        from peft import get_peft_model
+        from peft.utils import set_peft_model_state_dict
+
+        from llmhpo.objectives.finetune import train as train_lib
+
+        self.follower = True
+        plan, train_data, _ = self._prepare(params, fidelity, {})
+        resume = (torch.load(plan.checkpoint, map_location="cpu", weights_only=False)
+                  if plan.checkpoint is not None and plan.checkpoint.is_file() else None)
+        peft_model = None
+        try:
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device.startswith("cuda") else []):
+                torch.manual_seed(plan.settings.seed)  # the LoRA init of rank 0
+                peft_model = get_peft_model(self.model, train_lib.lora_config(plan.settings,
+                                                                              self.cfg.model.target_modules))
+                if resume is not None:
+                    set_peft_model_state_dict(peft_model, resume["adapter"])
+                train_lib.train(peft_model, train_data, plan.settings, self.tokenizer.pad_token_id, self.device,
+                                self._autocast_dtype(), None, None if resume is None else resume["train"], plan.until)
+        finally:
+            if peft_model is not None:
+                self.model = peft_model.unload()
+                del peft_model
+            gc.collect()
 
     def _prepare(self, params: dict[str, Any], fidelity, timings: dict[str, float]):
         """The worker set up (model, tasks, data), and the trial's plan and tokenised data:
