@@ -102,3 +102,61 @@ def device_groups(devices: tuple[str, ...], gpus_per_trial: float) -> list[tuple
         raise ConfigError(f"[runner] gpus_per_trial = {g:g} must be 1/n (0.5, 0.25, ...) to share a GPU "
                           "between n workers")
     return [(d,) for _ in range(n) for d in devices]
+
+
+def runner_table(rn: Mapping[str, Any]) -> tuple:
+    """The [runner] table checked: RunnerConfig's fields in order (workers, executor, devices,
+    max_repeated_failures, max_retries, trial_timeout, address, gpus_per_trial, cpus_per_trial)."""
+    no_unknown("runner", rn, {"workers", "executor", "devices", "max_repeated_failures", "max_retries",
+                               "trial_timeout", "address", "gpus_per_trial", "cpus_per_trial"})
+    executor = expect("runner", rn, "executor", (str,), "auto")
+    if executor not in ("auto", "inline", "process", "ray"):
+        raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\", \"process\" or \"ray\"")
+    devices = tuple(device(d) for d in expect("runner", rn, "devices", (list,), []))
+    if devices and executor == "ray":
+        raise ConfigError("[runner] devices is for the process executor; with executor = \"ray\" set "
+                          "gpus_per_trial and Ray places each trial on a free GPU")
+    gpus = float(expect("runner", rn, "gpus_per_trial", (int, float), 0.0))
+    if gpus < 0:
+        raise ConfigError(f"[runner] gpus_per_trial = {gpus:g} must be >= 0")
+    if gpus and executor != "ray" and not devices:
+        raise ConfigError("[runner] gpus_per_trial with the process executor groups [runner] devices; "
+                          "list them (devices = [0, 1]) or set executor = \"ray\"")
+    if executor == "ray" and gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"[runner] gpus_per_trial = {gpus:g} must be a whole number of GPUs above 1 "
+                          "(or a fraction to share one)")
+    groups = device_groups(devices, gpus) if executor != "ray" else []
+    workers = expect("runner", rn, "workers", (int, str), len(groups) or (0 if executor == "ray" else 1))
+    if isinstance(workers, str):
+        if workers != "auto" or not (executor == "ray" or devices):
+            raise ConfigError(f"[runner] workers = {workers!r} must be a number"
+                              + (" or \"auto\"" if executor == "ray" else
+                                 " (\"auto\" is for executor = \"ray\"), or list [runner] devices"))
+        workers = len(groups)
+    if workers < 1 and not (executor == "ray" and workers == 0):
+        raise ConfigError(f"[runner] workers = {workers} must be at least 1")
+    if devices and workers != len(groups):
+        per = "one worker per device" if len(groups) == len(devices) else f"{len(groups)} workers"
+        raise ConfigError(f"[runner] workers = {workers} but {len(devices)} devices are listed at gpus_per_trial = "
+                          f"{gpus or 1:g}; use {per} (or drop workers)")
+    if executor == "inline" and workers > 1:
+        raise ConfigError("[runner] executor = \"inline\" runs one trial at a time; set workers = 1 or executor = \"process\"")
+    repeated = expect("runner", rn, "max_repeated_failures", (int,), 3)
+    retries = expect("runner", rn, "max_retries", (int,), 1)
+    for key, n, hint in (("max_repeated_failures", repeated, " (0: never stop on failures)"),
+                         ("max_retries", retries, "")):
+        if n < 0:
+            raise ConfigError(f"[runner] {key} = {n} must be >= 0{hint}")
+    timeout = None if rn.get("trial_timeout") is None else parse_duration(rn["trial_timeout"], "[runner] trial_timeout")
+    if timeout is not None and executor == "inline":
+        raise ConfigError("[runner] trial_timeout needs trials in worker processes; drop executor = \"inline\"")
+    address = expect("runner", rn, "address", (str,), None)
+    if address is not None and executor != "ray":
+        raise ConfigError("[runner] address is the Ray cluster's address; it needs executor = \"ray\"")
+    cpus = float(expect("runner", rn, "cpus_per_trial", (int, float), 1.0))
+    if cpus < 0:
+        raise ConfigError(f"[runner] cpus_per_trial = {cpus:g} must be >= 0")
+    if "cpus_per_trial" in rn and executor != "ray":
+        raise ConfigError("[runner] cpus_per_trial is a Ray resource request; it needs executor = \"ray\" "
+                          "(the process executor splits the cores between its workers)")
+    return workers, executor, devices, repeated, retries, timeout, address, gpus, cpus

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from llmhpo._tables import device, device_groups, expect, no_unknown, parse_duration, storage_url
+from llmhpo._tables import expect, no_unknown, parse_duration, runner_table, storage_url
 from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.goals import Constraint, Objective, parse_constraints, parse_objectives
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
@@ -340,61 +340,7 @@ def _budget(bd: Mapping[str, Any] | None, fidelity: bool) -> Budget:
 
 def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
     """[runner]: how many trials at a time, and where they run."""
-    no_unknown("runner", rn, {"workers", "executor", "devices", "max_repeated_failures", "max_retries",
-                               "trial_timeout", "address", "gpus_per_trial", "cpus_per_trial"})
-    executor = expect("runner", rn, "executor", (str,), "auto")
-    if executor not in ("auto", "inline", "process", "ray"):
-        raise ConfigError(f"[runner] executor = {executor!r} must be \"auto\", \"inline\", \"process\" or \"ray\"")
-    devices = tuple(device(d) for d in expect("runner", rn, "devices", (list,), []))
-    if devices and executor == "ray":
-        raise ConfigError("[runner] devices is for the process executor; with executor = \"ray\" set "
-                          "gpus_per_trial and Ray places each trial on a free GPU")
-    gpus = float(expect("runner", rn, "gpus_per_trial", (int, float), 0.0))
-    if gpus < 0:
-        raise ConfigError(f"[runner] gpus_per_trial = {gpus:g} must be >= 0")
-    if gpus and executor != "ray" and not devices:
-        raise ConfigError("[runner] gpus_per_trial with the process executor groups [runner] devices; "
-                          "list them (devices = [0, 1]) or set executor = \"ray\"")
-    if executor == "ray" and gpus > 1 and gpus != int(gpus):
-        raise ConfigError(f"[runner] gpus_per_trial = {gpus:g} must be a whole number of GPUs above 1 "
-                          "(or a fraction to share one)")
-    groups = device_groups(devices, gpus) if executor != "ray" else []
-    workers = expect("runner", rn, "workers", (int, str), len(groups) or (0 if executor == "ray" else 1))
-    if isinstance(workers, str):
-        if workers != "auto" or not (executor == "ray" or devices):
-            raise ConfigError(f"[runner] workers = {workers!r} must be a number"
-                              + (" or \"auto\"" if executor == "ray" else
-                                 " (\"auto\" is for executor = \"ray\"), or list [runner] devices"))
-        workers = len(groups)
-    if workers < 1 and not (executor == "ray" and workers == 0):
-        raise ConfigError(f"[runner] workers = {workers} must be at least 1")
-    if devices and workers != len(groups):
-        per = "one worker per device" if len(groups) == len(devices) else f"{len(groups)} workers"
-        raise ConfigError(f"[runner] workers = {workers} but {len(devices)} devices are listed at gpus_per_trial = "
-                          f"{gpus or 1:g}; use {per} (or drop workers)")
-    if executor == "inline" and workers > 1:
-        raise ConfigError("[runner] executor = \"inline\" runs one trial at a time; set workers = 1 or executor = \"process\"")
-    repeated = expect("runner", rn, "max_repeated_failures", (int,), 3)
-    if repeated < 0:
-        raise ConfigError(f"[runner] max_repeated_failures = {repeated} must be >= 0 (0: never stop on failures)")
-    retries = expect("runner", rn, "max_retries", (int,), 1)
-    if retries < 0:
-        raise ConfigError(f"[runner] max_retries = {retries} must be >= 0")
-    timeout = rn.get("trial_timeout")
-    if timeout is not None:
-        timeout = parse_duration(timeout, "[runner] trial_timeout")
-    if timeout is not None and executor == "inline":
-        raise ConfigError("[runner] trial_timeout needs trials in worker processes; drop executor = \"inline\"")
-    address = expect("runner", rn, "address", (str,), None)
-    if address is not None and executor != "ray":
-        raise ConfigError("[runner] address is the Ray cluster's address; it needs executor = \"ray\"")
-    cpus = float(expect("runner", rn, "cpus_per_trial", (int, float), 1.0))
-    if cpus < 0:
-        raise ConfigError(f"[runner] cpus_per_trial = {cpus:g} must be >= 0")
-    if "cpus_per_trial" in rn and executor != "ray":
-        raise ConfigError("[runner] cpus_per_trial is a Ray resource request; it needs executor = \"ray\" "
-                          "(the process executor splits the cores between its workers)")
-    return RunnerConfig(workers, executor, devices, repeated, retries, timeout, address, gpus, cpus)
+    return RunnerConfig(*runner_table(rn))
 
 
 def _warm_start(ws: Any, space: SearchSpace) -> tuple[dict[str, Any], ...]:
