@@ -141,7 +141,8 @@ def run_trl(model, tok, data, options: dict, batch: int, steps: int, seq: int) -
                      learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
                      max_grad_norm=1.0, max_length=max_length, completion_only_loss=True, use_cpu=True,
                      bf16=False, fp16=False, report_to="none", save_strategy="no", logging_strategy="no",
-                     disable_tqdm=True, seed=0, dataloader_num_workers=0, **options)
+                     disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                     **{"gradient_checkpointing": False, **options})  # TRL turns it on by default
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                          peft_config=lora_config(TrainConfig(), ("q_proj", "k_proj", "v_proj", "o_proj")))
     seen: list[int] = []
