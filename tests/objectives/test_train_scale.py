@@ -222,3 +222,29 @@ def test_a_trial_records_its_micro_batch_and_the_next_rung_starts_there(tiny_lla
     assert first.metrics["micro_batch"] == 2 and first.metrics["oom_backoffs"] == 2
     second = obj({}, fidelity=Fidelity("max_steps", 4, 4, str(tmp_path / "ck")))
     assert second.metrics["micro_batch"] == 2 and second.metrics["oom_backoffs"] == 0
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_head_on_response_positions_gives_the_models_own_loss(setup, packing):
+    """response_loss applies the output head to the response positions only; its sum is the
+    model's own loss (every position's logits) times the number of response tokens, and so are
+    its gradients."""
+    from peft import get_peft_model
+
+    model, tok, data = setup
+    torch.manual_seed(0)
+    pm = get_peft_model(model, train_lib.lora_config(BASE, TARGETS))
+    try:
+        inputs = train_lib.batch_inputs(data, list(range(8)), tok.pad_token_id, packing, "cpu")
+        n = int((inputs["labels"][:, 1:] != IGNORE).sum())
+        ours = train_lib.response_loss(pm, inputs)
+        ours.backward()
+        grads = [p.grad.clone() for p in pm.parameters() if p.requires_grad]
+        pm.zero_grad(set_to_none=True)
+        theirs = pm(**inputs, use_cache=False).loss * n
+        theirs.backward()
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+        for g, p in zip(grads, [p for p in pm.parameters() if p.requires_grad]):
+            assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7)
+    finally:
+        pm.unload()

@@ -19,9 +19,11 @@ is recomputed at a time during backward. Per token per layer, in bytes (16-bit, 
 
 The loss adds the logits: bf16 logits, their fp32 copy and log-softmax during forward, then
 the saved log-softmax, its gradient and the input gradient at the start of backward: 12 bytes
-per token per vocabulary entry at the peak. Checked against the measured H200 peaks of
+per token per vocabulary entry at the peak. Every position is counted as a response: an
+upper bound, since training applies the head to the response positions only
+(``train.response_loss``; prompts often are half the tokens). Checked against the measured H200 peaks of
 docs/benchmarks.md (Llama-3.2-1B shapes, r 16 on q/k/v/o: 14.4 and 50.4 GiB allocated; this
-estimate says 14.7 and 51.9 before the overhead).
+estimate says 14.7 and 51.9 before the overhead; those runs computed every position's logits).
 """
 
 from __future__ import annotations

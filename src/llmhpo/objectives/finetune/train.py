@@ -4,8 +4,9 @@ that support it. A NaN or infinite loss stops the trial as FAIL("diverged at ste
 
 An optimiser step's loss is the sum of the response-token losses over its whole effective
 batch (batch_size x grad_accum examples, over every data-parallel rank) divided by the
-number of those tokens (transformers' ``num_items_in_batch``), so a step does not depend on
-how it is cut into forward passes. The micro-batch (examples per forward pass) starts at
+number of those tokens (as transformers' ``num_items_in_batch``), so a step does not depend
+on how it is cut into forward passes; the output head runs on the response positions only
+(``response_loss``). The micro-batch (examples per forward pass) starts at
 batch_size and halves on a CUDA out-of-memory error, redoing the same step on the same
 examples. Options: padding-free packing (``[train] packing``), gradient checkpointing, and
 data parallelism when torch.distributed is initialised (each rank takes its share of every
@@ -208,7 +209,7 @@ class _Loop:
                     continue
                 inputs = batch_inputs(self.data, share, self.pad_id, self.settings.packing, self.device)
                 with torch.autocast(**self.autocast):
-                    loss = self.model(**inputs, num_items_in_batch=n_items, use_cache=False).loss
+                    loss = response_loss(self.model, inputs) / n_items
                 if self.inject_nan_at is not None and step >= self.inject_nan_at:
                     loss = loss * float("nan")
                 loss.backward()
@@ -268,6 +269,37 @@ class _Loop:
                 p.grad = g.clone()
             else:
                 p.grad.copy_(g)
+
+
+#: architectures whose logits are exactly lm_head(last hidden state): no soft-capping or
+#: scaling after the head, so the head may be applied to the response positions alone
+PLAIN_HEAD = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gemma",
+                        "olmo", "olmo2", "smollm3", "starcoder2"})
+
+
+def response_loss(model, inputs: dict):
+    """The summed cross-entropy of the response tokens of ``inputs`` (labels not -100).
+
+    The output head runs on the positions the loss looks at only: a batch's logits (tokens x
+    vocabulary, in fp32 for the loss, with their log-softmax kept for the backward pass) are
+    the largest tensors of a LoRA step, and most positions are prompt. For architectures not in
+    PLAIN_HEAD, the model's own forward computes every position's logits.
+    """
+    import torch
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = inputs["labels"]
+    if getattr(causal.config, "model_type", None) not in PLAIN_HEAD:
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits
+        targets = labels[:, 1:]
+        return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                                 targets.reshape(-1), ignore_index=-100, reduction="sum")
+    hidden = causal.get_decoder()(**{k: v for k, v in inputs.items() if k != "labels"},
+                                  use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
 
 
 def batch_inputs(data: Tokenized, idx: list[int], pad_id: int, packing: bool, device: str) -> dict:
@@ -360,14 +392,9 @@ def validation_loss(model, data: Tokenized, pad_id: int, device: str, batch_size
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             inputs = batch_inputs(data, list(range(i, min(i + batch_size, len(data)))), pad_id, packing, device)
-            labels = inputs.pop("labels")
             with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype,
                                 enabled=autocast_dtype is not None):
-                logits = model(**inputs, use_cache=False).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-            total += loss.item()
-            count += int((shift_labels != -100).sum())
+                total += response_loss(model, inputs).item()
+            count += int((inputs["labels"][:, 1:] != -100).sum())
             progress("validation loss", i // batch_size + 1, batches, "batches")
     return total / max(count, 1)
