@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python benchmarks/multiobjective.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-            f"{a.workers} worker process(es), one torch thread each", "seconds": round(time.time() - t0, 1),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "machine": f"{platform.processor() or platform.machine()}, {a.workers} worker process(es), "
+                       "one torch thread each", "seconds": round(time.time() - t0, 1),
             "budget": a.budget, "seeds": a.seeds, "problems": problems, "optimizers": [s.__dict__ for s in specs],
             "protocol": "llmhpo.lab.mobench: coordinates folded and permuted per seed (the front unchanged), "
                         "hypervolume regret in normalised objectives against (1.1, ..., 1.1)"}

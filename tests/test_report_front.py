@@ -81,6 +81,11 @@ def test_pareto_table_facts_and_documents(two, tmp_path):
     page = write_report(two, tmp_path / "rep").read_text()
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert "front.png" in pngs and "hypervolume.png" in pngs and "history.png" not in pngs
+    assert "importance.png" not in pngs  # Optuna's importance takes one objective: no figure of the wrong one
+    rep = build_report([two])
+    for kind in ("metrics", "params", "parallel"):  # no one best trial to star
+        assert not any(gid(ax, "best") for ax in rep.figure(kind).axes)
+    rep.close()
     md = (tmp_path / "rep" / "report.md").read_text()
     table = md.split("### Pareto set")[1].split("###")[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| trial")]
@@ -91,6 +96,7 @@ def test_pareto_table_facts_and_documents(two, tmp_path):
     assert f"{two.hypervolume():.4g} against (0.33, 0.36): the base model's values" in md
     feasible = sum(r.feasible for r in two.records() if r.state == "COMPLETE")
     assert f"{feasible} of 24 complete trials" in md and "best acc" not in md and page.count("<img") == len(pngs)
+    assert "Parameter importance: not computed (Optuna's importance takes one objective)" in md
 
 
 def test_three_objectives_get_a_panel_per_pair(tmp_path):

@@ -149,7 +149,8 @@ def parse_pick(text: str, objectives) -> tuple[dict[str, float], list[tuple[str,
             bounds.append((metric, op, number))
             continue
         if metric not in names:
-            raise LlmhpoError(f"--pick weighs {metric!r}, which is not an objective; the objectives: {', '.join(names)}")
+            raise LlmhpoError(f"--pick weighs {metric!r}, which is not an objective; the objectives: "
+                              f"{', '.join(names)}")
         if number < 0 or metric in weights:
             raise LlmhpoError(f"--pick weight of {metric!r} must be given once and be >= 0, got {term.strip()!r}")
         weights[metric] = number

@@ -51,7 +51,8 @@ REF = 1.1  # the reference point, in normalised objectives
 # ---------------------------------------------------------------------- problems
 def _branin_currin(X):
     x0, x1 = 15 * X[:, 0] - 5, 15 * X[:, 1]
-    b = (x1 - 5.1 / (4 * math.pi ** 2) * x0 ** 2 + 5 / math.pi * x0 - 6) ** 2 + 10 * (1 - 1 / (8 * math.pi)) * np.cos(x0) + 10
+    b = ((x1 - 5.1 / (4 * math.pi ** 2) * x0 ** 2 + 5 / math.pi * x0 - 6) ** 2
+         + 10 * (1 - 1 / (8 * math.pi)) * np.cos(x0) + 10)
     u, v = X[:, 0], X[:, 1]
     with np.errstate(divide="ignore"):
         factor = np.where(v <= 0, 1.0, 1 - np.exp(-1 / (2 * np.where(v <= 0, 1.0, v))))

@@ -104,15 +104,17 @@ def _study_section(rep: Report, sd: StudyData) -> Section:
         add("history", plot_history(sd),
             f"{sd.metric} of each trial and the best so far, against the trial number and the wall-clock time.{base}",
             "Failed trials have no value: they are the crosses on the bottom edge." if sd.failed else "")
-    add("metrics", plot_metrics(sd), "The other metrics of each complete trial; the star is the best trial by "
-        f"{sd.metric}. A validation loss that rises while the score rises is the sign of overfitting.")
-    add("curves", plot_curves(sd), "Curves recorded during each trial, coloured by the trial's final value; the "
-        "best trial in bold." + (" Scores at each rung: every configuration has a marker at each rung it reached, "
-                                 "set a little to the side of the rung so that equal scores stay apart; grey ones "
-                                 "were stopped." if any(t.rungs for t in sd.trials) else ""))
+    star = "" if several else f"; the star is the best trial by {sd.metric}"
+    add("metrics", plot_metrics(sd), f"The other metrics of each complete trial{star}. A validation loss that rises "
+        "while the score rises is the sign of overfitting.")
+    rungs = (" Scores at each rung: every configuration has a marker at each rung it reached, set a little to the "
+             "side of the rung so that equal scores stay apart; grey ones were stopped."
+             if any(t.rungs for t in sd.trials) else "")
+    add("curves", plot_curves(sd), "Curves recorded during each trial, coloured by the trial's final value"
+        + ("." if several else "; the best trial in bold.") + rungs)
     add("params", plot_params(sd), f"{sd.metric} against each hyperparameter (log axes for log-scaled ones); colour "
-        "is the trial number, the star the best trial.")
-    fig, how = plot_importance(sd)
+        "is the trial number" + ("." if several else ", the star the best trial."))
+    fig, how = plot_importance(sd) if not several else (None, "Optuna's importance takes one objective")
     add("importance", fig, f"How much of {sd.metric}'s variation each hyperparameter explains ({how}, Optuna).",
         "With few trials these are rough: read them as a ranking.")
     imp_note = "" if fig is not None else f"Parameter importance: not computed ({how})."
@@ -129,7 +131,8 @@ def _study_section(rep: Report, sd: StudyData) -> Section:
         tables.append(("Failures", ft, "Failed trials and why; interrupted trials run again when the study resumes."))
     tables.append(("Time split", time_table(sd), "Where the trials' time went (load: model and data set-up)."))
     title = sd.name if len(rep.studies) == 1 else f"Study {sd.name}"
-    shown = facts(sd) if not several else front_facts(sd) + [f for f in facts(sd) if not f[0].startswith("best ")]
+    shown = facts(sd) if not several else front_facts(sd) + [
+        ("objective", sd.objective) if k == "objective" else (k, v) for k, v in facts(sd) if not k.startswith("best ")]
     return Section(title, [(k, v) for k, v in shown], figs, tables, sd.phase_totals())
 
 
@@ -169,5 +172,6 @@ def write_report(studies, out: Path | str) -> Path:
 
 
 __all__ = ["Report", "StudyData", "Trial", "build_report", "metric_name", "plot_comparison", "plot_curves",
-           "plot_front", "plot_history", "plot_hypervolume", "plot_importance", "plot_metrics", "plot_parallel", "plot_params", "spans_decades",
+           "plot_front", "plot_history", "plot_hypervolume", "plot_importance", "plot_metrics", "plot_parallel",
+           "plot_params", "spans_decades",
            "write_report"]

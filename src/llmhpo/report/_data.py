@@ -160,7 +160,9 @@ class StudyData:
         return self.of_state("FAIL")
 
     def best(self) -> Trial | None:
-        done = self.complete
+        """The best complete trial; None with several objectives, which have no one best
+        (their figures mark the Pareto set instead)."""
+        done = self.complete if not self.objectives else []
         if not done:
             return None
         sign = -1.0 if self.maximize else 1.0

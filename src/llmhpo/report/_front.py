@@ -110,7 +110,6 @@ def _label(sd: StudyData, k: int) -> str:
 def _pair_panel(ax, sd: StudyData, i: int, j: int, front: list[Trial], ref, numbers: bool) -> None:
     done = scored(sd)
     ok, bad = [t for t in done if t.feasible], [t for t in done if not t.feasible]
-    on = {t.number for t in front}
     ax.scatter([t.values[i] for t in ok], [t.values[j] for t in ok], s=24, color=C_TRIAL, alpha=0.6,
                label=f"feasible trial ({len(ok)})", gid="feasible", zorder=3)
     if bad:
