@@ -85,3 +85,25 @@ def test_a_tiny_bench_runs_and_summarises(tmp_path):
     table = markdown_table(s)
     assert table.count("\n") == 1 + len(s) and "| branin_currin | bo |" in table
     assert wins(s, "bo", ("optuna_nsga2",))["of"] == 2
+
+
+def test_the_benchmark_script_writes_json_and_markdown(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "mo"
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "multiobjective.py"), "--seeds", "2", "--budget", "6",
+                        "--workers", "1", "--problems", "zdt1,dtlz2", "--optimizers", "bo,random,optuna_tpe",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["budget"] == 6 and len(data["runs"]) == 12 and list(data["summary_by_budget"]) == ["6"]
+    assert data["bo_below_every_anchor_at"]["6"]["of"] == 2
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("# Several objectives") and "## Budget 6" in md and md.count("| dtlz2 |") == 3
+    assert "[12/12," in r.stderr  # a line per run
