@@ -198,12 +198,19 @@ def test_every_optimizer_takes_two_objectives_or_is_refused_before_any_trial(tmp
 
 
 def test_an_optimizer_without_constraints_is_told_an_infeasible_result_as_a_failure():
-    opt = make_optimizer("bo", 2, np.random.default_rng(0))
-    a, b = opt.ask(1)[0], None
+    opt = make_optimizer("random", 2, np.random.default_rng(0))
+    a = opt.ask(1)[0]
     opt.tell(a, 1.0, [0.5])
     b = opt.ask(1)[0]
     opt.tell(b, 2.0, [-0.5])
     assert opt.y == [None, 2.0]
+    # bo models the constraints: an infeasible result is data, its constraint values kept
+    opt = make_optimizer("bo", 2, np.random.default_rng(0))
+    a = opt.ask(1)[0]
+    opt.tell(a, 1.0, [0.5])
+    opt.tell(opt.ask(1)[0], None)
+    assert opt.y == [1.0, None] and opt.cons == [[0.5], None]
+    assert make_optimizer("bo", 2, np.random.default_rng(0)).handles_constraints
 
 
 # ---------------------------------------------------------------- studies

@@ -4,7 +4,8 @@ objective is negated first): the numeric core of reading a multi-objective study
 A point a dominates b when a <= b in every objective and a < b in one. The hypervolume
 of a set against a reference point r is the measure of the region dominated by the set
 and bounded by r (Zitzler & Thiele 1998): exact by a sweep for two objectives, by
-Optuna's WFG routine (While et al. 2012) for more.
+Optuna's WFG routine (While et al. 2012) for more. ``chebyshev_pick`` chooses one point of
+a Pareto set by weights (Miettinen 1999, the weighted Chebyshev problem).
 """
 
 from __future__ import annotations
@@ -44,3 +45,19 @@ def hypervolume(Y, ref) -> float:
     from optuna._hypervolume import compute_hypervolume
 
     return float(compute_hypervolume(Y, ref, assume_pareto=True))
+
+
+def chebyshev_pick(Y, weights) -> int:
+    """Y: (n, m) values to minimise (a Pareto set), weights: (m,) >= 0 -> the row index
+    nearest the ideal point in the weighted Chebyshev sense: each objective normalised over
+    the rows to [0, 1] (0 its best value, 1 its worst; a constant objective is 0), then the
+    smallest max_i w_i u_i, ties broken by the weighted sum, then the first row. Unlike a
+    weighted sum, every point of a front, concave parts included, is some weighting's pick."""
+    Y = np.asarray(Y, dtype=float).reshape(len(Y), -1)
+    w = np.asarray(weights, dtype=float).reshape(-1)
+    if Y.shape[1] != len(w) or np.any(w < 0) or not np.any(w > 0):
+        raise ValueError(f"need {Y.shape[1]} weights >= 0, not all 0; got {w.tolist()}")
+    lo, span = Y.min(axis=0), np.ptp(Y, axis=0)
+    U = (Y - lo) / np.where(span > 0, span, 1.0)
+    key = np.lexsort(((U * w).sum(axis=1), (U * w).max(axis=1)))
+    return int(key[0])

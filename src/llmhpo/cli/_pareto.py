@@ -1,7 +1,10 @@
 """How ``status`` and ``best`` show a study of several objectives (its Pareto set and
-hypervolume) or with constraints, and which trial ``best --export --trial N`` takes."""
+hypervolume) or with constraints, and which trial ``best --export`` takes: ``--trial N``, or
+``--pick`` by weights and/or bounds (``pick``)."""
 
 from __future__ import annotations
+
+import re
 
 from rich.markup import escape
 from rich.table import Table
@@ -83,6 +86,19 @@ def print_front(st) -> None:
     console.print(table)
 
 
+def picked(st, pick: str, trial: int | None) -> tuple[object, str]:
+    """``best --pick``: the Pareto trial ``pick`` chooses, and how it was chosen (``choose``)."""
+    cfg = st.config
+    if trial is not None:
+        raise LlmhpoError("--pick and --trial both choose the trial; give one")
+    if not cfg.study.objectives:
+        raise LlmhpoError("--pick chooses among a Pareto set, and this study has one objective; use --trial N")
+    front = st.pareto()
+    if not front:
+        raise LlmhpoError(f"study '{cfg.study.name}' has no feasible complete trial yet")
+    return choose(cfg.study.objectives, front, *parse_pick(pick, cfg.study.objectives))
+
+
 def chosen(st, trial: int | None):
     """The trial ``best`` shows or exports: ``trial`` (with several objectives: a Pareto
     trial), else the best (the only Pareto trial)."""
@@ -111,3 +127,70 @@ def chosen(st, trial: int | None):
             return r
     raise LlmhpoError(f"trial {trial} of study '{cfg.study.name}' is not complete (or does not exist); "
                       "`llmhpo status` lists the trials")
+
+
+_PICK_TERM = re.compile(r"^\s*([^\s<>=]+)\s*(>=|<=|=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+PICK_HELP = ("\"a/acc=0.7,b/acc=0.3\" (weights of the objectives), \"b/acc>=0.5\" (bounds on any metric), "
+             "or both, comma-separated")
+
+
+def parse_pick(text: str, objectives) -> tuple[dict[str, float], list[tuple[str, str, float]]]:
+    """``--pick`` -> (weights by objective metric, [(metric, ">=" or "<=", bound)])."""
+    names = [o.metric for o in objectives]
+    weights: dict[str, float] = {}
+    bounds = []
+    for term in text.split(","):
+        m = _PICK_TERM.match(term)
+        if m is None:
+            raise LlmhpoError(f"--pick term {term.strip()!r} is not metric=weight or metric>=bound / "
+                              f"metric<=bound; write {PICK_HELP}")
+        metric, op, number = m.group(1), m.group(2), float(m.group(3))
+        if op != "=":
+            bounds.append((metric, op, number))
+            continue
+        if metric not in names:
+            raise LlmhpoError(f"--pick weighs {metric!r}, which is not an objective; the objectives: "
+                              f"{', '.join(names)}")
+        if number < 0 or metric in weights:
+            raise LlmhpoError(f"--pick weight of {metric!r} must be given once and be >= 0, got {term.strip()!r}")
+        weights[metric] = number
+    if weights and not any(weights.values()):
+        raise LlmhpoError("--pick weights are all 0; give at least one a positive weight")
+    return weights, bounds
+
+
+def choose(objectives, front: list, weights: dict[str, float], bounds: list) -> tuple[object, str]:
+    """One trial of the Pareto set ``front``: those that meet every bound, then by the weights
+    (the weighted Chebyshev distance to the ideal point, objectives normalised over those
+    trials: ``pareto.chebyshev_pick``), or without weights the best by the first objective no
+    bound names. (trial, how it was chosen)."""
+    from llmhpo.goals import metric_value, signed
+    from llmhpo.pareto import chebyshev_pick
+
+    names = [o.metric for o in objectives]
+    directions = [o.direction for o in objectives]
+
+    def value(r, metric):
+        if metric in names:
+            return r.values[names.index(metric)]
+        return metric_value(metric, r.value, r.attrs.get("metrics"), r.attrs.get("timings"))
+
+    left = list(front)
+    for metric, op, bound in bounds:
+        seen = [v for v in (value(r, metric) for r in left) if v is not None]
+        left = [r for r in left if (v := value(r, metric)) is not None and (v >= bound if op == ">=" else v <= bound)]
+        if not left:
+            where = f"ranges {min(seen):.6g} to {max(seen):.6g}" if seen else "is not recorded"
+            raise LlmhpoError(f"no Pareto trial meets {metric} {op} {bound:g} (with the bounds before it): "
+                              f"{metric} {where} there; loosen the bound")
+    how = " and ".join(f"{m} {op} {b:g}" for m, op, b in bounds)
+    if weights:
+        w = [weights.get(n, 0.0) for n in names]
+        i = chebyshev_pick([signed(directions, r.values) for r in left], w)
+        text = ", ".join(f"{n} {x:g}" for n, x in zip(names, w))
+        return left[i], (f"{how}, then " if how else "") + (
+            f"weights {text} (weighted Chebyshev distance to the ideal point, each objective normalised "
+            f"over the {len(left)} candidate Pareto trial(s))")
+    k = next((i for i, n in enumerate(names) if n not in {m for m, _, _ in bounds}), 0)
+    best = min(left, key=lambda r: (signed([directions[k]], [r.values[k]])[0], r.number))
+    return best, f"{how}, then the best {names[k]} ({directions[k]})"

@@ -13,7 +13,7 @@ from rich.table import Table
 from llmhpo._format import fmt
 from llmhpo._json import jsonable
 from llmhpo.cli._app import console, fail, open_study, say
-from llmhpo.cli._pareto import chosen, constraints_json, pareto_json, print_front, say_status
+from llmhpo.cli._pareto import chosen, constraints_json, pareto_json, picked, print_front, say_status
 from llmhpo.errors import LlmhpoError
 
 
@@ -188,12 +188,19 @@ def best(
                                  "as JSON."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Show or export this trial instead of the best "
                                         "(several objectives: one of the Pareto set)."),
+    pick: Optional[str] = typer.Option(None, "--pick", help="Several objectives: show or export the Pareto trial "
+                                       "these choose: weights (\"a/acc=0.7,b/acc=0.3\": the nearest to the ideal "
+                                       "point by weighted Chebyshev distance, objectives normalised over the Pareto "
+                                       "set), bounds (\"b/acc>=0.5\": then the best of the first objective not "
+                                       "bounded), or both."),
 ):
     """The best trial: value, params, metrics; optionally export its adapter. With several
-    objectives: the Pareto set (trial, each objective, params) and its hypervolume."""
+    objectives: the Pareto set (trial, each objective, params) and its hypervolume; one of
+    its trials with --trial N or --pick (weights or bounds)."""
     try:
         st = open_study(study, name)
-        if st.config.study.objectives and trial is None and export is None:
+        how = None
+        if st.config.study.objectives and trial is None and pick is None and export is None:
             if not st.pareto():
                 raise LlmhpoError(f"study '{st.config.study.name}' has no feasible complete trial yet")
             if as_json:
@@ -203,7 +210,10 @@ def best(
             else:
                 print_front(st)
             return
-        b = chosen(st, trial)
+        if pick is not None:
+            b, how = picked(st, pick, trial)
+        else:
+            b = chosen(st, trial)
         if export is not None:
             cfg = st.config
             where = cfg.kind.export(cfg.objective, b, export, merge=merge)
@@ -216,11 +226,14 @@ def best(
         print(json.dumps(jsonable({"study": cfg.study.name, "storage": cfg.study.storage, "direction": cfg.study.direction,
                           "objective": cfg.kind.describe(cfg.objective), "number": b.number, "value": b.value,
                           **({"values": b.values} if b.values is not None else {}),
+                          **({"picked": how} if how is not None else {}),
                           "params": b.params, "metrics": metrics, "timings": b.attrs.get("timings", {}),
                           "adapter_dir": metrics.get("adapter_dir"), "base": _base_json(st),
                           "exported": None if export is None else str(where)}), indent=1))
         return
     else:
+        if how is not None:
+            say(f"picked by {how}")
         if b.values is not None:
             say(f"trial {b.number} (Pareto set): " + ", ".join(
                 f"{o.metric} {v:.6g}" for o, v in zip(st.config.study.objectives, b.values)))

@@ -28,7 +28,13 @@ refine, and not only explore (``_gp.py`` for the model):
   ``qLogNoisyExpectedHypervolumeImprovement`` (Daulton et al. 2021; the log form of Ament et
   al. 2023) against a reference point a tenth of each objective's observed range below its
   worst value, with the running and already chosen points as ``X_pending``, maximised as
-  above; under constraints an infeasible trial is told as a failure (the base class).
+  above;
+- constraints (``_feasible.py``): one GP per constraint value, and the acquisition weighted
+  by the probability that every constraint holds (Gardner et al. 2014): log EI plus the
+  log probability of feasibility, the incumbent the best feasible point (before any, the
+  probability of feasibility alone); with several objectives, qLogNEHVI's own
+  ``constraints`` on the constraint GPs' samples (Daulton et al. 2021, sec. 4). An
+  infeasible trial is data for the objective and the constraint models, not a failure.
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -52,7 +58,8 @@ _LOCAL_SD = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2)
 class BayesianOptimization(Optimizer):
     name = "bo"
     multi_objective = True
-    _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n")
+    handles_constraints = True
+    _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n", "cons")
 
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
                  raw_samples: int = 1024, kernel: str = "matern", noise: str = "low", warp: bool = True,
@@ -74,6 +81,8 @@ class BayesianOptimization(Optimizer):
         self.hyper: dict[str, Any] = {}
         #: the number of observations at the last hyperparameter fit
         self.hyper_n = 0
+        #: the constraint values told with each result (None: a failure, or none told)
+        self.cons: list[list[float] | None] = []
 
     @classmethod
     def check_values(cls, options):
@@ -105,11 +114,33 @@ class BayesianOptimization(Optimizer):
             return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)
+        C = self._constraint_values()
         if self.n_objectives > 1:
-            pts = self._acquire_pareto(X, y, X_fail, n - len(out), pending)
+            pts = self._acquire_pareto(X, y, X_fail, n - len(out), pending, C)
         else:
-            pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True)
+            pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True, C=C)
         return out + [(x, {"phase": "model"}) for x in pts]
+
+    def _constraint_values(self) -> np.ndarray | None:
+        """(n, k) constraint values of the successful observations (rows in ``_observed``
+        order; NaN where none were told); None when no result had constraints."""
+        told = [None] * (len(self.X) - len(self.cons)) + list(self.cons)  # a state saved before they were kept
+        rows = [c for c, v in zip(told, self.y) if v is not None]
+        k = max((len(c) for c in rows if c is not None), default=0)
+        if not k:
+            return None
+        return np.asarray([c if c is not None and len(c) == k else [np.nan] * k for c in rows], dtype=float)
+
+    def _constraint_models(self, X: np.ndarray, C: np.ndarray | None):
+        """One GP per constraint on the points that told them; None without constraints."""
+        from llmhpo.optimizers._feasible import fit_constraints
+
+        if C is None:
+            return None
+        told = ~np.isnan(C).any(axis=1)
+        if told.sum() < 2:
+            return None
+        return fit_constraints(X[told], C[told], self.kernel, self.noise, self.fit_maxiter)
 
     def suggest(self, X, y, pending):
         if len(y) < 2:
@@ -131,50 +162,71 @@ class BayesianOptimization(Optimizer):
             self.hyper, self.hyper_n = hyperparameters(model), len(z)
         return model
 
-    def _acquire(self, X, y, X_fail, q, pending, own: bool) -> list[np.ndarray]:
-        """q new points by sequential greedy (log) EI. X: (n, d) successes, y: (n,) their
-        values (minimised), X_fail: (m, d) failed points, pending: points still running."""
+    def _acquire(self, X, y, X_fail, q, pending, own: bool, C=None) -> list[np.ndarray]:
+        """q new points by sequential greedy (log) EI, weighted by the probability of
+        feasibility under constraints. X: (n, d) successes, y: (n,) their values (minimised),
+        X_fail: (m, d) failed points, pending: points still running, C: (n, k) constraint
+        values of X (``_constraint_values``)."""
         import torch
+
+        from llmhpo.optimizers._feasible import feasible_rows, weighted
 
         seed = self._seed()
         chosen: list[np.ndarray] = []
         with seeded_torch(seed):
             model = self._fit(X, y, X_fail, own)
-            with torch.no_grad():
-                best_f = float(model.posterior(torch.as_tensor(X, dtype=dtype())).mean.max())
+            cons = self._constraint_models(X, C)
+            ok = np.ones(len(X), dtype=bool) if cons is None else feasible_rows(C)
+            if ok.any():
+                with torch.no_grad():
+                    best_f = float(model.posterior(torch.as_tensor(X[ok], dtype=dtype())).mean.max())
             for i in range(q):
                 X_pending = [*pending, *chosen]
-                acqf = fast_log_ei(model, best_f, X_pending)
+                acqf = fast_log_ei(model, best_f, X_pending) if ok.any() else None
+                if cons is not None:
+                    acqf = weighted(acqf, cons)
                 taken = (lambda x, extra=X_pending: self.is_known(x, extra)) if own else \
                     (lambda x, extra=[*X, *X_pending]: _near_any(x, extra, self.same_tol))
-                chosen.append(self._maximise(acqf, X, y, taken, seed + i))
+                chosen.append(self._maximise(acqf, X, _feasible_first(y, ok), taken, seed + i))
         return chosen
 
-    def _acquire_pareto(self, X, Y, X_fail, q, pending) -> list[np.ndarray]:
-        """q new points by sequential greedy qLogNEHVI. X: (n, d) successes, Y: (n, m) their
-        values (each minimised), X_fail: (k, d) failed points, pending: points still running."""
+    def _acquire_pareto(self, X, Y, X_fail, q, pending, C=None) -> list[np.ndarray]:
+        """q new points by sequential greedy qLogNEHVI (under constraints, with the constraint
+        GPs' outputs as its ``constraints``). X: (n, d) successes, Y: (n, m) their values
+        (each minimised), X_fail: (k, d) failed points, pending: points still running, C:
+        (n, k) constraint values of X (``_constraint_values``)."""
         import torch
         from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+        from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
         from botorch.models import ModelListGP
         from botorch.sampling import SobolQMCNormalSampler
 
+        from llmhpo.optimizers._feasible import feasible_rows, outcome_constraints
+
         seed = self._seed()
-        Z = np.column_stack([warp_outcomes(-Y[:, j], self.warp) for j in range(Y.shape[1])])  # maximised
-        ref = Z.min(axis=0) - 0.1 * np.maximum(Z.max(axis=0) - Z.min(axis=0), 1e-9)
+        m = Y.shape[1]
+        Z = np.column_stack([warp_outcomes(-Y[:, j], self.warp) for j in range(m)])  # maximised
+        ok = np.ones(len(Z), dtype=bool) if C is None else feasible_rows(C)
+        Zr = Z[ok] if ok.any() else Z  # the reference point from the feasible points' values
+        ref = Zr.min(axis=0) - 0.1 * np.maximum(Zr.max(axis=0) - Zr.min(axis=0), 1e-9)
+        X_ok = X
         if len(X_fail) and self.failures == "impute":
             X, Z = np.vstack([X, X_fail]), np.vstack([Z, np.tile(Z.min(axis=0), (len(X_fail), 1))])
         chosen: list[np.ndarray] = []
         with seeded_torch(seed):
-            model = ModelListGP(*[fit_gp(X, Z[:, j], self.kernel, self.noise, maxiter=self.fit_maxiter)
-                                  for j in range(Z.shape[1])])
+            cons = self._constraint_models(X_ok, C)
+            models = [fit_gp(X, Z[:, j], self.kernel, self.noise, maxiter=self.fit_maxiter) for j in range(m)]
+            model = ModelListGP(*models, *([] if cons is None else [c.model for c in cons]))
+            extra = {} if cons is None else {"objective": IdentityMCMultiOutputObjective(outcomes=list(range(m))),
+                                             "constraints": outcome_constraints(m, cons)}
             for i in range(q):
                 X_pending = [*pending, *chosen]
                 acqf = qLogNoisyExpectedHypervolumeImprovement(
                     model, ref_point=ref.tolist(), X_baseline=torch.as_tensor(X, dtype=dtype()),
                     sampler=SobolQMCNormalSampler(torch.Size([64]), seed=seed + i), prune_baseline=True,
-                    X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()) if X_pending else None)
-                # local starts around the points best on the objectives together
-                score = -Z[: len(Y)].sum(axis=1)
+                    X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()) if X_pending else None, **extra)
+                # local starts around the feasible points best on the objectives together
+                score = _feasible_first(-Z[: len(Y)].sum(axis=1), ok)
                 chosen.append(self._maximise(acqf, X[: len(Y)], score,
                                              lambda x, extra=X_pending: self.is_known(x, extra), seed + i))
         return chosen
@@ -221,8 +273,12 @@ class BayesianOptimization(Optimizer):
                 return x
         return self.rng.random(d)  # the base class finds a fresh point near it
 
+    def _tell(self, candidate, value):
+        self.cons.append(self.constraints)
+
     def _observe(self, candidate, value):
         """Warm-start values are in the history already; the GP uses them at the next ask."""
+        self.cons.append(self.constraints)
 
 
 def _batched(acqf, X, chunk: int = 512):
@@ -230,6 +286,12 @@ def _batched(acqf, X, chunk: int = 512):
     import torch
 
     return torch.cat([acqf(X[i:i + chunk].unsqueeze(1)) for i in range(0, len(X), chunk)])
+
+
+def _feasible_first(score: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """score (n,), lower is better, shifted so that every feasible point (ok) comes before
+    every infeasible one: where the local starts of the acquisition's optimisation go."""
+    return score + np.where(ok, 0.0, float(np.ptp(score)) + 1.0)
 
 
 def _near_any(x: np.ndarray, pts: list, tol: float) -> bool:

@@ -6,7 +6,9 @@ wall-clock time (the base model's score as a reference), one panel per other met
 the trials' loss curves, each hyperparameter against the score, Optuna's parameter
 importances, parallel coordinates, and tables of the top trials, the failures and where
 the time went. With several studies, first a comparison of their best so far against
-trials and compute spent. ``build_report`` returns the matplotlib figures, so that what is
+trials and compute spent. A study of several objectives has its Pareto front and its
+hypervolume against trials and compute instead of the history, and its Pareto set instead
+of the top trials (``_front``). ``build_report`` returns the matplotlib figures, so that what is
 drawn can be checked; ``write_report`` writes the files.
 """
 
@@ -23,6 +25,7 @@ from llmhpo.report._page import (Section, failure_table, facts, render_html, ren
 from llmhpo.report._plots import (plot_comparison, plot_history, plot_importance, plot_metrics, plot_parallel,
                                   plot_params)
 from llmhpo.report._curves import plot_curves
+from llmhpo.report._front import front_facts, pareto_table, plot_front, plot_hypervolume
 
 DPI = 110
 
@@ -38,8 +41,8 @@ class Report:
     sections: list[Section] = field(default_factory=list)
 
     def figure(self, kind: str, study: str | None = None):
-        """The figure of ``kind`` (history, metrics, curves, params, importance, parallel,
-        compare) of a study (the only one when None)."""
+        """The figure of ``kind`` (history, front, hypervolume, metrics, curves, params,
+        importance, parallel, compare) of a study (the only one when None)."""
         return self.figures.get(self._file(kind, study))
 
     def _file(self, kind: str, study: str | None) -> str:
@@ -93,19 +96,25 @@ def _study_section(rep: Report, sd: StudyData) -> Section:
         rep.figures[name] = fig
         figs.append((name, caption, note))
 
-    base = f" The dashed line is the base model's {sd.metric} ({sd.base_score:.4g})." if sd.base_score is not None else ""
-    add("history", plot_history(sd),
-        f"{sd.metric} of each trial and the best so far, against the trial number and the wall-clock time.{base}",
-        "Failed trials have no value: they are the crosses on the bottom edge." if sd.failed else "")
-    add("metrics", plot_metrics(sd), "The other metrics of each complete trial; the star is the best trial by "
-        f"{sd.metric}. A validation loss that rises while the score rises is the sign of overfitting.")
-    add("curves", plot_curves(sd), "Curves recorded during each trial, coloured by the trial's final value; the "
-        "best trial in bold." + (" Scores at each rung: every configuration has a marker at each rung it reached, "
-                                 "set a little to the side of the rung so that equal scores stay apart; grey ones "
-                                 "were stopped." if any(t.rungs for t in sd.trials) else ""))
+    several = len(sd.objectives) > 1
+    if several:
+        _front_figures(sd, add)
+    else:
+        base = f" The dashed line is the base model's {sd.metric} ({sd.base_score:.4g})." if sd.base_score is not None else ""
+        add("history", plot_history(sd),
+            f"{sd.metric} of each trial and the best so far, against the trial number and the wall-clock time.{base}",
+            "Failed trials have no value: they are the crosses on the bottom edge." if sd.failed else "")
+    star = "" if several else f"; the star is the best trial by {sd.metric}"
+    add("metrics", plot_metrics(sd), f"The other metrics of each complete trial{star}. A validation loss that rises "
+        "while the score rises is the sign of overfitting.")
+    rungs = (" Scores at each rung: every configuration has a marker at each rung it reached, set a little to the "
+             "side of the rung so that equal scores stay apart; grey ones were stopped."
+             if any(t.rungs for t in sd.trials) else "")
+    add("curves", plot_curves(sd), "Curves recorded during each trial, coloured by the trial's final value"
+        + ("." if several else "; the best trial in bold.") + rungs)
     add("params", plot_params(sd), f"{sd.metric} against each hyperparameter (log axes for log-scaled ones); colour "
-        "is the trial number, the star the best trial.")
-    fig, how = plot_importance(sd)
+        "is the trial number" + ("." if several else ", the star the best trial."))
+    fig, how = plot_importance(sd) if not several else (None, "Optuna's importance takes one objective")
     add("importance", fig, f"How much of {sd.metric}'s variation each hyperparameter explains ({how}, Optuna).",
         "With few trials these are rough: read them as a ranking.")
     imp_note = "" if fig is not None else f"Parameter importance: not computed ({how})."
@@ -114,12 +123,30 @@ def _study_section(rep: Report, sd: StudyData) -> Section:
     tables = [(f"Top {min(len(sd.complete), 10)} trials", top_table(sd),
                "Every metric the trial recorded; times per phase of the trial."
                + (" " + imp_note if imp_note else ""))]
+    if several:
+        tables[0] = ("Pareto set", pareto_table(sd), "The feasible complete trials no other feasible trial beats "
+                     "in every objective, by the first objective." + (" " + imp_note if imp_note else ""))
     ft = failure_table(sd)
     if ft is not None:
         tables.append(("Failures", ft, "Failed trials and why; interrupted trials run again when the study resumes."))
     tables.append(("Time split", time_table(sd), "Where the trials' time went (load: model and data set-up)."))
     title = sd.name if len(rep.studies) == 1 else f"Study {sd.name}"
-    return Section(title, [(k, v) for k, v in facts(sd)], figs, tables, sd.phase_totals())
+    shown = facts(sd) if not several else front_facts(sd) + [
+        ("objective", sd.objective) if k == "objective" else (k, v) for k, v in facts(sd) if not k.startswith("best ")]
+    return Section(title, [(k, v) for k, v in shown], figs, tables, sd.phase_totals())
+
+
+def _front_figures(sd: StudyData, add) -> None:
+    """The front and the hypervolume of a study of several objectives (before its other figures)."""
+    base = " The black diamond is the base model." if sd.base_values and None not in sd.base_values else ""
+    pairs = "" if len(sd.objectives) == 2 else " One panel per pair of objectives; the Pareto set is of all of them."
+    add("front", plot_front(sd), "Every complete trial's objectives: filled markers meet the constraints, hollow "
+        "ones do not; the Pareto set in red with its trial numbers" + (", the front a step line and the region it "
+                                                                       "dominates shaded." if not pairs else ".")
+        + pairs + base, f"{len(sd.failed)} failed trial(s) have no values and are not drawn." if sd.failed else "")
+    add("hypervolume", plot_hypervolume(sd), "The hypervolume of the feasible trials' Pareto set so far (against "
+        "the final reference point, see the facts above), against the trial number and the compute spent.",
+        "Compute is the trials' own time summed (what a cluster bills), not the wall clock.")
 
 
 def write_report(studies, out: Path | str) -> Path:
@@ -145,5 +172,6 @@ def write_report(studies, out: Path | str) -> Path:
 
 
 __all__ = ["Report", "StudyData", "Trial", "build_report", "metric_name", "plot_comparison", "plot_curves",
-           "plot_history", "plot_importance", "plot_metrics", "plot_parallel", "plot_params", "spans_decades",
+           "plot_front", "plot_history", "plot_hypervolume", "plot_importance", "plot_metrics", "plot_parallel",
+           "plot_params", "spans_decades",
            "write_report"]

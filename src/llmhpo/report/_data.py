@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llmhpo._metrics import adapter_dir, numbers, split_metrics, timings
+from llmhpo.goals import metric_value
 
 #: metrics that count work or resources rather than measure the model (tables, not panels)
 BOOKKEEPING = {"train_steps", "steps_trained_now", "resource_trained", "train_tokens", "train_tokens_per_s",
@@ -52,6 +53,12 @@ class Trial:
     end: float | None = None
     rungs: dict[int, float] = field(default_factory=dict)  # multi-fidelity: resource step -> score
     adapter: str | None = None
+    values: list[float] | None = None  # several objectives: one per objective (COMPLETE trials)
+    constraints: list[float] | None = None  # <= 0 where a constraint holds; None: none
+
+    @property
+    def feasible(self) -> bool:
+        return self.constraints is None or all(c <= 0 for c in self.constraints)
 
     @property
     def last_score(self) -> float | None:
@@ -98,6 +105,9 @@ class StudyData:
     importance: Callable[[str], dict[str, float]] | None = None
     accelerator: str = "CPU"  # "GPU" when trials ran on GPUs: compute is GPU-hours
     fidelity: Any = None
+    #: several objectives: (metric, direction) each, and the base model's value of each (None: not scored)
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+    base_values: list[float | None] | None = None
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -114,13 +124,18 @@ class StudyData:
             state = "INTERRUPTED" if r.interrupted else r.state
             trials.append(Trial(r.number, state, r.value if r.state == "COMPLETE" else None, dict(r.params),
                                 scalars, curves, texts, timings(r), r.attrs.get("error"), start, end,
-                                {int(k): float(v) for k, v in (r.intermediate or {}).items()}, adapter_dir(r)))
+                                {int(k): float(v) for k, v in (r.intermediate or {}).items()}, adapter_dir(r),
+                                r.values if r.state == "COMPLETE" else None, r.constraints))
             gpu = gpu or str(texts.get("device", "")).startswith("cuda") or bool(worker.get("device"))
-        base = (study.base() or (None, {}))[1]
-        base = numbers(base)
+        scored = study.base()
+        base = numbers((scored or (None, {}))[1])
+        objectives = [(o.metric, o.direction) for o in cfg.study.objectives]
+        base_values = None if scored is None or not objectives else \
+            [metric_value(m, scored[0], scored[1], None) for m, _ in objectives]
         return cls(cfg.study.name, cfg.optimizer, cfg.kind.describe(cfg.objective), cfg.study.direction,
-                   metric_name(cfg), cfg.space, sorted(trials, key=lambda t: t.number), base, study.importances,
-                   "GPU" if gpu else "CPU", cfg.fidelity)
+                   objectives[0][0] if objectives else metric_name(cfg), cfg.space,
+                   sorted(trials, key=lambda t: t.number), base, study.importances, "GPU" if gpu else "CPU",
+                   cfg.fidelity, objectives, base_values)
 
     # ------------------------------------------------------------------ views
     @property
@@ -146,7 +161,9 @@ class StudyData:
         return self.of_state("FAIL")
 
     def best(self) -> Trial | None:
-        done = self.complete
+        """The best complete trial; None with several objectives, which have no one best
+        (their figures mark the Pareto set instead)."""
+        done = self.complete if not self.objectives else []
         if not done:
             return None
         sign = -1.0 if self.maximize else 1.0

@@ -231,7 +231,8 @@ def plot_params(sd: StudyData) -> Figure:
     for ax, name in zip(axes, names):
         fx, _ = _positions(sd.space[name], [t.params.get(name) for t in failed if name in t.params])
         _fail_strip(ax, fx, f"failed ({len(failed)})" if failed else None)
-    axes[0].legend(loc="best", framealpha=0.85)
+    if axes[0].get_legend_handles_labels()[0]:  # nothing to name with several objectives and no failure
+        axes[0].legend(loc="best", framealpha=0.85)
     if sc is not None and done:
         fig.colorbar(sc, ax=axes, label="trial number", shrink=0.9, pad=0.01)
     fig.suptitle(f"{sd.name}: {sd.metric} ({_better(sd)}) against each hyperparameter", fontsize=12)
@@ -347,8 +348,8 @@ def plot_parallel(sd: StudyData) -> Figure | None:
     nf = len(sd.failed)
     fig.suptitle(f"{sd.name}: parallel coordinates of {len(done)} complete trials"
                  + (f" ({nf} failed, not drawn)" if nf else ""), fontsize=12)
-    ax.set_title(f"bold red: the best, trial {best.number} ({sd.metric} {best.value:.4g}); "
-                 f"colour: {sd.metric}", fontsize=9, color="#333")
+    ax.set_title((f"bold red: the best, trial {best.number} ({sd.metric} {best.value:.4g}); " if best else "")
+                 + f"colour: {sd.metric}", fontsize=9, color="#333")
     fig.tight_layout()
     return fig
 
