@@ -123,16 +123,22 @@ def run_bench(specs: list[Spec], functions: list[str], budget: int, seeds: int, 
               on_row: Callable[[BenchRun], None] | None = None) -> list[BenchRun]:
     jobs = [(f, sp, budget, s, batch, dim) for f in functions for sp in specs for s in range(seeds)]
     jobs.sort(key=lambda j: j[1].optimizer not in _SLOW)
-    rows: list[BenchRun] = []
+    return run_jobs(run_one, jobs, workers, on_row)
+
+
+def run_jobs(fn: Callable[..., Any], jobs: list[tuple], workers: int,
+             on_row: Callable[[Any], None] | None = None) -> list[Any]:
+    """``fn(*job)`` for every job, in this process or on ``workers`` spawned processes; each
+    result goes to ``on_row`` as it comes. Returns the results in the order they finished."""
+    rows: list[Any] = []
     if workers <= 1:
         for job in jobs:
-            rows.append(run_one(*job))
+            rows.append(fn(*job))
             if on_row:
                 on_row(rows[-1])
         return rows
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(run_one, *job) for job in jobs]
-        for fut in cf.as_completed(futs):
+        for fut in cf.as_completed([pool.submit(fn, *job) for job in jobs]):
             rows.append(fut.result())
             if on_row:
                 on_row(rows[-1])
@@ -418,19 +424,7 @@ def run_mf_bench(methods: list[str], functions: list[str], trials: int, seeds: i
                  eta: int = 3, noise: float = 0.0, workers: int = 1,
                  on_row: Callable[[MFRow], None] | None = None) -> list[MFRow]:
     jobs = [(f, m, trials, s, r_min, r_max, eta, noise) for f in functions for m in methods for s in range(seeds)]
-    rows: list[MFRow] = []
-    if workers <= 1:
-        for job in jobs:
-            rows.append(_mf_row(*job))
-            if on_row:
-                on_row(rows[-1])
-        return rows
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        for fut in cf.as_completed([pool.submit(_mf_row, *job) for job in jobs]):
-            rows.append(fut.result())
-            if on_row:
-                on_row(rows[-1])
-    return rows
+    return run_jobs(_mf_row, jobs, workers, on_row)
 
 
 def resource_to_reach(row: MFRow, target: float) -> float:

@@ -28,10 +28,8 @@ The protocol, as ``bench``'s but for sets:
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import functools
 import math
-import multiprocessing as mp
 import statistics
 import time
 import zlib
@@ -41,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from llmhpo._format import fmt
-from llmhpo.lab.bench import Spec, _ranks, better_than, bootstrap_ci
+from llmhpo.lab.bench import Spec, _ranks, better_than, bootstrap_ci, run_jobs
 from llmhpo.pareto import hypervolume
 
 BUDGETS = (25, 50, 100)
@@ -241,19 +239,7 @@ def run_mobench(specs: list[Spec], problems: list[str], budget: int, seeds: int,
                 on_row: Callable[[MORun], None] | None = None) -> list[MORun]:
     jobs = [(pr, sp, budget, s) for pr in problems for sp in specs for s in range(seeds)]
     jobs.sort(key=lambda j: j[1].optimizer not in _SLOW)
-    rows: list[MORun] = []
-    if workers <= 1:
-        for job in jobs:
-            rows.append(run_one(*job))
-            if on_row:
-                on_row(rows[-1])
-        return rows
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        for fut in cf.as_completed([pool.submit(run_one, *job) for job in jobs]):
-            rows.append(fut.result())
-            if on_row:
-                on_row(rows[-1])
-    return rows
+    return run_jobs(run_one, jobs, workers, on_row)
 
 
 # ---------------------------------------------------------------------- summary
