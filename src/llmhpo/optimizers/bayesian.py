@@ -28,7 +28,7 @@ refine, and not only explore (``_gp.py`` for the model):
   ``qLogNoisyExpectedHypervolumeImprovement`` (Daulton et al. 2021; the log form of Ament et
   al. 2023) against a reference point a tenth of each objective's observed range below its
   worst value, with the running and already chosen points as ``X_pending``, maximised as
-  above;
+  above from at most 512 raw points; each objective's hyperparameters refitted as above;
 - constraints (``_feasible.py``): one GP per constraint value, and the acquisition weighted
   by the probability that every constraint holds (Gardner et al. 2014): log EI plus the
   log probability of feasibility, the incumbent the best feasible point (before any, the
@@ -53,13 +53,16 @@ from llmhpo.optimizers.base import Optimizer
 #: best evaluated points that seed local starts, and the step sizes around them
 _N_TOP = 5
 _LOCAL_SD = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2)
+#: raw samples of qLogNEHVI at most: each costs a hypervolume improvement over 64 joint draws
+#: (BoTorch's tutorials use 512)
+_MO_RAW = 512
 
 
 class BayesianOptimization(Optimizer):
     name = "bo"
     multi_objective = True
     handles_constraints = True
-    _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n", "cons")
+    _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n", "cons", "hyper_each", "hyper_each_n")
 
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
                  raw_samples: int = 1024, kernel: str = "matern", noise: str = "low", warp: bool = True,
@@ -83,6 +86,9 @@ class BayesianOptimization(Optimizer):
         self.hyper_n = 0
         #: the constraint values told with each result (None: a failure, or none told)
         self.cons: list[list[float] | None] = []
+        #: several objectives: each objective's GP hyperparameters and the observations at their fit
+        self.hyper_each: list[dict[str, Any]] = []
+        self.hyper_each_n = 0
 
     @classmethod
     def check_values(cls, options):
@@ -215,7 +221,7 @@ class BayesianOptimization(Optimizer):
         chosen: list[np.ndarray] = []
         with seeded_torch(seed):
             cons = self._constraint_models(X_ok, C)
-            models = [fit_gp(X, Z[:, j], self.kernel, self.noise, maxiter=self.fit_maxiter) for j in range(m)]
+            models = self._fit_each(X, Z)
             model = ModelListGP(*models, *([] if cons is None else [c.model for c in cons]))
             extra = {} if cons is None else {"objective": IdentityMCMultiOutputObjective(outcomes=list(range(m))),
                                              "constraints": outcome_constraints(m, cons)}
@@ -228,17 +234,31 @@ class BayesianOptimization(Optimizer):
                 # local starts around the feasible points best on the objectives together
                 score = _feasible_first(-Z[: len(Y)].sum(axis=1), ok)
                 chosen.append(self._maximise(acqf, X[: len(Y)], score,
-                                             lambda x, extra=X_pending: self.is_known(x, extra), seed + i))
+                                             lambda x, extra=X_pending: self.is_known(x, extra), seed + i,
+                                             min(self.raw_samples, _MO_RAW)))
         return chosen
 
-    def _maximise(self, acqf, X, y, taken, seed: int) -> np.ndarray:
+    def _fit_each(self, X, Z) -> list:
+        """One GP per objective (columns of Z, maximised); as ``_fit``, the hyperparameters are
+        refitted when the data grew by a fifth, else the last ones condition on the data."""
+        m = Z.shape[1]
+        refit = len(self.hyper_each) != m or len(Z) >= self.hyper_each_n + max(1, self.hyper_each_n // 5)
+        if not refit:
+            return [fit_gp(X, Z[:, j], self.kernel, self.noise, warm=self.hyper_each[j], maxiter=0) for j in range(m)]
+        warm = self.hyper_each if len(self.hyper_each) == m else [None] * m
+        models = [fit_gp(X, Z[:, j], self.kernel, self.noise, warm=warm[j], maxiter=self.fit_maxiter)
+                  for j in range(m)]
+        self.hyper_each, self.hyper_each_n = [hyperparameters(g) for g in models], len(Z)
+        return models
+
+    def _maximise(self, acqf, X, y, taken, seed: int, raw_samples: int | None = None) -> np.ndarray:
         """The best local optimum of acqf whose (snapped) configuration is not ``taken``."""
         import torch
         from botorch.optim import optimize_acqf
 
         dt = dtype()
         d = self.dim
-        raw = torch.quasirandom.SobolEngine(d, scramble=True, seed=seed).draw(self.raw_samples, dtype=dt)
+        raw = torch.quasirandom.SobolEngine(d, scramble=True, seed=seed).draw(raw_samples or self.raw_samples, dtype=dt)
         starts = [raw]
         if self.local_starts:
             top = torch.as_tensor(X[np.argsort(y, kind="stable")[:_N_TOP]], dtype=dt)
