@@ -262,3 +262,21 @@ def test_fda_never_evaluates_a_point_twice_and_is_deterministic():
         assert fda.phase == "exhausted"
         runs.append(X)
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_soo_without_depth_limit_goes_deeper_and_bad_limits_are_refused():
+    """h_max = "none" (the report's SOO) expands the best leaf at every depth, so on f(x) = x it
+    dives to the minimum faster than the sqrt(t) limit allows; "sqrt" is the default."""
+    def depth_after(soo, n):
+        for _ in range(n):
+            (c,) = soo.ask(1)
+            soo.tell(c, float(c.x[0]))
+        return soo.depth, min(soo.y)
+
+    d_sqrt, best_sqrt = depth_after(SOO(1, K=3), 20)
+    d_none, best_none = depth_after(SOO(1, K=3, h_max="none"), 20)
+    assert SOO(1).h_max_fixed == "sqrt"
+    assert d_none > d_sqrt and best_none < best_sqrt, (d_sqrt, d_none, best_sqrt, best_none)
+    for bad in ("deep", 0, True, 1.5):
+        with pytest.raises(ValueError, match="h_max"):
+            SOO(1, h_max=bad)

@@ -31,7 +31,7 @@ class BaMSOO(SOO):
     #: tree nodes per real evaluation at most; beyond it children are evaluated for real
     max_nodes_per_eval = 40
 
-    def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | None = None, eta: float = 0.05):
+    def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | str | None = "sqrt", eta: float = 0.05):
         super().__init__(dim, rng, budget, K=K, h_max=h_max)
         if not (0 < eta < 1):
             raise ValueError(f"eta must be in (0, 1), got {eta}")

@@ -6,9 +6,10 @@ parts, each child scored at its centre; for odd K the middle child's centre is i
 parent's, so it inherits the score without an evaluation. Each sweep goes down the depths
 h = 0 .. min(depth, h_max) and expands, at every depth, the best leaf if it is no worse
 than every leaf expanded at a smaller depth in that sweep (``v_max``; we minimise, so it
-is the lowest value). The depth limit is h_max(t) = sqrt(t) with t the number of node
-expansions so far, as in Munos' Algorithm 2 (t grows by one per expanded node) and
-Corollary 2, or a fixed ``h_max``.
+is the lowest value). The depth limit ``h_max``: "sqrt" (the default), h_max(t) = sqrt(t)
+with t the number of node expansions so far, as in Munos' Algorithm 2 (t grows by one per
+expanded node) and Corollary 2; "none", no limit, as the report's own SOO ran; or a fixed
+integer.
 
 Parallel variant: the leaves of one sweep are chosen from the tree as it stands at the
 start of the sweep, so all their children are independent evaluations handed out by
@@ -38,10 +39,14 @@ class SOO(SweepOptimizer):
     asynchronous = True
     _state_attrs = SweepOptimizer._state_attrs + ("nodes", "sweeps", "n_evals", "t")
 
-    def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | None = None):
+    def __init__(self, dim, rng=None, budget=None, K: int = 3, h_max: int | str | None = "sqrt"):
         super().__init__(dim, rng, budget)
         if not isinstance(K, int) or K < 2:
             raise ValueError(f"K must be an integer >= 2, got {K!r}")
+        if h_max is None:
+            h_max = "sqrt"
+        if not (h_max in ("sqrt", "none") or (isinstance(h_max, int) and not isinstance(h_max, bool) and h_max >= 1)):
+            raise ValueError(f'h_max must be "sqrt", "none" or an integer >= 1, got {h_max!r}')
         self.K, self.h_max_fixed = K, h_max
         self.nodes: list[dict] = []
         self.sweeps = 0
@@ -51,8 +56,11 @@ class SOO(SweepOptimizer):
 
     # -------------------------------------------------------------- tree queries
     def h_max(self) -> int:
-        """h_max(t) = floor(sqrt(t)), at least 1, t = expansions so far (or the fixed h_max)."""
-        if self.h_max_fixed is not None:
+        """h_max(t) = floor(sqrt(t)), at least 1, t = expansions so far; no limit with "none";
+        or the fixed h_max."""
+        if self.h_max_fixed == "none":
+            return 1 << 30
+        if self.h_max_fixed != "sqrt":
             return self.h_max_fixed
         return max(1, math.isqrt(self.t))
 
