@@ -12,7 +12,11 @@ is the original one read around a moved point.
 A function may also compute other named values at the same point (``metrics``), which a
 trial records: ``branin_currin`` is the two-objective problem of Belakaria et al. (2019)
 (Branin rescaled to [0, 1]^2, and Currin's exponential function), both minimised, read as
-the metrics ``branin`` and ``currin`` of ``[study] objectives``."""
+the metrics ``branin`` and ``currin`` of ``[study] objectives``.
+
+``lora_smollm2`` is no formula: a surrogate of recorded LoRA fine-tuning evaluations
+(``llmhpo.lab.recorded``), on the unit cube of the report's five-variable space, not moved
+by seeds."""
 
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ class Function:
     x_opt: np.ndarray | None = None
     #: other values at the same point, recorded as the trial's metrics: (name, (d,) -> float)
     metrics: tuple[tuple[str, Callable[[np.ndarray], float]], ...] = ()
+    #: a recorded landscape (``lora_smollm2``): its axes mean something, so seeds do not move it
+    fixed: bool = False
+    #: its own learning curve (x, r, r_max) -> value for multi-fidelity, instead of the synthetic one
+    curve: Callable[..., float] | None = None
 
     @property
     def dim(self) -> int:
@@ -64,6 +72,8 @@ class Function:
 
         so g(u_new) = f(u_old) = f_min. Same seed, same problem (the name enters the seed, so
         two functions with one seed get independent shifts)."""
+        if self.fixed:
+            return self
         if self.x_opt is None:
             raise ValueError(f"function '{self.name}' has no recorded minimiser to move")
         rng = np.random.default_rng([zlib.crc32(self.name.encode()), int(seed)])
@@ -165,8 +175,19 @@ _FUNCTIONS: dict[str, tuple[Callable[[int], Function], int | None, int]] = {
                                          (("branin", _branin_unit), ("currin", _currin))), 2, 2),
 }
 
-#: the single-objective benchmark functions (``llmhpo bench`` all)
+
+def _recorded(d: int) -> Function:
+    from llmhpo.lab.recorded import function
+
+    return function()
+
+
+#: fitted on recorded evaluations when first used (``llmhpo.lab.recorded``)
+_RECORDED = {"lora_smollm2": (_recorded, 5, 5)}
+
+#: the single-objective synthetic functions (``llmhpo bench`` all)
 FUNCTION_NAMES = [n for n, (make, _, d) in _FUNCTIONS.items() if not make(d).metrics]
+_FUNCTIONS.update(_RECORDED)
 
 
 def get_function(name: str, dim: int | None = None) -> Function:

@@ -78,7 +78,9 @@ class FunctionObjective:
         return self._scale
 
     def curve_value(self, x: list[float], r: float, r_max: float) -> float:
-        """y(x, r) of the module docstring (noiseless)."""
+        """y(x, r) of the module docstring (noiseless), or the function's own recorded curve."""
+        if self.function.curve is not None:
+            return self.function.curve(x, r, r_max)
         lo, hi = self.function.bounds[0]
         u0 = min(max((x[0] - lo) / (hi - lo), 0.0), 1.0)
         frac = min(r / r_max, 1.0)
