@@ -135,6 +135,29 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class WarmFrom:
+    """[warm_start] from: earlier studies whose complete trials guide this one (``llmhpo.transfer``).
+
+    sources: (storage URL as written, study name or None for this study's own name); relative
+    paths are resolved against the config's ``base_dir`` when the sources are read, so a moved
+    study keeps its hash. use: "data" (observations for model-based optimisers, outside the
+    budget) or "design" (the best ones evaluated first, as this study's trials).
+    max_trials: the most recent trials read per source (None: all).
+    """
+
+    sources: tuple[tuple[str, str | None], ...]
+    use: str = "data"
+    max_trials: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"from": [s if n is None else {"storage": s, "study": n} for s, n in self.sources],
+                               "use": self.use}
+        if self.max_trials is not None:
+            out["max_trials"] = self.max_trials
+        return out
+
+
+@dataclass(frozen=True)
 class Config:
     study: StudyConfig
     budget: Budget
@@ -149,6 +172,7 @@ class Config:
     fidelity: FidelityConfig | None = None
     logging: LoggingConfig = LoggingConfig()
     constraints: tuple[Constraint, ...] = ()  # [[constraint]]
+    warm_from: WarmFrom | None = None  # [warm_start] from = [...]: earlier studies
 
     def resource_budget(self) -> float | None:
         """With [fidelity]: the total resource the study may spend."""
@@ -176,7 +200,9 @@ class Config:
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
             "objective": {"type": self.objective.kind, **tables.pop("objective")},
             "space": {v.pop("name"): v for v in self.space.to_dict()},
-            "warm_start": [dict(w) for w in self.warm_start],
+            # the array form as before (stored hashes unchanged); the table form with ``from``
+            "warm_start": [dict(w) for w in self.warm_start] if self.warm_from is None else
+            {**self.warm_from.to_dict(), **({"configs": [dict(w) for w in self.warm_start]} if self.warm_start else {})},
             "base_dir": self.base_dir,
             **({"fidelity": self.fidelity.to_dict()} if self.fidelity else {}),
             **tables,
@@ -273,12 +299,16 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     space = _build_space(dict(raw.get("space", {})), kind, spec)
     kind.check_space(spec, space)
 
-    ws = _warm_start(raw.get("warm_start", []), space)
+    ws, warm_from = _warm_start(raw.get("warm_start", []), space, base_dir)
     fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
     logging = _logging(raw.get("logging", {}), base_dir)
     constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
     _check_goals(study, constraints, opt_name, fidelity is not None)
-    return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging, constraints)
+    if warm_from is not None and warm_from.use == "data" and (study.objectives or constraints):
+        raise ConfigError("[warm_start] use = \"data\" is for one objective without constraints yet; "
+                          "write use = \"design\" (the best earlier configurations evaluated first)")
+    return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging, constraints,
+                  warm_from)
 
 
 def _check_goals(study: StudyConfig, constraints: tuple, optimizer: str, fidelity: bool) -> None:
@@ -343,16 +373,63 @@ def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
     return RunnerConfig(*runner_table(rn))
 
 
-def _warm_start(ws: Any, space: SearchSpace) -> tuple[dict[str, Any], ...]:
-    """[[warm_start]]: configurations the optimiser is told first, each checked against the space."""
-    if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
-        raise ConfigError("warm_start must be a list of tables: write [[warm_start]] then name = value lines")
+def _warm_start(ws: Any, space: SearchSpace, base_dir: Path) -> tuple[tuple[dict[str, Any], ...], WarmFrom | None]:
+    """[[warm_start]] (configurations the optimiser is told first, each checked against the
+    space) or the table [warm_start] (``from`` earlier studies, ``configs``, ``use``, ``max_trials``)."""
+    warm_from = None
+    if isinstance(ws, Mapping):
+        no_unknown("warm_start", ws, {"from", "study", "configs", "use", "max_trials"})
+        warm_from = _warm_from(ws, base_dir)
+        ws = ws.get("configs", [])
+        what = "[warm_start] configs"
+        if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
+            raise ConfigError("[warm_start] configs must be a list of tables, e.g. configs = [{ learning_rate = 2e-4 }]")
+    else:
+        what = "[[warm_start]]"
+        if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
+            raise ConfigError("warm_start must be a list of tables: write [[warm_start]] then name = value lines")
     for i, w in enumerate(ws):
         try:
             space.encode(w, fill_defaults=True)
         except ConfigError as e:
-            raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
-    return tuple(dict(w) for w in ws)
+            raise ConfigError(f"{what} number {i + 1}: {e}") from None
+    return tuple(dict(w) for w in ws), warm_from
+
+
+def _warm_from(ws: Mapping[str, Any], base_dir: Path) -> WarmFrom | None:
+    """[warm_start] from / study / use / max_trials (None without ``from``). A storage given as a
+    string holds the study named by ``study`` or, without it, one named as this study."""
+    use = expect("warm_start", ws, "use", (str,), "data")
+    if use not in ("data", "design"):
+        raise ConfigError(f"[warm_start] use = {use!r} must be \"data\" (the earlier trials inform the model) "
+                          "or \"design\" (the best of them are evaluated first)")
+    max_trials = expect("warm_start", ws, "max_trials", (int,), None)
+    if max_trials is not None and max_trials < 1:
+        raise ConfigError(f"[warm_start] max_trials = {max_trials} must be at least 1 (leave it out for all)")
+    if "from" not in ws:
+        if "use" in ws or "max_trials" in ws or "study" in ws:
+            raise ConfigError("[warm_start] use, study and max_trials need from = [\"sqlite:///earlier.db\", ...]")
+        return None
+    items = ws["from"]
+    if not isinstance(items, list) or not items:
+        raise ConfigError("[warm_start] from must be a non-empty list of storages, e.g. from = [\"sqlite:///earlier.db\"]"
+                          " or [{ storage = \"earlier.db\", study = \"name\" }]")
+    default = expect("warm_start", ws, "study", (str,), None)
+    sources = []
+    for item in items:
+        if isinstance(item, str):
+            url, name = item, default
+        elif isinstance(item, Mapping):
+            no_unknown("warm_start.from", item, {"storage", "study"})
+            url = expect("warm_start.from", item, "storage", (str,), required=True)
+            name = expect("warm_start.from", item, "study", (str,), None)
+        else:
+            raise ConfigError(f"[warm_start] from: {item!r} must be a storage URL or {{ storage = ..., study = ... }}")
+        if not url.strip():
+            raise ConfigError("[warm_start] from: a storage is empty; give a path or URL such as \"sqlite:///earlier.db\"")
+        storage_url(url, base_dir)  # resolved again when read: the stored config keeps what was written
+        sources.append((url, name))
+    return WarmFrom(tuple(sources), use, max_trials)
 
 
 def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:
