@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -141,7 +141,8 @@ class WarmFrom:
     sources: (storage URL as written, study name or None for this study's own name); relative
     paths are resolved against the config's ``base_dir`` when the sources are read, so a moved
     study keeps its hash. use: "data" (observations for model-based optimisers, outside the
-    budget) or "design" (the best ones evaluated first, as this study's trials).
+    budget) or "design" (the best ones evaluated first, as this study's trials); left out in
+    the file: "data" for a single-objective bo study, "design" otherwise.
     max_trials: the most recent trials read per source (None: all).
     """
 
@@ -304,6 +305,9 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     logging = _logging(raw.get("logging", {}), base_dir)
     constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
     _check_goals(study, constraints, opt_name, fidelity is not None)
+    if warm_from is not None and warm_from.use is None:  # measured: data helps bo most (docs/benchmarks.md)
+        one = opt_name == "bo" and not (study.objectives or constraints)
+        warm_from = replace(warm_from, use="data" if one else "design")
     if warm_from is not None and warm_from.use == "data" and (study.objectives or constraints):
         raise ConfigError("[warm_start] use = \"data\" is for one objective without constraints yet; "
                           "write use = \"design\" (the best earlier configurations evaluated first)")
@@ -399,8 +403,8 @@ def _warm_start(ws: Any, space: SearchSpace, base_dir: Path) -> tuple[tuple[dict
 def _warm_from(ws: Mapping[str, Any], base_dir: Path) -> WarmFrom | None:
     """[warm_start] from / study / use / max_trials (None without ``from``). A storage given as a
     string holds the study named by ``study`` or, without it, one named as this study."""
-    use = expect("warm_start", ws, "use", (str,), "data")
-    if use not in ("data", "design"):
+    use = expect("warm_start", ws, "use", (str,), None)  # None: chosen by the optimiser (_parse)
+    if use not in (None, "data", "design"):
         raise ConfigError(f"[warm_start] use = {use!r} must be \"data\" (the earlier trials inform the model) "
                           "or \"design\" (the best of them are evaluated first)")
     max_trials = expect("warm_start", ws, "max_trials", (int,), None)

@@ -21,6 +21,7 @@ import numpy as np
 from llmhpo._tables import storage_url
 from llmhpo.config import Config
 from llmhpo.errors import ConfigError
+from llmhpo.space import Int, SearchSpace
 
 #: configurations evaluated first with ``use = "design"`` by an optimiser without ``n_init``
 DESIGN_SIZE = 5
@@ -68,6 +69,14 @@ class Transfer:
                 out.append((s.X[i].copy(), f"trial {s.numbers[i]} of {s.label}"))
         return out
 
+    def prime(self, optimizer: Any, config: Config) -> None:
+        """Before the optimiser's state is loaded: its prior data (use = "data"), or the number
+        of configurations that use = "design" evaluates first."""
+        if self.use == "data":
+            optimizer.set_prior(self.groups())
+        else:
+            optimizer.set_prior([], designed=len(self.design(design_size(config))))
+
     def line(self) -> str:
         """One line for the run's start, ``status`` and the report."""
         parts = [f"{s.label}: {len(s.y)} trials" + (f" ({s.skipped} outside this space, skipped)" if s.skipped else "")
@@ -77,6 +86,11 @@ class Transfer:
     def record(self) -> dict[str, Any]:
         """What the study keeps of it (a study user attribute)."""
         return {"use": self.use, "sources": [s.summary() for s in self.sources]}
+
+
+def design_size(config: Config) -> int:
+    """Configurations use = "design" evaluates first: bo's initial design, else ``DESIGN_SIZE``."""
+    return int(config.optimizer_options.get("n_init", 10)) if config.optimizer == "bo" else DESIGN_SIZE
 
 
 def load(config: Config) -> Transfer | None:
@@ -133,7 +147,7 @@ def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source
                           f"(it has {', '.join(sorted(seen))}; this space {', '.join(space.names)})")
     X, y, numbers, skipped = [], [], [], 0
     for t in trials:
-        mine = {k: v for k, v in t.params.items() if k in space.names}
+        mine = {k: _native(space, k, v) for k, v in t.params.items() if k in space.names}
         try:
             x = space.snap(space.encode(mine, fill_defaults=True))
         except ConfigError:  # a value outside this space's range or choices
@@ -147,6 +161,14 @@ def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source
         raise ConfigError(f"[warm_start] from: {label} has no complete trial that fits this space{why}; "
                           "remove it from [warm_start] from")
     return Source(label, np.asarray(X, dtype=float).reshape(len(X), space.dim), np.asarray(y), numbers, skipped)
+
+
+def _native(space: SearchSpace, name: str, value: Any) -> Any:
+    """A source's value as this space's variable takes it: a whole float for an integer (a
+    source that searched the variable as a float)."""
+    if isinstance(space.variables[space.names.index(name)], Int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _zscores(y: np.ndarray) -> np.ndarray:

@@ -260,11 +260,13 @@ class Optimizer:
         model-based optimiser (or too little data)."""
         return None
 
-    def set_prior(self, groups: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def set_prior(self, groups: list[tuple[np.ndarray, np.ndarray]], designed: int = 0) -> None:
         """Observations of earlier studies (``[warm_start] from``, use = "data"), one group per
         study: X (n, d) points of [0, 1]^d, y (n,) values to minimise, on that study's own
         scale. They are no part of the history nor of the state (the caller gives them again
-        at every start, before ``load_state_dict``). Default: ignored (``takes_prior``)."""
+        at every start, before ``load_state_dict``). designed: earlier studies' configurations
+        registered to be evaluated first (use = "design"), which an optimiser with an initial
+        design may count in it. Default: ignored (``takes_prior``)."""
 
     def _observe(self, candidate: Candidate, value: float | None) -> None:
         """A value for a registered (not proposed) point; ignored unless overridden."""

@@ -40,7 +40,10 @@ refine, and not only explore (``_gp.py`` for the model):
   they are mapped to its scale (its mean and standard deviation) and join its data; before
   that the GP sees the earlier studies alone. The incumbent is this study's best, so the
   earlier studies' best regions keep their expected improvement until tried here. The
-  initial design shrinks to ``n_init // 2`` points (at least 1).
+  initial design shrinks to ``n_init // 2`` points (at least 1; with use = "design", by the
+  configurations evaluated first), and from ``n_init`` own
+  results on the GP sees this study's alone: kept longer, an earlier study whose optimum
+  lies elsewhere held the search away from this one's (docs/benchmarks.md).
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -101,24 +104,26 @@ class BayesianOptimization(Optimizer):
         #: earlier studies' (X (n, d), z (n,) z-scores), not part of the state (``set_prior``)
         self.prior: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def set_prior(self, groups):
+    def set_prior(self, groups, designed=0):
         self.prior = []
         for X, y in groups:
             y = np.asarray(y, dtype=float)
             sd = float(np.std(y))
             self.prior.append((np.asarray(X, dtype=float).reshape(len(y), self.dim),
                                (y - float(np.mean(y))) / (sd if sd > 0 else 1.0)))
-        if self.prior and self.n_design_asked == 0 and len(self.design) == self.n_init:
+        n = max(0, self.n_init - designed) if designed else max(1, self.n_init // 2) if self.prior else self.n_init
+        if n != self.n_init and self.n_design_asked == 0 and len(self.design) == self.n_init:
             from scipy.stats import qmc
 
-            # a smaller initial design: the earlier studies already cover the space
-            self.design = qmc.LatinHypercube(d=self.dim, seed=self._seed()).random(max(1, self.n_init // 2))
+            # a smaller initial design: the earlier studies cover part of the space already
+            self.design = qmc.LatinHypercube(d=self.dim, seed=self._seed()).random(n) if n else self.design[:0]
 
     def _data(self) -> tuple[np.ndarray, np.ndarray, int]:
         """(X (n, d), y (n,), n_own): this study's successes (the first n_own rows) and the
         earlier studies' observations mapped to its scale (see the module docstring)."""
         X, y = self._observed()
-        if not self.prior or self.n_objectives > 1 or self._cons_told():
+        if not self.prior or self.n_objectives > 1 or self._cons_told() \
+                or len(y) >= self.n_init:
             return X, y, len(y)
         Xp = np.vstack([p[0] for p in self.prior])
         zp = np.concatenate([p[1] for p in self.prior])
@@ -200,9 +205,10 @@ class BayesianOptimization(Optimizer):
         z = warp_outcomes(-y, self.warp)
         if len(X_fail) and self.failures == "impute":
             X, z = np.vstack([X, X_fail]), np.concatenate([z, np.full(len(X_fail), z.min())])
-        if own and self.hyper and len(z) < self.hyper_n + max(1, self.hyper_n // 5):
+        if own and self.hyper and self.hyper_n <= len(z) < self.hyper_n + max(1, self.hyper_n // 5):
             # hyperparameters move little between close data sets: refit them when the data
             # grew by a fifth (at 10, 12, 14, 16, 19, ... observations), else only condition
+            # (fewer rows than at the last fit: earlier studies' data left out, another set)
             return fit_gp(X, z, self.kernel, self.noise, warm=self.hyper, maxiter=0)
         model = fit_gp(X, z, self.kernel, self.noise, warm=self.hyper if own else None, maxiter=self.fit_maxiter)
         if own:

@@ -86,8 +86,8 @@ class Loop:
         self.multi = fd is not None
         self.sign = 1.0 if config.study.direction == "minimize" else -1.0  # optimisers minimise
         self.optimizer = build_optimizer(config)
-        if transfer is not None and transfer.use == "data":  # before the state: prior data are no part of it
-            self.optimizer.set_prior(transfer.groups())
+        if transfer is not None:  # before the state: earlier studies' data are no part of it
+            transfer.prime(self.optimizer, config)
         state = study.optimizer_state()
         if state is not None:
             self.optimizer.load_state_dict(state)

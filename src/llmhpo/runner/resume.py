@@ -23,7 +23,7 @@ from llmhpo.goals import told
 from llmhpo.optimizers import Candidate, Optimizer
 from llmhpo.schedulers import Job, Scheduler
 from llmhpo.study import Study, TrialRecord
-from llmhpo.transfer import DESIGN_SIZE, Transfer
+from llmhpo.transfer import Transfer, design_size
 
 
 @dataclass
@@ -84,8 +84,7 @@ def _transferred(config: Config, study: Study, optimizer: Optimizer, transfer: T
     study.note_warm_start(transfer.record())
     notes = [transfer.line()]
     if transfer.use == "design":
-        k = int(config.optimizer_options.get("n_init", 10)) if config.optimizer == "bo" else DESIGN_SIZE
-        for x, label in transfer.design(k):
+        for x, label in transfer.design(design_size(config)):
             if not optimizer.is_known(optimizer._prepare(x)):
                 fresh.append(optimizer.register(x, {"transferred": label}))
     elif not optimizer.takes_prior:
