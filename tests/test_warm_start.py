@@ -117,6 +117,15 @@ def test_data_steers_bo_without_trials_or_budget(tmp_path):
     records = study.records()
     assert len(records) == 4 and study.counts()["COMPLETE"] == 4  # the 30 earlier trials are no trials here
     assert study.warm_start()["sources"][0]["trials"] == 30
+    from typer.testing import CliRunner
+
+    from llmhpo.cli import app
+    from llmhpo.report._data import StudyData
+    from llmhpo.report._page import facts
+
+    line = dict(facts(StudyData.of(study)))["warm start from"]
+    assert line.startswith('(use = "data"): study \'old\' in sqlite:///') and line.endswith(": 30 trials")
+    assert "warm start from earlier studies (use = \"data\")" in CliRunner().invoke(app, ["status", db]).output
     # 2 initial points (n_init // 2), then the GP of the earlier trials: near their optimum
     model = records[2].params
     assert abs(np.log10(model["lr"]) + 2.5) < 0.5 and abs(model["rank"] - 16) <= 6

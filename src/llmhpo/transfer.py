@@ -78,14 +78,20 @@ class Transfer:
             optimizer.set_prior([], designed=len(self.design(design_size(config))))
 
     def line(self) -> str:
-        """One line for the run's start, ``status`` and the report."""
-        parts = [f"{s.label}: {len(s.y)} trials" + (f" ({s.skipped} outside this space, skipped)" if s.skipped else "")
-                 for s in self.sources]
-        return f"warm start from earlier studies (use = \"{self.use}\"): " + "; ".join(parts)
+        """One line for the run's start."""
+        return "warm start from earlier studies " + describe(self.record())
 
     def record(self) -> dict[str, Any]:
         """What the study keeps of it (a study user attribute)."""
         return {"use": self.use, "sources": [s.summary() for s in self.sources]}
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A study's ``warm_start_from`` record (``Transfer.record``) in one line: ``status`` and
+    the report show it."""
+    parts = [f"{s['source']}: {s['trials']} trials" + (f" ({s['skipped']} outside this space, skipped)"
+                                                       if s.get("skipped") else "") for s in record["sources"]]
+    return f"(use = \"{record['use']}\"): " + "; ".join(parts)
 
 
 def design_size(config: Config) -> int:
