@@ -32,14 +32,11 @@ def optimize(
     study_name: str | None = None,
     seed: int = 0,
     wall_time: float | str | None = None,
-    warm_start: Iterable[Mapping[str, Any]] = (),
-    warm_start_from: Sequence[str | Mapping[str, str]] | Mapping[str, Any] | None = None,
+    warm_start: Iterable[Mapping[str, Any]] = (), warm_start_from: Sequence[str | Mapping] | Mapping | None = None,
     max_repeated_failures: int = 3,
     runner: Mapping[str, Any] | None = None,
     fidelity: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    quiet: bool = False,
+    overwrite: bool = False, progress: bool | None = None, quiet: bool = False,
 ) -> RunSummary:
     """Minimise (or maximise) ``objective(**params)`` over ``space`` in ``trials`` trials
     (with ``fidelity``: or a total ``resource``).
@@ -58,9 +55,8 @@ def optimize(
         by calling again with the same arguments; None keeps the study in memory.
     metrics, directions: several objectives (keys of the returned dict), in place of metric and
         direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
-    warm_start_from: earlier studies whose trials guide this one: storage URLs (each holding a
-        study of this study's name) or ``{"storage": ..., "study": ...}``, or the whole
-        ``[warm_start]`` table, e.g. ``{"from": ["sqlite:///a.db"], "study": "a", "use": "design"}``.
+    warm_start_from: earlier studies ([warm_start] from): storage URLs or ``{"storage", "study"}``
+        dicts, or the table, e.g. ``{"from": ["sqlite:///a.db"], "study": "a", "use": "design"}``.
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmhpo._tables import expect, no_unknown, parse_duration, runner_table, storage_url
+from llmhpo._warm import WarmFrom, warm_start_table
 from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.goals import Constraint, Objective, parse_constraints, parse_objectives
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
@@ -132,30 +133,6 @@ class LoggingConfig:
     def to_dict(self) -> dict[str, Any]:
         """The [logging] table, resolved (parses back to the same object)."""
         return {k: v for k, v in vars(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class WarmFrom:
-    """[warm_start] from: earlier studies whose complete trials guide this one (``llmhpo.transfer``).
-
-    sources: (storage URL as written, study name or None for this study's own name); relative
-    paths are resolved against the config's ``base_dir`` when the sources are read, so a moved
-    study keeps its hash. use: "data" (observations for model-based optimisers, outside the
-    budget) or "design" (the best ones evaluated first, as this study's trials); left out in
-    the file: "data" for a single-objective bo study, "design" otherwise.
-    max_trials: the most recent trials read per source (None: all).
-    """
-
-    sources: tuple[tuple[str, str | None], ...]
-    use: str = "data"
-    max_trials: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"from": [s if n is None else {"storage": s, "study": n} for s, n in self.sources],
-                               "use": self.use}
-        if self.max_trials is not None:
-            out["max_trials"] = self.max_trials
-        return out
 
 
 @dataclass(frozen=True)
@@ -300,7 +277,7 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     space = _build_space(dict(raw.get("space", {})), kind, spec)
     kind.check_space(spec, space)
 
-    ws, warm_from = _warm_start(raw.get("warm_start", []), space, base_dir)
+    ws, warm_from = warm_start_table(raw.get("warm_start", []), space, base_dir)
     fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
     logging = _logging(raw.get("logging", {}), base_dir)
     constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
@@ -375,65 +352,6 @@ def _budget(bd: Mapping[str, Any] | None, fidelity: bool) -> Budget:
 def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
     """[runner]: how many trials at a time, and where they run."""
     return RunnerConfig(*runner_table(rn))
-
-
-def _warm_start(ws: Any, space: SearchSpace, base_dir: Path) -> tuple[tuple[dict[str, Any], ...], WarmFrom | None]:
-    """[[warm_start]] (configurations the optimiser is told first, each checked against the
-    space) or the table [warm_start] (``from`` earlier studies, ``configs``, ``use``, ``max_trials``)."""
-    warm_from = None
-    if isinstance(ws, Mapping):
-        no_unknown("warm_start", ws, {"from", "study", "configs", "use", "max_trials"})
-        warm_from = _warm_from(ws, base_dir)
-        ws = ws.get("configs", [])
-        what = "[warm_start] configs"
-        if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
-            raise ConfigError("[warm_start] configs must be a list of tables, e.g. configs = [{ learning_rate = 2e-4 }]")
-    else:
-        what = "[[warm_start]]"
-        if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
-            raise ConfigError("warm_start must be a list of tables: write [[warm_start]] then name = value lines")
-    for i, w in enumerate(ws):
-        try:
-            space.encode(w, fill_defaults=True)
-        except ConfigError as e:
-            raise ConfigError(f"{what} number {i + 1}: {e}") from None
-    return tuple(dict(w) for w in ws), warm_from
-
-
-def _warm_from(ws: Mapping[str, Any], base_dir: Path) -> WarmFrom | None:
-    """[warm_start] from / study / use / max_trials (None without ``from``). A storage given as a
-    string holds the study named by ``study`` or, without it, one named as this study."""
-    use = expect("warm_start", ws, "use", (str,), None)  # None: chosen by the optimiser (_parse)
-    if use not in (None, "data", "design"):
-        raise ConfigError(f"[warm_start] use = {use!r} must be \"data\" (the earlier trials inform the model) "
-                          "or \"design\" (the best of them are evaluated first)")
-    max_trials = expect("warm_start", ws, "max_trials", (int,), None)
-    if max_trials is not None and max_trials < 1:
-        raise ConfigError(f"[warm_start] max_trials = {max_trials} must be at least 1 (leave it out for all)")
-    if "from" not in ws:
-        if "use" in ws or "max_trials" in ws or "study" in ws:
-            raise ConfigError("[warm_start] use, study and max_trials need from = [\"sqlite:///earlier.db\", ...]")
-        return None
-    items = ws["from"]
-    if not isinstance(items, list) or not items:
-        raise ConfigError("[warm_start] from must be a non-empty list of storages, e.g. from = [\"sqlite:///earlier.db\"]"
-                          " or [{ storage = \"earlier.db\", study = \"name\" }]")
-    default = expect("warm_start", ws, "study", (str,), None)
-    sources = []
-    for item in items:
-        if isinstance(item, str):
-            url, name = item, default
-        elif isinstance(item, Mapping):
-            no_unknown("warm_start.from", item, {"storage", "study"})
-            url = expect("warm_start.from", item, "storage", (str,), required=True)
-            name = expect("warm_start.from", item, "study", (str,), None)
-        else:
-            raise ConfigError(f"[warm_start] from: {item!r} must be a storage URL or {{ storage = ..., study = ... }}")
-        if not url.strip():
-            raise ConfigError("[warm_start] from: a storage is empty; give a path or URL such as \"sqlite:///earlier.db\"")
-        storage_url(url, base_dir)  # resolved again when read: the stored config keeps what was written
-        sources.append((url, name))
-    return WarmFrom(tuple(sources), use, max_trials)
 
 
 def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:
