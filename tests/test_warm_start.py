@@ -197,3 +197,16 @@ def test_a_toml_file_reads_sources_relative_to_its_folder(tmp_path):
 def test_use_defaults_to_data_for_bo_and_design_otherwise(tmp_path):
     assert config(tmp_path, {"from": ["a.db"]}).warm_from.use == "data"
     assert config(tmp_path, {"from": ["a.db"]}, optimizer="soo").warm_from.use == "design"
+
+
+def test_check_reports_a_missing_earlier_study_with_the_other_problems(tmp_path):
+    from llmhpo.preflight import preflight
+
+    earlier(tmp_path / "a.db", rows=ROWS)
+    cfg = config(tmp_path, {"from": ["a.db"], "study": "old"}, optimizer="random")
+    cfg = Config.from_dict({**cfg.to_dict(), "objective": {"type": "function", "name": "branin"},
+                            "space": {"lr": SPACE["lr"], "x1": {"type": "float", "low": 0.0, "high": 15.0}}})
+    assert any("study 'old'" in line and "3 trials" in line for line in preflight(cfg))
+    bad = Config.from_dict({**cfg.to_dict(), "warm_start": {"from": ["missing.db"]}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        preflight(bad)

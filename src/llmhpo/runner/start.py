@@ -75,13 +75,13 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         if finished is not None:  # nothing to do: no preflight, no worker
             say(mode, finished[1])
             return finished[0]
-    from llmhpo.transfer import load as load_transfer
-
-    transfer = load_transfer(config)  # earlier studies ([warm_start] from): read before any compute
     if preflight:
         from llmhpo.preflight import preflight as check_all
 
-        check_all(config)  # every problem at once, the storage's too
+        check_all(config)  # every problem at once, the storage's and the earlier studies' too
+    from llmhpo.transfer import load as load_transfer
+
+    transfer = load_transfer(config)  # earlier studies ([warm_start] from): read before any compute
     t_start = time.time()
     note = startup_note(config.runner)
     if note is not None:  # it takes seconds: say why nothing happens
