@@ -210,3 +210,18 @@ def test_check_reports_a_missing_earlier_study_with_the_other_problems(tmp_path)
     bad = Config.from_dict({**cfg.to_dict(), "warm_start": {"from": ["missing.db"]}})
     with pytest.raises(ConfigError, match="does not exist"):
         preflight(bad)
+
+
+def test_run_with_a_missing_earlier_study_stops_with_one_line_and_creates_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "s.toml").write_text('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n'
+                                     '[objective]\ntype = "function"\nname = "branin"\n'
+                                     '[warm_start]\nfrom = ["earlier.db"]\n')
+    r = subprocess.run([sys.executable, "-m", "llmhpo.cli", "run", "s.toml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "earlier.db does not exist" in lines[0]
+    assert not list(tmp_path.glob("s.db"))
