@@ -23,10 +23,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llmhpo"
 LAYERS = {
     "errors": 0, "_json": 0, "_version": 0, "_format": 0, "_metrics": 0, "_progress": 0, "pareto": 0,
     "goals": 1,
-    "space": 1, "storage": 1, "_tables": 1,
+    "space": 1, "storage": 1, "_tables": 1, "_warm": 2,
     "optimizers": 2, "objectives": 2, "executors": 2, "schedulers": 2, "lease": 2,
     "config": 3,
-    "study": 4, "tracking": 4, "live": 4,
+    "study": 4, "tracking": 4, "live": 4, "transfer": 4,
     "preflight": 4.5,
     "runner": 5, "report": 5,
     "lab": 6, "api": 6, "demo": 6,

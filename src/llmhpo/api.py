@@ -32,13 +32,11 @@ def optimize(
     study_name: str | None = None,
     seed: int = 0,
     wall_time: float | str | None = None,
-    warm_start: Iterable[Mapping[str, Any]] = (),
+    warm_start: Iterable[Mapping[str, Any]] = (), warm_start_from: Sequence[str | Mapping] | Mapping | None = None,
     max_repeated_failures: int = 3,
     runner: Mapping[str, Any] | None = None,
     fidelity: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    quiet: bool = False,
+    overwrite: bool = False, progress: bool | None = None, quiet: bool = False,
 ) -> RunSummary:
     """Minimise (or maximise) ``objective(**params)`` over ``space`` in ``trials`` trials
     (with ``fidelity``: or a total ``resource``).
@@ -57,6 +55,8 @@ def optimize(
         by calling again with the same arguments; None keeps the study in memory.
     metrics, directions: several objectives (keys of the returned dict), in place of metric and
         direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
+    warm_start_from: earlier studies ([warm_start] from): storage URLs or ``{"storage", "study"}``
+        dicts, or the table, e.g. ``{"from": ["sqlite:///a.db"], "study": "a", "use": "design"}``.
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
@@ -87,7 +87,7 @@ def optimize(
         "optimizer": {"name": optimizer, **dict(optimizer_options or {})},
         "objective": {"type": "python", "target": target, **({"metric": metric} if metric else {})},
         "space": tables,
-        "warm_start": [dict(w) for w in warm_start],
+        "warm_start": _warm_table(warm_start, warm_start_from),
         **({"fidelity": dict(fidelity)} if fidelity else {}),
         **({"constraint": [dict(c) for c in constraints]} if constraints else {}),
     }
@@ -96,6 +96,16 @@ def optimize(
     if storage is None:
         cfg = replace(cfg, study=replace(cfg.study, storage=None))
     return run(cfg, overwrite=overwrite, progress=progress, quiet=quiet)
+
+
+def _warm_table(warm_start: Iterable[Mapping[str, Any]], sources: Any) -> list | dict[str, Any]:
+    """The ``warm_start`` entry: the listed configurations, or with earlier studies the table form."""
+    listed = [dict(w) for w in warm_start]
+    if sources is None:
+        return listed
+    table = dict(sources) if isinstance(sources, Mapping) else {"from": [s if isinstance(s, str) else dict(s)
+                                                                         for s in sources]}
+    return {**table, **({"configs": listed} if listed else {})}
 
 
 def _goal(direction: str, metric: str | None, metrics: Sequence[str] | None,

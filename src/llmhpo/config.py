@@ -10,11 +10,12 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from llmhpo._tables import expect, no_unknown, parse_duration, runner_table, storage_url
+from llmhpo._warm import WarmFrom, warm_start_table
 from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.goals import Constraint, Objective, parse_constraints, parse_objectives
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
@@ -149,6 +150,7 @@ class Config:
     fidelity: FidelityConfig | None = None
     logging: LoggingConfig = LoggingConfig()
     constraints: tuple[Constraint, ...] = ()  # [[constraint]]
+    warm_from: WarmFrom | None = None  # [warm_start] from = [...]: earlier studies
 
     def resource_budget(self) -> float | None:
         """With [fidelity]: the total resource the study may spend."""
@@ -176,7 +178,9 @@ class Config:
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
             "objective": {"type": self.objective.kind, **tables.pop("objective")},
             "space": {v.pop("name"): v for v in self.space.to_dict()},
-            "warm_start": [dict(w) for w in self.warm_start],
+            # the array form as before (stored hashes unchanged); the table form with ``from``
+            "warm_start": [dict(w) for w in self.warm_start] if self.warm_from is None else
+            {**self.warm_from.to_dict(), **({"configs": [dict(w) for w in self.warm_start]} if self.warm_start else {})},
             "base_dir": self.base_dir,
             **({"fidelity": self.fidelity.to_dict()} if self.fidelity else {}),
             **tables,
@@ -273,12 +277,19 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     space = _build_space(dict(raw.get("space", {})), kind, spec)
     kind.check_space(spec, space)
 
-    ws = _warm_start(raw.get("warm_start", []), space)
+    ws, warm_from = warm_start_table(raw.get("warm_start", []), space, base_dir)
     fidelity = _fidelity(raw["fidelity"], kind, spec, space) if "fidelity" in raw else None
     logging = _logging(raw.get("logging", {}), base_dir)
     constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
     _check_goals(study, constraints, opt_name, fidelity is not None)
-    return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging, constraints)
+    if warm_from is not None and warm_from.use is None:  # measured: data helps bo most (docs/benchmarks.md)
+        one = opt_name == "bo" and not (study.objectives or constraints)
+        warm_from = replace(warm_from, use="data" if one else "design")
+    if warm_from is not None and warm_from.use == "data" and (study.objectives or constraints):
+        raise ConfigError("[warm_start] use = \"data\" is for one objective without constraints yet; "
+                          "write use = \"design\" (the best earlier configurations evaluated first)")
+    return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging, constraints,
+                  warm_from)
 
 
 def _check_goals(study: StudyConfig, constraints: tuple, optimizer: str, fidelity: bool) -> None:
@@ -341,18 +352,6 @@ def _budget(bd: Mapping[str, Any] | None, fidelity: bool) -> Budget:
 def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
     """[runner]: how many trials at a time, and where they run."""
     return RunnerConfig(*runner_table(rn))
-
-
-def _warm_start(ws: Any, space: SearchSpace) -> tuple[dict[str, Any], ...]:
-    """[[warm_start]]: configurations the optimiser is told first, each checked against the space."""
-    if not isinstance(ws, list) or not all(isinstance(w, Mapping) for w in ws):
-        raise ConfigError("warm_start must be a list of tables: write [[warm_start]] then name = value lines")
-    for i, w in enumerate(ws):
-        try:
-            space.encode(w, fill_defaults=True)
-        except ConfigError as e:
-            raise ConfigError(f"[[warm_start]] number {i + 1}: {e}") from None
-    return tuple(dict(w) for w in ws)
 
 
 def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:

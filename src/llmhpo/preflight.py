@@ -20,6 +20,13 @@ def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
         lines.append(f"storage: {check_storage(config.study.storage)}")
     except LlmhpoError as e:
         errors.append(e)
+    if config.warm_from is not None:  # earlier studies: their storages, names and trials
+        from llmhpo.transfer import load
+
+        try:
+            lines.append(load(config).line())
+        except LlmhpoError as e:
+            errors.append(e)
     try:
         lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity,
                                        remote=runs_elsewhere(config))

@@ -228,6 +228,14 @@ class Study:
             return None
         return float(attrs["base_value"]), dict(attrs.get("base_metrics") or {})
 
+    def note_warm_start(self, record: dict[str, Any]) -> None:
+        """Which earlier studies ([warm_start] from) the last start used, and how many trials."""
+        self.storage.set_study_user_attr(self.study_id, "warm_start_from", jsonable(record))
+
+    def warm_start(self) -> dict[str, Any] | None:
+        """``note_warm_start``'s record, or None."""
+        return self.storage.get_study_user_attrs(self.study_id).get("warm_start_from")
+
     # ------------------------------------------------------------------ trials
     def create_trial(self, candidate: "Candidate", params: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
         """A RUNNING trial for ``candidate``, params and attributes written in one transaction

@@ -65,6 +65,10 @@ def status(
         print(json.dumps(jsonable(_status_json(st, c, best, records, row, alive, now)), indent=1))
         return
     _say_counts(st.config, c, records)
+    if st.warm_start():
+        from llmhpo.transfer import describe
+
+        say("warm start from earlier studies " + describe(st.warm_start()))
     _say_driver(row, alive, now)
     if c.get("reevaluations"):
         say(f"{c['reevaluations']} re-evaluation(s) of the best configurations ([study] reevaluate): "
@@ -105,7 +109,7 @@ def _status_json(st, c: dict, best, records: list, row: dict | None, alive: bool
             "counts": c, "best": None if best is None or cfg.study.objectives else _trial_json(best),
             **(pareto_json(st) if cfg.study.objectives else {}),
             **({"constraints": constraints_json(st, records)} if cfg.constraints else {}),
-            "base": _base_json(st), "driver": driver,
+            "base": _base_json(st), "warm_start_from": st.warm_start(), "driver": driver,
             "workers": (row or {}).get("workers", []) if alive else [],
             "trials": [_trial_json(r) for r in records]}
 

@@ -65,6 +65,8 @@ class Optimizer:
     multi_objective: ClassVar[bool] = False
     #: whether ``_tell`` is given the constraint values (else infeasible = failed)
     handles_constraints: ClassVar[bool] = False
+    #: whether observations of earlier studies (``set_prior``) steer its proposals
+    takes_prior: ClassVar[bool] = False
     _state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, rng: np.random.Generator | None = None, budget: int | None = None):
@@ -257,6 +259,14 @@ class Optimizer:
         uses it to propose from the highest rung with enough scores (BOHB). None: not a
         model-based optimiser (or too little data)."""
         return None
+
+    def set_prior(self, groups: list[tuple[np.ndarray, np.ndarray]], designed: int = 0) -> None:
+        """Observations of earlier studies (``[warm_start] from``, use = "data"), one group per
+        study: X (n, d) points of [0, 1]^d, y (n,) values to minimise, on that study's own
+        scale. They are no part of the history nor of the state (the caller gives them again
+        at every start, before ``load_state_dict``). designed: earlier studies' configurations
+        registered to be evaluated first (use = "design"), which an optimiser with an initial
+        design may count in it. Default: ignored (``takes_prior``)."""
 
     def _observe(self, candidate: Candidate, value: float | None) -> None:
         """A value for a registered (not proposed) point; ignored unless overridden."""

@@ -34,7 +34,16 @@ refine, and not only explore (``_gp.py`` for the model):
   log probability of feasibility, the incumbent the best feasible point (before any, the
   probability of feasibility alone); with several objectives, qLogNEHVI's own
   ``constraints`` on the constraint GPs' samples (Daulton et al. 2021, sec. 4). An
-  infeasible trial is data for the objective and the constraint models, not a failure.
+  infeasible trial is data for the objective and the constraint models, not a failure;
+- earlier studies (``set_prior``, ``[warm_start] from`` with use = "data"): each study's values
+  are standardised on their own (z-scores), and once this study has ``_OWN_MIN`` results
+  they are mapped to its scale (its mean and standard deviation) and join its data; before
+  that the GP sees the earlier studies alone. The incumbent is this study's best, so the
+  earlier studies' best regions keep their expected improvement until tried here. The
+  initial design shrinks to ``n_init // 2`` points (at least 1; with use = "design", by the
+  configurations evaluated first), and from ``n_init`` own
+  results on the GP sees this study's alone: kept longer, an earlier study whose optimum
+  lies elsewhere held the search away from this one's (docs/benchmarks.md).
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -56,12 +65,15 @@ _LOCAL_SD = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2)
 #: raw samples of qLogNEHVI at most: each costs a hypervolume improvement over 64 joint draws
 #: (BoTorch's tutorials use 512)
 _MO_RAW = 512
+#: own results before earlier studies' z-scores are mapped to this study's scale
+_OWN_MIN = 3
 
 
 class BayesianOptimization(Optimizer):
     name = "bo"
     multi_objective = True
     handles_constraints = True
+    takes_prior = True
     _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n", "cons", "hyper_each", "hyper_each_n")
 
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
@@ -89,6 +101,40 @@ class BayesianOptimization(Optimizer):
         #: several objectives: each objective's GP hyperparameters and the observations at their fit
         self.hyper_each: list[dict[str, Any]] = []
         self.hyper_each_n = 0
+        #: earlier studies' (X (n, d), z (n,) z-scores), not part of the state (``set_prior``)
+        self.prior: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def set_prior(self, groups, designed=0):
+        self.prior = []
+        for X, y in groups:
+            y = np.asarray(y, dtype=float)
+            sd = float(np.std(y))
+            self.prior.append((np.asarray(X, dtype=float).reshape(len(y), self.dim),
+                               (y - float(np.mean(y))) / (sd if sd > 0 else 1.0)))
+        n = max(0, self.n_init - designed) if designed else max(1, self.n_init // 2) if self.prior else self.n_init
+        if n != self.n_init and self.n_design_asked == 0 and len(self.design) == self.n_init:
+            from scipy.stats import qmc
+
+            # a smaller initial design: the earlier studies cover part of the space already
+            self.design = qmc.LatinHypercube(d=self.dim, seed=self._seed()).random(n) if n else self.design[:0]
+
+    def _data(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(X (n, d), y (n,), n_own): this study's successes (the first n_own rows) and the
+        earlier studies' observations mapped to its scale (see the module docstring)."""
+        X, y = self._observed()
+        if not self.prior or self.n_objectives > 1 or self._cons_told() \
+                or len(y) >= self.n_init:
+            return X, y, len(y)
+        Xp = np.vstack([p[0] for p in self.prior])
+        zp = np.concatenate([p[1] for p in self.prior])
+        if len(y) < _OWN_MIN:
+            return Xp, zp, 0
+        sd = float(np.std(y))
+        return np.vstack([X, Xp]), np.concatenate([y, float(np.mean(y)) + (sd if sd > 0 else 1.0) * zp]), len(y)
+
+    def _cons_told(self) -> bool:
+        """Whether any result came with constraint values."""
+        return any(c is not None for c in self.cons)
 
     @classmethod
     def check_values(cls, options):
@@ -100,7 +146,7 @@ class BayesianOptimization(Optimizer):
     # ------------------------------------------------------------------ ask
     def _ask(self, n):
         out = []
-        while len(out) < n and self.n_design_asked < self.n_init:
+        while len(out) < n and self.n_design_asked < len(self.design):
             out.append((self.design[self.n_design_asked].copy(), {"phase": "initial"}))
             self.n_design_asked += 1
         # the model's libraries load in the background while the initial design runs (after
@@ -108,7 +154,7 @@ class BayesianOptimization(Optimizer):
         preload()
         if len(out) == n:
             return out
-        X, y = self._observed()
+        X, y, n_own = self._data()
         if len(y) < 2:
             # nothing to model yet: wait for the initial design unless it all failed
             if self.pending or out:
@@ -124,7 +170,7 @@ class BayesianOptimization(Optimizer):
         if self.n_objectives > 1:
             pts = self._acquire_pareto(X, y, X_fail, n - len(out), pending, C)
         else:
-            pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True, C=C)
+            pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True, C=C, n_own=n_own)
         return out + [(x, {"phase": "model"}) for x in pts]
 
     def _constraint_values(self) -> np.ndarray | None:
@@ -159,20 +205,22 @@ class BayesianOptimization(Optimizer):
         z = warp_outcomes(-y, self.warp)
         if len(X_fail) and self.failures == "impute":
             X, z = np.vstack([X, X_fail]), np.concatenate([z, np.full(len(X_fail), z.min())])
-        if own and self.hyper and len(z) < self.hyper_n + max(1, self.hyper_n // 5):
+        if own and self.hyper and self.hyper_n <= len(z) < self.hyper_n + max(1, self.hyper_n // 5):
             # hyperparameters move little between close data sets: refit them when the data
             # grew by a fifth (at 10, 12, 14, 16, 19, ... observations), else only condition
+            # (fewer rows than at the last fit: earlier studies' data left out, another set)
             return fit_gp(X, z, self.kernel, self.noise, warm=self.hyper, maxiter=0)
         model = fit_gp(X, z, self.kernel, self.noise, warm=self.hyper if own else None, maxiter=self.fit_maxiter)
         if own:
             self.hyper, self.hyper_n = hyperparameters(model), len(z)
         return model
 
-    def _acquire(self, X, y, X_fail, q, pending, own: bool, C=None) -> list[np.ndarray]:
+    def _acquire(self, X, y, X_fail, q, pending, own: bool, C=None, n_own: int | None = None) -> list[np.ndarray]:
         """q new points by sequential greedy (log) EI, weighted by the probability of
         feasibility under constraints. X: (n, d) successes, y: (n,) their values (minimised),
         X_fail: (m, d) failed points, pending: points still running, C: (n, k) constraint
-        values of X (``_constraint_values``)."""
+        values of X (``_constraint_values``), n_own: the first rows that are this study's
+        (the rest, earlier studies', are no incumbent; None or 0: every row may be)."""
         import torch
 
         from llmhpo.optimizers._feasible import feasible_rows, weighted
@@ -183,9 +231,10 @@ class BayesianOptimization(Optimizer):
             model = self._fit(X, y, X_fail, own)
             cons = self._constraint_models(X, C)
             ok = np.ones(len(X), dtype=bool) if cons is None else feasible_rows(C)
+            inc = ok & (np.arange(len(X)) < n_own) if n_own else ok
             if ok.any():
                 with torch.no_grad():
-                    best_f = float(model.posterior(torch.as_tensor(X[ok], dtype=dtype())).mean.max())
+                    best_f = float(model.posterior(torch.as_tensor(X[inc], dtype=dtype())).mean.max())
             for i in range(q):
                 X_pending = [*pending, *chosen]
                 acqf = fast_log_ei(model, best_f, X_pending) if ok.any() else None

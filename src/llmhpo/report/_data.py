@@ -91,6 +91,14 @@ class Trial:
         return out
 
 
+def _warm_line(study) -> str | None:
+    """The earlier studies a study was warm-started from (``llmhpo.transfer``), in one line."""
+    from llmhpo.transfer import describe
+
+    record = study.warm_start()
+    return None if not record else describe(record)
+
+
 @dataclass
 class StudyData:
     name: str
@@ -108,6 +116,7 @@ class StudyData:
     #: several objectives: (metric, direction) each, and the base model's value of each (None: not scored)
     objectives: list[tuple[str, str]] = field(default_factory=list)
     base_values: list[float | None] | None = None
+    warm_start: str | None = None  # [warm_start] from: the earlier studies used, in one line
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -135,7 +144,7 @@ class StudyData:
         return cls(cfg.study.name, cfg.optimizer, cfg.kind.describe(cfg.objective), cfg.study.direction,
                    objectives[0][0] if objectives else metric_name(cfg), cfg.space,
                    sorted(trials, key=lambda t: t.number), base, study.importances, "GPU" if gpu else "CPU",
-                   cfg.fidelity, objectives, base_values)
+                   cfg.fidelity, objectives, base_values, _warm_line(study))
 
     # ------------------------------------------------------------------ views
     @property

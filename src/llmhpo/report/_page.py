@@ -95,6 +95,8 @@ def facts(sd: StudyData) -> list[tuple[str, str]]:
         out.append((f"best {sd.metric}", "no complete trial"))
     out.append(("objective", f"{sd.objective} ({sd.direction})"))
     out.append(("optimizer", sd.optimizer))
+    if sd.warm_start:
+        out.append(("warm start from", sd.warm_start))
     states = [f"{c['COMPLETE']} complete", f"{c['FAIL']} failed"]
     states += [f"{c[s]} {s.lower()}" for s in ("PRUNED", "WAITING", "RUNNING", "INTERRUPTED") if c[s]]
     out.append(("trials", ", ".join(states)))

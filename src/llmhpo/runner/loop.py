@@ -45,6 +45,7 @@ from llmhpo.runner.reevaluate import reevaluate
 from llmhpo.runner.resume import Conf, restore
 from llmhpo.schedulers import Job, OneRung, make_scheduler
 from llmhpo.study import Study
+from llmhpo.transfer import Transfer
 
 BASE_JOB = ("base",)  # the executor's key of the base-model job (trial jobs have int keys)
 
@@ -72,7 +73,7 @@ class Loop:
     up, the optimiser has nothing left, or the same failure repeats."""
 
     def __init__(self, config: Config, study: Study, executor: Executor, mode: str, t_start: float,
-                 log: Callable[[int], None]):
+                 log: Callable[[int], None], transfer: Transfer | None = None):
         self.config, self.study, self.executor, self.log, self.t_start = config, study, executor, log, t_start
         fd = config.fidelity
         if fd is None:
@@ -85,10 +86,12 @@ class Loop:
         self.multi = fd is not None
         self.sign = 1.0 if config.study.direction == "minimize" else -1.0  # optimisers minimise
         self.optimizer = build_optimizer(config)
+        if transfer is not None:  # before the state: earlier studies' data are no part of it
+            transfer.prime(self.optimizer, config)
         state = study.optimizer_state()
         if state is not None:
             self.optimizer.load_state_dict(state)
-        got = restore(config, study, self.optimizer, self.scheduler, self.step_of, self.sign)
+        got = restore(config, study, self.optimizer, self.scheduler, self.step_of, self.sign, transfer)
         base = study.base()
         self.base_metrics = None if base is None else {**base[1], "value": base[0]}
         #: finished trials that wait for the base model's score (their constraints are relative to it)
@@ -104,6 +107,8 @@ class Loop:
                                None if self.best is None else self.best.value, config.study.name,
                                unit="trials" if fd is None else fd.resource)
         self.report.best = self.best
+        for line in got.notes:
+            self.report.note(line)
         executor.on_progress = self.report.progress
         self.trial_seconds: list[float] = []
         self.exhausted = False  # the last ask gave nothing: wait for a result before asking again
@@ -273,7 +278,7 @@ class Loop:
 
     def _start_new(self, job: Job, cand: Candidate) -> None:
         params = self.config.space.decode(cand.x)
-        extra = {"warm_start": cand.info["warm_start"]} if "warm_start" in cand.info else {}
+        extra = {k: cand.info[k] for k in ("warm_start", "transferred") if k in cand.info}
         if not self.multi:  # the worker starts, then the trial is written down
             self.running[cand.id] = _Running(job.rung, self._cost(job))
             self.executor.submit(cand.id, params)

@@ -23,6 +23,7 @@ from llmhpo.goals import told
 from llmhpo.optimizers import Candidate, Optimizer
 from llmhpo.schedulers import Job, Scheduler
 from llmhpo.study import Study, TrialRecord
+from llmhpo.transfer import Transfer, design_size
 
 
 @dataclass
@@ -47,12 +48,15 @@ class Restored:
     spent: float = 0.0  # the budget used: trials, or resource units with [fidelity]
     complete: int = 0
     failed: int = 0
+    notes: list[str] = field(default_factory=list)  # lines for the run's start
 
 
 def restore(config: Config, study: Study, optimizer: Optimizer, scheduler: Scheduler, step_of: list[int],
-            sign: float) -> Restored:
+            sign: float, transfer: Transfer | None = None) -> Restored:
     """Rebuild the run from storage (this driver holds the lease: a trial still RUNNING
-    belonged to a driver that is gone); writes what reconciling changes."""
+    belonged to a driver that is gone); writes what reconciling changes. transfer: earlier
+    studies' trials (``[warm_start] from``); with use = "design" their best configurations
+    not yet evaluated or pending here are queued after the listed ones."""
     records = study.records()
     if config.fidelity is None:
         out = _restore_trials(config, study, optimizer, records)
@@ -67,8 +71,26 @@ def restore(config: Config, study: Study, optimizer: Optimizer, scheduler: Sched
     for i, params in enumerate(config.warm_start):  # listed configurations first, once per study
         if i not in done:
             out.fresh.append(optimizer.register(config.space.encode(params, fill_defaults=True), {"warm_start": i}))
+    if transfer is not None:
+        out.notes += _transferred(config, study, optimizer, transfer, out.fresh)
     study.save_optimizer_state(optimizer.state_dict())
     return out
+
+
+def _transferred(config: Config, study: Study, optimizer: Optimizer, transfer: Transfer,
+                 fresh: list[Candidate]) -> list[str]:
+    """Queue use = "design"'s configurations (a configuration told or pending here already is
+    not queued again: a resumed study repeats none); record the sources; the start's notes."""
+    study.note_warm_start(transfer.record())
+    notes = [transfer.line()]
+    if transfer.use == "design":
+        for x, label in transfer.design(design_size(config)):
+            if not optimizer.is_known(optimizer._prepare(x)):
+                fresh.append(optimizer.register(x, {"transferred": label}))
+    elif not optimizer.takes_prior:
+        notes.append(f"[warm_start] use = \"data\" has no effect on optimizer '{config.optimizer}' (only bo models "
+                     "earlier trials); use = \"design\" evaluates the best of them first")
+    return notes
 
 
 def resource_spent(records: list[TrialRecord]) -> float:

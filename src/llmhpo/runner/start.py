@@ -78,7 +78,10 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     if preflight:
         from llmhpo.preflight import preflight as check_all
 
-        check_all(config)  # every problem at once, the storage's too
+        check_all(config)  # every problem at once, the storage's and the earlier studies' too
+    from llmhpo.transfer import load as load_transfer
+
+    transfer = load_transfer(config)  # earlier studies ([warm_start] from): read before any compute
     t_start = time.time()
     note = startup_note(config.runner)
     if note is not None:  # it takes seconds: say why nothing happens
@@ -102,7 +105,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         if study.lease is not None:  # alive from here: base scoring can outlast the stale limit
             study.lease.start_heartbeat()
         score_base = config.kind.scores_base(config.objective) and study.base() is None
-        return Loop(config, study, executor, mode, t_start, log).run(score_base)
+        return Loop(config, study, executor, mode, t_start, log, transfer).run(score_base)
     finally:
         executor.close()
         if tracker is not None:

@@ -1,0 +1,183 @@
+"""Warm starts from earlier studies (``[warm_start] from``): their complete trials, matched by
+parameter name and mapped into this study's space, guide the search without counting against
+its budget (``use = "data"``) or are evaluated first (``use = "design"``).
+
+The sources are read-only inputs, read again at every start of a run: nothing of them is
+written into this study but one line saying which were used (``Study.note_warm_start``).
+Mapping: a parameter this space lacks is ignored; a variable of this space a source lacks
+takes its ``default`` (or the centre of its range, ``SearchSpace.encode(fill_defaults=True)``);
+a trial with a value outside this space (a range, a categorical choice) is skipped and
+counted. Values are turned into "lower is better" with the source's own direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmhpo._tables import storage_url
+from llmhpo.config import Config
+from llmhpo.errors import ConfigError
+from llmhpo.space import Int, SearchSpace
+
+#: configurations evaluated first with ``use = "design"`` by an optimiser without ``n_init``
+DESIGN_SIZE = 5
+
+
+@dataclass
+class Source:
+    """One earlier study's usable trials. X: (n, d) points of [0, 1]^d (snapped to this space's
+    configurations); y: (n,) values, lower is better (the source's sign);
+    numbers: the source's trial numbers."""
+
+    label: str  # "study 'name' in URL"
+    X: np.ndarray
+    y: np.ndarray
+    numbers: list[int]
+    skipped: int  # complete trials outside this space
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.label, "trials": len(self.y), "skipped": self.skipped}
+
+
+@dataclass
+class Transfer:
+    """What ``[warm_start] from`` gives a run: its sources, and how they are used."""
+
+    use: str
+    sources: list[Source] = field(default_factory=list)
+
+    def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(X (n, d), y (n,)) per source: the optimiser's prior data (``Optimizer.set_prior``)."""
+        return [(s.X, s.y) for s in self.sources if len(s.y)]
+
+    def design(self, k: int) -> list[tuple[np.ndarray, str]]:
+        """The best ``k`` distinct configurations over every source, best first, as (x (d,),
+        "trial N of LABEL"). Sources are compared by z-score (each on its own scale)."""
+        ranked = []
+        for s in self.sources:
+            z = _zscores(s.y)
+            ranked += [(float(z[i]), j, i, s) for j, i in enumerate(np.argsort(s.y, kind="stable"))]
+        out: list[tuple[np.ndarray, str]] = []
+        for _, _, i, s in sorted(ranked, key=lambda r: (r[0], r[1])):
+            if len(out) == k:
+                break
+            if all(np.max(np.abs(x - s.X[i])) > 1e-9 for x, _ in out):
+                out.append((s.X[i].copy(), f"trial {s.numbers[i]} of {s.label}"))
+        return out
+
+    def prime(self, optimizer: Any, config: Config) -> None:
+        """Before the optimiser's state is loaded: its prior data (use = "data"), or the number
+        of configurations that use = "design" evaluates first."""
+        if self.use == "data":
+            optimizer.set_prior(self.groups())
+        else:
+            optimizer.set_prior([], designed=len(self.design(design_size(config))))
+
+    def line(self) -> str:
+        """One line for the run's start."""
+        return "warm start from earlier studies " + describe(self.record())
+
+    def record(self) -> dict[str, Any]:
+        """What the study keeps of it (a study user attribute)."""
+        return {"use": self.use, "sources": [s.summary() for s in self.sources]}
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A study's ``warm_start_from`` record (``Transfer.record``) in one line: ``status`` and
+    the report show it."""
+    parts = [f"{s['source']}: {s['trials']} trials" + (f" ({s['skipped']} outside this space, skipped)"
+                                                       if s.get("skipped") else "") for s in record["sources"]]
+    return f"(use = \"{record['use']}\"): " + "; ".join(parts)
+
+
+def design_size(config: Config) -> int:
+    """Configurations use = "design" evaluates first: bo's initial design, else ``DESIGN_SIZE``."""
+    return int(config.optimizer_options.get("n_init", 10)) if config.optimizer == "bo" else DESIGN_SIZE
+
+
+def load(config: Config) -> Transfer | None:
+    """Read every source of ``config.warm_from`` (None without one). Raises ConfigError, one
+    line each, before any compute: a storage that does not exist, a study it does not hold
+    (naming those it holds), a study of several objectives, no variable in common with this
+    space, or no complete trial that fits it."""
+    wf = config.warm_from
+    if wf is None:
+        return None
+    out = Transfer(wf.use)
+    for raw, name in wf.sources:
+        url = storage_url(raw, Path(config.base_dir))
+        name = name or config.study.name
+        if url == config.study.storage and name == config.study.name:
+            raise ConfigError(f"[warm_start] from: {raw!r} is this study itself; name an earlier study "
+                              "(from = [{ storage = ..., study = \"name\" }])")
+        out.sources.append(_read(config, url, name, wf.max_trials))
+    return out
+
+
+def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source:
+    """One source's complete trials mapped into ``config.space``."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from llmhpo.storage import open_storage
+
+    label = f"study '{name}' in {url}"
+    for prefix in ("sqlite:///", "journal:///"):
+        if url.startswith(prefix) and not Path(url[len(prefix):]).is_file():
+            raise ConfigError(f"[warm_start] from: {url[len(prefix):]} does not exist; give the path of an "
+                              "earlier study's storage (relative to the TOML's folder)")
+    storage = open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        held = ", ".join(names) if names else "no study"
+        raise ConfigError(f"[warm_start] from: no study '{name}' in {url} (it holds: {held}); "
+                          "name one with from = [{ storage = ..., study = \"name\" }]")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage)
+    if len(study.directions) > 1:
+        raise ConfigError(f"[warm_start] from: {label} has {len(study.directions)} objectives; "
+                          "warm starts read studies of one objective")
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    trials = [t for t in trials if t.value is not None and np.isfinite(t.value)]
+    if max_trials is not None:
+        trials = trials[-max_trials:]  # the most recent
+    space = config.space
+    seen = {k for t in trials for k in t.params}
+    if trials and not seen & set(space.names):
+        raise ConfigError(f"[warm_start] from: {label} has no variable in common with this space "
+                          f"(it has {', '.join(sorted(seen))}; this space {', '.join(space.names)})")
+    X, y, numbers, skipped = [], [], [], 0
+    for t in trials:
+        mine = {k: _native(space, k, v) for k, v in t.params.items() if k in space.names}
+        try:
+            x = space.snap(space.encode(mine, fill_defaults=True))
+        except ConfigError:  # a value outside this space's range or choices
+            skipped += 1
+            continue
+        X.append(x)
+        y.append(sign * float(t.value))
+        numbers.append(t.number)
+    if not y:
+        why = f" ({skipped} outside this space)" if skipped else ""
+        raise ConfigError(f"[warm_start] from: {label} has no complete trial that fits this space{why}; "
+                          "remove it from [warm_start] from")
+    return Source(label, np.asarray(X, dtype=float).reshape(len(X), space.dim), np.asarray(y), numbers, skipped)
+
+
+def _native(space: SearchSpace, name: str, value: Any) -> Any:
+    """A source's value as this space's variable takes it: a whole float for an integer (a
+    source that searched the variable as a float)."""
+    if isinstance(space.variables[space.names.index(name)], Int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _zscores(y: np.ndarray) -> np.ndarray:
+    """y (n,) standardised on its own: (y - mean) / std (std 1 when all are equal)."""
+    sd = float(np.std(y))
+    return (y - float(np.mean(y))) / (sd if sd > 0 else 1.0)

@@ -1,0 +1,227 @@
+"""Warm starts from earlier studies ([warm_start] from): mapping by name, refusals, direction,
+use = "data" (outside the budget) and use = "design" (evaluated first), resume."""
+
+import numpy as np
+import optuna
+import pytest
+
+import llmhpo
+from llmhpo.config import Config, load_config
+from llmhpo.errors import ConfigError
+from llmhpo.optimizers import make_optimizer
+from llmhpo.study import Study
+from llmhpo.transfer import load
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+         "rank": {"type": "int", "low": 2, "high": 32, "default": 8}}
+
+
+def f(lr, rank):
+    return (np.log10(lr) + 2.5) ** 2 + ((rank - 16) / 16) ** 2
+
+
+def earlier(path, name="old", direction="minimize", rows=()):
+    """A plain Optuna study (not made by llmhpo) with complete trials: rows of (params, value)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name=name, direction=direction)
+    for params, value in rows:
+        dists = {k: FloatDistribution(-1e9, 1e9) if isinstance(v, float) else CategoricalDistribution([v])
+                 for k, v in params.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    return study
+
+
+def config(tmp_path, warm, optimizer="bo", **extra):
+    raw = {"study": {"name": "new"}, "budget": {"trials": 4}, "optimizer": {"name": optimizer, **extra},
+           "objective": {"type": "python", "target": "x:y"}, "space": SPACE, "warm_start": warm}
+    return Config.from_dict(raw, base_dir=tmp_path)
+
+
+ROWS = [({"lr": 3e-3, "rank": 16.0, "dropout": 0.1}, 0.1),   # dropout: not in this space, ignored
+        ({"lr": 1e-2}, 0.5),                                   # rank missing: its default, 8
+        ({"lr": 0.5, "rank": 4.0}, 0.05),                      # lr outside 1e-4..1e-1: skipped
+        ({"lr": 1e-3, "rank": 30.0}, 0.3)]
+
+
+def test_maps_names_ignores_unknown_variables_fills_defaults_and_skips_outside(tmp_path):
+    earlier(tmp_path / "a.db", rows=ROWS)
+    cfg = config(tmp_path, {"from": ["a.db"], "study": "old"})
+    src = load(cfg).sources[0]
+    assert src.skipped == 1 and src.numbers == [0, 1, 3]
+    assert [cfg.space.decode(x) for x in src.X] == [{"lr": pytest.approx(3e-3), "rank": 16},
+                                                     {"lr": pytest.approx(1e-2), "rank": 8},
+                                                     {"lr": pytest.approx(1e-3), "rank": 30}]
+    assert src.y.tolist() == [0.1, 0.5, 0.3]
+
+
+def test_a_maximised_source_is_turned_into_lower_is_better(tmp_path):
+    earlier(tmp_path / "a.db", direction="maximize", rows=ROWS)
+    src = load(config(tmp_path, {"from": [{"storage": "a.db", "study": "old"}]})).sources[0]
+    assert src.y.tolist() == [-0.1, -0.5, -0.3]
+    # the best of a maximised source is its highest value
+    best = load(config(tmp_path, {"from": [{"storage": "a.db", "study": "old"}], "use": "design"})).design(1)
+    assert "trial 1 of" in best[0][1]
+
+
+def test_refusals_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.db does not exist"):
+        load(config(tmp_path, {"from": ["missing.db"]}))
+    earlier(tmp_path / "a.db", rows=ROWS)
+    with pytest.raises(ConfigError, match=r"no study 'new' in .*it holds: old"):
+        load(config(tmp_path, {"from": ["a.db"]}))  # without a name: this study's own
+    earlier(tmp_path / "b.db", rows=[({"depth": 3.0}, 1.0)])
+    with pytest.raises(ConfigError, match="no variable in common"):
+        load(config(tmp_path, {"from": ["b.db"], "study": "old"}))
+    earlier(tmp_path / "c.db", rows=[({"lr": 0.5}, 1.0)])
+    with pytest.raises(ConfigError, match=r"no complete trial that fits this space \(1 outside"):
+        load(config(tmp_path, {"from": ["c.db"], "study": "old"}))
+
+
+@pytest.mark.parametrize("warm, match", [
+    ({"from": ["a.db"], "use": "prior"}, "use = 'prior' must be"),
+    ({"from": []}, "non-empty list"),
+    ({"from": ["a.db"], "max_trials": 0}, "max_trials = 0 must be at least 1"),
+    ({"from": [3]}, "must be a storage URL"),
+    ({"use": "data"}, "need from ="),
+    ({"from": ["a.db"], "sources": 1}, "unknown key 'sources'"),
+])
+def test_bad_tables_are_refused_at_parse(tmp_path, warm, match):
+    with pytest.raises(ConfigError, match=match):
+        config(tmp_path, warm)
+
+
+def test_the_table_form_round_trips_and_the_array_form_is_unchanged(tmp_path):
+    cfg = config(tmp_path, {"from": ["a.db", {"storage": "b.db", "study": "x"}], "study": "old", "use": "design",
+                            "max_trials": 20, "configs": [{"lr": 1e-3}]})
+    assert cfg.warm_start == ({"lr": 1e-3},)
+    assert cfg.warm_from.sources == (("a.db", "old"), ("b.db", "x"))
+    again = Config.from_dict(cfg.to_dict())
+    assert again.warm_from == cfg.warm_from and again.search_hash() == cfg.search_hash()
+    plain = config(tmp_path, [{"lr": 1e-3}])
+    assert plain.warm_from is None and plain.to_dict()["warm_start"] == [{"lr": 1e-3}]
+
+
+def test_data_steers_bo_without_trials_or_budget(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [({"lr": float(10 ** rng.uniform(-4, -1)), "rank": float(rng.integers(2, 33))}, 0.0) for _ in range(30)]
+    rows = [(p, float(f(p["lr"], p["rank"]))) for p, _ in rows]
+    earlier(tmp_path / "a.db", rows=rows)
+    db = f"sqlite:///{tmp_path / 'new.db'}"
+    llmhpo.optimize(f, SPACE, trials=4, optimizer="bo", optimizer_options={"n_init": 4}, storage=db,
+                    study_name="new", quiet=True,
+                    warm_start_from={"from": [str(tmp_path / "a.db")], "study": "old"})
+    study = Study.load(db, "new")
+    records = study.records()
+    assert len(records) == 4 and study.counts()["COMPLETE"] == 4  # the 30 earlier trials are no trials here
+    assert study.warm_start()["sources"][0]["trials"] == 30
+    from typer.testing import CliRunner
+
+    from llmhpo.cli import app
+    from llmhpo.report._data import StudyData
+    from llmhpo.report._page import facts
+
+    line = dict(facts(StudyData.of(study)))["warm start from"]
+    assert line.startswith('(use = "data"): study \'old\' in sqlite:///') and line.endswith(": 30 trials")
+    assert "warm start from earlier studies (use = \"data\")" in CliRunner().invoke(app, ["status", db]).output
+    # 2 initial points (n_init // 2), then the GP of the earlier trials: near their optimum
+    model = records[2].params
+    assert abs(np.log10(model["lr"]) + 2.5) < 0.5 and abs(model["rank"] - 16) <= 6
+
+
+def test_prior_data_are_not_part_of_the_optimizer_state():
+    opt = make_optimizer("bo", 2, np.random.default_rng(0), 10, {"n_init": 4})
+    opt.set_prior([(np.random.default_rng(1).random((5, 2)), np.arange(5.0))])
+    assert len(opt.design) == 2 and "prior" not in opt.state_dict()["own"]
+    assert make_optimizer("soo", 2, np.random.default_rng(0), 10, {}).takes_prior is False
+
+
+def test_design_evaluates_the_best_first_and_resumes_without_repeats(tmp_path):
+    rows = [({"lr": 10 ** (-1 - 0.3 * i), "rank": float(2 + 3 * i)}, float(9 - i)) for i in range(9)]
+    earlier(tmp_path / "a.db", rows=rows)
+    db = f"sqlite:///{tmp_path / 'new.db'}"
+    common = dict(optimizer="random", storage=db, study_name="new", quiet=True,
+                  warm_start_from={"from": [str(tmp_path / "a.db")], "study": "old", "use": "design"})
+    llmhpo.optimize(f, SPACE, trials=3, **common)
+    first = [r.params["rank"] for r in Study.load(db, "new").records()]
+    assert first == [26, 23, 20]  # the earlier study's best three (values 1, 2, 3), best first
+    llmhpo.optimize(f, SPACE, trials=9, **common)  # resumed with a larger budget
+    records = Study.load(db, "new").records()
+    ranks = [r.params["rank"] for r in records]
+    assert len(records) == 9 and ranks[:5] == [26, 23, 20, 17, 14]  # k = 5 for random
+    points = {tuple(sorted(r.params.items())) for r in records}
+    assert len(points) == 9  # nothing evaluated twice
+
+
+def test_data_resumes_as_one_run(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [({"lr": float(10 ** rng.uniform(-4, -1)), "rank": float(rng.integers(2, 33))}, float(rng.random()))
+            for _ in range(12)]
+    earlier(tmp_path / "a.db", rows=rows)
+    runs = {}
+    for name, budgets in (("once", [5]), ("twice", [3, 5])):
+        db = f"sqlite:///{tmp_path / (name + '.db')}"
+        for trials in budgets:
+            llmhpo.optimize(f, SPACE, trials=trials, optimizer="bo", optimizer_options={"n_init": 4}, storage=db,
+                            study_name="new", quiet=True, seed=1,
+                            warm_start_from={"from": [str(tmp_path / "a.db")], "study": "old"})
+        runs[name] = [r.params for r in Study.load(db, "new").records()]
+    assert runs["twice"] == runs["once"]
+
+
+def test_data_with_an_optimizer_without_a_model_says_so(tmp_path, capsys):
+    earlier(tmp_path / "a.db", rows=ROWS)
+    llmhpo.optimize(f, SPACE, trials=2, optimizer="soo", storage=f"sqlite:///{tmp_path / 'n.db'}",
+                    study_name="new",
+                    warm_start_from={"from": [{"storage": str(tmp_path / "a.db"), "study": "old"}], "use": "data"},
+                    progress=False)
+    out = capsys.readouterr().out
+    assert "3 trials (1 outside this space, skipped)" in out
+    assert "no effect on optimizer 'soo'" in out
+
+
+def test_a_toml_file_reads_sources_relative_to_its_folder(tmp_path):
+    earlier(tmp_path / "a.db", rows=ROWS)
+    (tmp_path / "s.toml").write_text(
+        '[study]\nname = "new"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n'
+        '[objective]\ntype = "function"\nname = "branin"\n'
+        '[space.x0]\ntype = "float"\nlow = -5.0\nhigh = 10.0\n[space.x1]\ntype = "float"\nlow = 0.0\nhigh = 15.0\n'
+        '[warm_start]\nfrom = [{ storage = "a.db", study = "old" }]\nuse = "design"\n')
+    cfg = load_config(tmp_path / "s.toml")
+    with pytest.raises(ConfigError, match="no variable in common"):
+        load(cfg)
+
+
+def test_use_defaults_to_data_for_bo_and_design_otherwise(tmp_path):
+    assert config(tmp_path, {"from": ["a.db"]}).warm_from.use == "data"
+    assert config(tmp_path, {"from": ["a.db"]}, optimizer="soo").warm_from.use == "design"
+
+
+def test_check_reports_a_missing_earlier_study_with_the_other_problems(tmp_path):
+    from llmhpo.preflight import preflight
+
+    earlier(tmp_path / "a.db", rows=ROWS)
+    cfg = config(tmp_path, {"from": ["a.db"], "study": "old"}, optimizer="random")
+    cfg = Config.from_dict({**cfg.to_dict(), "objective": {"type": "function", "name": "branin"},
+                            "space": {"lr": SPACE["lr"], "x1": {"type": "float", "low": 0.0, "high": 15.0}}})
+    assert any("study 'old'" in line and "3 trials" in line for line in preflight(cfg))
+    bad = Config.from_dict({**cfg.to_dict(), "warm_start": {"from": ["missing.db"]}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        preflight(bad)
+
+
+def test_run_with_a_missing_earlier_study_stops_with_one_line_and_creates_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "s.toml").write_text('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n'
+                                     '[objective]\ntype = "function"\nname = "branin"\n'
+                                     '[warm_start]\nfrom = ["earlier.db"]\n')
+    r = subprocess.run([sys.executable, "-m", "llmhpo.cli", "run", "s.toml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "earlier.db does not exist" in lines[0]
+    assert not list(tmp_path.glob("s.db"))
