@@ -81,6 +81,9 @@ class Optimizer:
         #: (d,) -> (d,): the point of the configuration actually evaluated (None: every point
         #: is its own configuration); set by ``make_optimizer``, not part of the state
         self.snap: Callable[[np.ndarray], np.ndarray] | None = None
+        #: the variables' priors on the unit cube (``llmhpo.priors.UnitPrior``; None: uniform);
+        #: set by ``make_optimizer``, not part of the state
+        self.prior = None
         #: objectives told per result (``set_objectives``; not part of the state)
         self.n_objectives = 1
         #: the constraint values of the result being told (``handles_constraints``), None: none
@@ -92,6 +95,14 @@ class Optimizer:
             raise ValueError(f"optimizer '{self.name}' optimises one objective, not {m}")
         self.n_objectives = m
         self._after_load()
+
+    def from_prior(self, U: np.ndarray) -> np.ndarray:
+        """U: (d,) or (n, d) uniform points -> the same shape distributed as the prior (the
+        identity without one): where sampling designs and starting points go through."""
+        if self.prior is None:
+            return U
+        U = np.asarray(U, dtype=float)
+        return self.prior.from_uniform(U.reshape(-1, self.dim)).reshape(U.shape)
 
     # ---------------------------------------------------------------- options
     @classmethod

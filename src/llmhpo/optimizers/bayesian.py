@@ -34,7 +34,12 @@ refine, and not only explore (``_gp.py`` for the model):
   log probability of feasibility, the incumbent the best feasible point (before any, the
   probability of feasibility alone); with several objectives, qLogNEHVI's own
   ``constraints`` on the constraint GPs' samples (Daulton et al. 2021, sec. 4). An
-  infeasible trial is data for the objective and the constraint models, not a failure.
+  infeasible trial is data for the objective and the constraint models, not a failure;
+- priors (``llmhpo.priors``): the initial design and random points go through the priors'
+  inverse CDF, and the acquisition is weighted by the prior with a weight that fades as data
+  come in (piBO, Hvarfner et al. 2022, eq. 4: a(x) pi(x)^(beta / n), n the observations so
+  far): log acquisition plus (beta / n) log pi(x), for one objective and several alike. A
+  wrong prior costs a few evaluations; the model overrules it as n grows.
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -66,7 +71,8 @@ class BayesianOptimization(Optimizer):
 
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
                  raw_samples: int = 1024, kernel: str = "matern", noise: str = "low", warp: bool = True,
-                 local_starts: bool = True, failures: str = "impute", fit_maxiter: int = 50):
+                 local_starts: bool = True, failures: str = "impute", fit_maxiter: int = 50,
+                 prior_beta: float = 10.0):
         super().__init__(dim, rng, budget)
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
@@ -76,6 +82,8 @@ class BayesianOptimization(Optimizer):
         self.n_init, self.num_restarts, self.raw_samples = n_init, num_restarts, raw_samples
         self.kernel, self.noise, self.warp, self.local_starts = kernel, noise, bool(warp), bool(local_starts)
         self.failures, self.fit_maxiter = failures, fit_maxiter
+        #: piBO's beta: the prior's weight is beta / n after n observations (10 as in the paper)
+        self.prior_beta = float(prior_beta)
         from scipy.stats import qmc
 
         self.design = qmc.LatinHypercube(d=dim, seed=self._seed()).random(n_init)
@@ -96,12 +104,16 @@ class BayesianOptimization(Optimizer):
         for key, values in allowed.items():
             if key in options and options[key] not in values:
                 raise ValueError(f"{key} must be one of {', '.join(map(repr, values))}, got {options[key]!r}")
+        beta = options.get("prior_beta", 10.0)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+            raise ValueError(f"prior_beta must be a number >= 0 (0: the prior only shapes the initial design), "
+                             f"got {beta!r}")
 
     # ------------------------------------------------------------------ ask
     def _ask(self, n):
         out = []
         while len(out) < n and self.n_design_asked < self.n_init:
-            out.append((self.design[self.n_design_asked].copy(), {"phase": "initial"}))
+            out.append((self.from_prior(self.design[self.n_design_asked].copy()), {"phase": "initial"}))
             self.n_design_asked += 1
         # the model's libraries load in the background while the initial design runs (after
         # its first points are out: imports hold the interpreter's lock)
@@ -113,11 +125,11 @@ class BayesianOptimization(Optimizer):
             # nothing to model yet: wait for the initial design unless it all failed
             if self.pending or out:
                 return out
-            return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
+            return out + [(self.from_prior(self.rng.random(self.dim)), {"phase": "random"}) for _ in range(n - len(out))]
         if self.pending and loading() and len(y) < 2 * self.n_init:
             # the first seconds of a parallel study of short trials: the model's libraries are
             # still loading, so free workers get random points rather than a wait
-            return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
+            return out + [(self.from_prior(self.rng.random(self.dim)), {"phase": "random"}) for _ in range(n - len(out))]
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)
         C = self._constraint_values()
@@ -191,6 +203,7 @@ class BayesianOptimization(Optimizer):
                 acqf = fast_log_ei(model, best_f, X_pending) if ok.any() else None
                 if cons is not None:
                     acqf = weighted(acqf, cons)
+                acqf = self._prior_weighted(acqf)
                 taken = (lambda x, extra=X_pending: self.is_known(x, extra)) if own else \
                     (lambda x, extra=[*X, *X_pending]: _near_any(x, extra, self.same_tol))
                 chosen.append(self._maximise(acqf, X, _feasible_first(y, ok), taken, seed + i))
@@ -231,12 +244,36 @@ class BayesianOptimization(Optimizer):
                     model, ref_point=ref.tolist(), X_baseline=torch.as_tensor(X, dtype=dtype()),
                     sampler=SobolQMCNormalSampler(torch.Size([64]), seed=seed + i), prune_baseline=True,
                     X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()) if X_pending else None, **extra)
+                acqf = self._prior_weighted(acqf)
                 # local starts around the feasible points best on the objectives together
                 score = _feasible_first(-Z[: len(Y)].sum(axis=1), ok)
                 chosen.append(self._maximise(acqf, X[: len(Y)], score,
                                              lambda x, extra=X_pending: self.is_known(x, extra), seed + i,
                                              min(self.raw_samples, _MO_RAW)))
         return chosen
+
+    def prior_weight(self) -> float:
+        """piBO's exponent beta / n: the prior's weight in the log acquisition after the n
+        results told so far (failures included); 0 without a prior."""
+        if self.prior is None:
+            return 0.0
+        return self.prior_beta / max(1, len(self.X))
+
+    def _prior_weighted(self, acqf):
+        """``acqf`` (a log acquisition, X (b, 1, d) -> (b,)) plus ``prior_weight()`` times the
+        log prior density: the log of a(x) pi(x)^(beta / n). Unchanged without a prior."""
+        w = self.prior_weight()
+        if w == 0:
+            return acqf
+        from botorch.acquisition import AcquisitionFunction
+
+        log_prior = self.prior.log_pdf
+
+        class _PriorWeighted(AcquisitionFunction):
+            def forward(self, X):
+                return acqf(X) + w * log_prior(X.reshape(-1, X.shape[-1]))
+
+        return _PriorWeighted(acqf.model)
 
     def _fit_each(self, X, Z) -> list:
         """One GP per objective (columns of Z, maximised); as ``_fit``, the hyperparameters are
