@@ -11,20 +11,20 @@ quantile space). Variables without a prior stay uniform.
 An integer's prior is the normal over its relaxed range [low - 0.5, high + 0.5], so the mass
 of each integer is the density integrated over its cell; a categorical's density is constant
 on each choice's cell. numpy only; ``log_pdf`` is plain arithmetic and also takes torch tensors.
+
+``llmhpo.space`` builds on this module, so a variable is read here through what every
+variable has (``to_unit``, ``log``, ``low``/``high``; ``choices`` for a categorical), not its class.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from llmhpo.errors import ConfigError
-
-if TYPE_CHECKING:
-    from llmhpo.space import SearchSpace
 
 #: the weight of a choice a categorical prior does not list, when the listed ones take it all
 _FLOOR = 0.01
@@ -75,10 +75,8 @@ class Prior:
 
     def check(self, var) -> None:
         """ConfigError when this prior does not fit the variable ``var`` (a space.Variable)."""
-        from llmhpo.space import Categorical
-
         where = f"variable '{var.name}': prior"
-        if isinstance(var, Categorical):
+        if _categorical(var):
             if self.mode is not None or self.spread is not None or not self.weights:
                 raise ConfigError(f"{where} of a categorical gives weights, e.g. prior = "
                                   f"{{ weights = {{ {var.choices[0]!r} = 0.6 }} }}")
@@ -160,25 +158,25 @@ def _choice(var, c: Any) -> Any:
     return next((v for v in var.choices if str(v) == str(c)), None)
 
 
-def _unit_dimension(var) -> _Normal | _Cells:
-    """The prior of one variable (which has one) in its unit coordinate."""
-    from llmhpo.space import Categorical, Int
+def _categorical(var) -> bool:
+    return getattr(var, "choices", None) is not None
 
+
+def _unit_dimension(var) -> _Normal | _Cells:
+    """The prior of one variable (which has one) in its unit coordinate: the variable's own
+    ``to_unit`` is linear in the value (in its logarithm for a log variable), so it carries
+    the mode and one spread over; an integer's cells are in it already."""
     pr = var.prior
-    if isinstance(var, Categorical):
+    if _categorical(var):
         listed = {_choice(var, c): float(w) for c, w in pr.weights}
         rest = [c for c in var.choices if c not in listed]
         total = sum(listed.values())
         share = max(1.0 - total, _FLOOR * total) / len(rest) if rest else 0.0
         p = [listed.get(c, share) for c in var.choices]
         return _Cells(tuple(q / sum(p) for q in p))
-    if isinstance(var, Int):
-        a, b = var._edges()
-    else:
-        a, b = (math.log(var.low), math.log(var.high)) if var.log else (var.low, var.high)
-    centre = math.log(pr.mode) if var.log else pr.mode
-    sd = pr.spread * math.log(10) if var.log else pr.spread  # decades -> natural log units
-    return _Normal((centre - a) / (b - a), sd / (b - a))
+    mu = var.to_unit(pr.mode)
+    one_spread = pr.mode * 10 ** pr.spread if var.log else pr.mode + pr.spread  # a spread in decades
+    return _Normal(mu, var.to_unit(one_spread) - mu)
 
 
 class UnitPrior:
@@ -188,8 +186,8 @@ class UnitPrior:
         self.dims = list(dims)
 
     @classmethod
-    def from_space(cls, space: "SearchSpace") -> "UnitPrior | None":
-        """The space's priors on the unit cube; None when no variable has one."""
+    def from_space(cls, space) -> "UnitPrior | None":
+        """The priors of a ``llmhpo.space.SearchSpace`` on the unit cube; None when no variable has one."""
         dims = [None if getattr(v, "prior", None) is None else _unit_dimension(v) for v in space.variables]
         return cls(dims) if any(d is not None for d in dims) else None
 
