@@ -114,8 +114,8 @@ def test_the_priors_weight_decays_with_evaluations():
     opt = make_optimizer("bo", 2, np.random.default_rng(0), 30, {"prior_beta": 10}, prior=UnitPrior.from_space(WRONG))
     weights = []
     for i in range(12):
-        (c,) = opt.ask(1) if i < 10 else (opt._add_pending(np.full(2, 0.5 + i / 100), {}),)
-        opt.tell(c, float(i))
+        (c,) = opt.ask(1)
+        opt.tell(c, float(np.sum(c.x ** 2)))
         weights.append(opt.prior_weight())
     assert weights == pytest.approx([10 / n for n in range(1, 13)])
     assert make_optimizer("bo", 2, np.random.default_rng(0)).prior_weight() == 0.0
@@ -198,3 +198,43 @@ def test_priors_leave_the_config_hash_alone(tmp_path):
     off = _config(tmp_path, '[space]\npreset = "paper"\nprior = "none"\n')
     assert on.search_hash() == off.search_hash()
     assert load_config(ROOT / "examples/demo.toml").search_hash() == "b1a5119e8cc5c7eb"  # as stored before priors
+
+
+def _lr_loss(learning_rate, warmup):
+    return (np.log10(learning_rate) + 2) ** 2 + warmup
+
+
+def test_the_api_takes_priors_in_both_forms_and_the_run_samples_from_them():
+    import llmhpo
+
+    for lr in (Float("learning_rate", 1e-6, 1e-2, log=True, prior=llmhpo.Prior(2e-4, 0.2)),
+               {"type": "float", "low": 1e-6, "high": 1e-2, "log": True, "prior": {"mode": 2e-4, "spread": 0.2}}):
+        s = llmhpo.optimize(_lr_loss, {"learning_rate": lr, "warmup": Float("warmup", 0, 1)}, trials=40,
+                            optimizer="random", quiet=True)
+        best = np.log10(s.best_params["learning_rate"])
+        # drawn near the prior's mode (5 spreads), not near the optimum at 1e-2 as 40 uniform draws would
+        assert abs(best - np.log10(2e-4)) < 1.0
+
+
+def _two_objective_bo(beta: float):
+    """bo on two objectives whose front lies near (0.85, 0.75), told a 3 x 3 grid, with a
+    tight prior at (0.2, 0.2): its first model-based point."""
+    tight = SearchSpace([Float("a", 0, 1, prior=Prior(0.2, 0.05)), Float("b", 0, 1, prior=Prior(0.2, 0.05))])
+    opt = make_optimizer("bo", 2, np.random.default_rng(0), 12,
+                         {"n_init": 1, "raw_samples": 128, "num_restarts": 2, "prior_beta": beta},
+                         n_objectives=2, prior=UnitPrior.from_space(tight))
+    def values(x):
+        return [float(np.sum((x - 0.8) ** 2)), float(np.sum((x - [0.9, 0.7]) ** 2))]
+
+    (c,) = opt.ask(1)
+    opt.tell(c, values(c.x))
+    for x in np.stack(np.meshgrid([0.1, 0.5, 0.9], [0.1, 0.5, 0.9]), -1).reshape(-1, 2):
+        opt.tell(opt.register(x), values(x))
+    (c,) = opt.ask(1)
+    assert c.info["phase"] == "model"
+    return c.x
+
+
+def test_bo_weights_qlognehvi_by_the_prior_too():
+    assert np.linalg.norm(_two_objective_bo(0) - 0.2) > 0.4  # without the weight: towards the front
+    assert np.linalg.norm(_two_objective_bo(10) - 0.2) < 0.2  # weight 10 / 10: the prior still leads

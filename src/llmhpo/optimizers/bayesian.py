@@ -125,11 +125,11 @@ class BayesianOptimization(Optimizer):
             # nothing to model yet: wait for the initial design unless it all failed
             if self.pending or out:
                 return out
-            return out + [(self.from_prior(self.rng.random(self.dim)), {"phase": "random"}) for _ in range(n - len(out))]
+            return out + self._random(n - len(out))
         if self.pending and loading() and len(y) < 2 * self.n_init:
             # the first seconds of a parallel study of short trials: the model's libraries are
             # still loading, so free workers get random points rather than a wait
-            return out + [(self.from_prior(self.rng.random(self.dim)), {"phase": "random"}) for _ in range(n - len(out))]
+            return out + self._random(n - len(out))
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)
         C = self._constraint_values()
@@ -138,6 +138,10 @@ class BayesianOptimization(Optimizer):
         else:
             pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True, C=C)
         return out + [(x, {"phase": "model"}) for x in pts]
+
+    def _random(self, k: int) -> list:
+        """k points drawn from the priors (uniform without), for when there is no model yet."""
+        return [(self.from_prior(self.rng.random(self.dim)), {"phase": "random"}) for _ in range(k)]
 
     def _constraint_values(self) -> np.ndarray | None:
         """(n, k) constraint values of the successful observations (rows in ``_observed``
