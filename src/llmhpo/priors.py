@@ -48,10 +48,11 @@ class Prior:
         object.__setattr__(self, "weights", tuple((c, w_) for c, w_ in w))
 
     def describe(self, var) -> str:
-        """A few words for ``check`` and the report, e.g. ``prior 0.0002 +- 0.5 decades``."""
+        """A few words for ``llmhpo check``, e.g. ``prior 0.0002 +- 0.5 decades``."""
         if self.weights:
             return "prior " + ", ".join(f"{c}: {w:g}" for c, w in self.weights)
-        return f"prior {self.mode:g} +- {self.spread:g}" + (" decades" if getattr(var, "log", False) else "")
+        unit = (" decade" if self.spread == 1 else " decades") if getattr(var, "log", False) else ""
+        return f"prior {self.mode:g} +- {self.spread:g}{unit}"
 
     def to_dict(self) -> dict[str, Any]:
         if self.weights:
