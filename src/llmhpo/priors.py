@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping
 
 import numpy as np
@@ -115,10 +116,14 @@ class _Normal:
 
         return float(ndtr(-self.mu / self.sd)), float(ndtr((1 - self.mu) / self.sd))
 
-    def log_pdf(self, x):
+    @cached_property
+    def _log_norm(self) -> float:
+        """log of the density's constant factor (the truncated normal's normaliser)."""
         lo, hi = self.cdf_bounds()
-        const = -math.log(self.sd) - 0.5 * math.log(2 * math.pi) - math.log(hi - lo)
-        return const - 0.5 * ((x - self.mu) / self.sd) ** 2
+        return -math.log(self.sd) - 0.5 * math.log(2 * math.pi) - math.log(hi - lo)
+
+    def log_pdf(self, x):
+        return self._log_norm - 0.5 * ((x - self.mu) / self.sd) ** 2
 
     def ppf(self, u: np.ndarray) -> np.ndarray:
         from scipy.special import ndtri
