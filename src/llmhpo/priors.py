@@ -44,9 +44,12 @@ class Prior:
 
     def __post_init__(self) -> None:
         w = self.weights.items() if isinstance(self.weights, Mapping) else self.weights
-        if not isinstance(w, (list, tuple, type({}.items()))):
-            raise ConfigError(f"prior weights = {self.weights!r} must be a table such as {{ \"cosine\" = 0.6 }}")
-        object.__setattr__(self, "weights", tuple((c, w_) for c, w_ in w))
+        try:
+            pairs = tuple((c, w_) for c, w_ in w)
+        except (TypeError, ValueError):
+            raise ConfigError(f"prior weights = {self.weights!r} must be a table such as "
+                              "{ \"cosine\" = 0.6 }") from None
+        object.__setattr__(self, "weights", pairs)
 
     def describe(self, var) -> str:
         """A few words for ``llmhpo check``, e.g. ``prior 0.0002 +- 0.5 decades``."""
