@@ -313,7 +313,7 @@ def variable_from_dict(item: Any) -> Variable:
         if "choices" not in item:
             raise ConfigError(f"variable '{name}': missing key 'choices' for a categorical variable")
         return Categorical(name, tuple(item["choices"]) if isinstance(item["choices"], list) else item["choices"],
-                           item.get("default"), item.get("prior"))
+                           item.get("default"), prior=item.get("prior"))
     for key in ("low", "high"):
         if key not in item:
             raise ConfigError(f"variable '{name}': missing key '{key}' for a {kind} variable")
@@ -325,4 +325,4 @@ def variable_from_dict(item: Any) -> Variable:
     if cls is Float:
         low = float(low) if isinstance(low, int) and not isinstance(low, bool) else low
         high = float(high) if isinstance(high, int) and not isinstance(high, bool) else high
-    return cls(name, low, high, log, item.get("default"), item.get("prior"))
+    return cls(name, low, high, log, item.get("default"), prior=item.get("prior"))
