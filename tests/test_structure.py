@@ -19,9 +19,10 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmhpo"
 
 # cli -> api/demo/lab -> runner/report -> preflight -> study/tracking/live -> config
-# -> optimizers/objectives/executors/lease -> space/storage/_tables -> errors
+# -> optimizers/objectives/executors/lease -> space/storage/_tables -> priors -> errors
 LAYERS = {
     "errors": 0, "_json": 0, "_version": 0, "_format": 0, "_metrics": 0, "_progress": 0, "pareto": 0,
+    "priors": 0.5,
     "goals": 1,
     "space": 1, "storage": 1, "_tables": 1, "_warm": 2,
     "optimizers": 2, "objectives": 2, "executors": 2, "schedulers": 2, "lease": 2,

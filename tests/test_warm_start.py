@@ -133,9 +133,9 @@ def test_data_steers_bo_without_trials_or_budget(tmp_path):
 
 def test_prior_data_are_not_part_of_the_optimizer_state():
     opt = make_optimizer("bo", 2, np.random.default_rng(0), 10, {"n_init": 4})
-    opt.set_prior([(np.random.default_rng(1).random((5, 2)), np.arange(5.0))])
+    opt.set_earlier([(np.random.default_rng(1).random((5, 2)), np.arange(5.0))])
     assert len(opt.design) == 2 and "prior" not in opt.state_dict()["own"]
-    assert make_optimizer("soo", 2, np.random.default_rng(0), 10, {}).takes_prior is False
+    assert make_optimizer("soo", 2, np.random.default_rng(0), 10, {}).takes_earlier is False
 
 
 def test_design_evaluates_the_best_first_and_resumes_without_repeats(tmp_path):

@@ -2,6 +2,7 @@
 
 from llmhpo._version import __version__
 from llmhpo.errors import ConfigError, LlmhpoError, StudyError, TrialFailed
+from llmhpo.priors import Prior
 from llmhpo.space import Categorical, Float, Int, SearchSpace
 
 
@@ -26,6 +27,7 @@ __all__ = [
     "Float",
     "Int",
     "LlmhpoError",
+    "Prior",
     "Result",
     "SearchSpace",
     "StudyError",

@@ -208,6 +208,10 @@ def search_part(d: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a config dict that defines the search (what ``search_hash`` covers)."""
     out = {k: v for k, v in d.items() if k not in ("budget", "runner", "base_dir", "logging")}
     out["study"] = {k: v for k, v in (d.get("study") or {}).items() if k in ("direction", "seed", "objectives")}
+    # priors only steer where the optimiser looks: a study resumes under another prior (and a
+    # study stored before priors existed keeps its hash under a preset's built-in one)
+    out["space"] = {name: {k: v for k, v in var.items() if k != "prior"} if isinstance(var, Mapping) else var
+                    for name, var in (d.get("space") or {}).items()}
     return out
 
 
@@ -428,6 +432,13 @@ def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
 
 
 def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
+    """[space]: a preset (or the kind's default space) and the variables given; ``prior =
+    "none"`` drops the priors a preset comes with, and a table with only ``prior`` sets one on a
+    preset's variable."""
+    builtin = sp.pop("prior", "builtin")
+    if builtin not in ("builtin", "none"):
+        raise ConfigError(f"[space] prior = {builtin!r} must be \"builtin\" (a preset's own prior) or \"none\"; "
+                          "a variable's prior goes in its table: [space.<name>] prior = { mode = ..., spread = ... }")
     base: list = []
     if "preset" in sp:
         p = sp.pop("preset")
@@ -439,10 +450,15 @@ def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
         if default is None:
             raise ConfigError(f"[space] is missing: a {kind.name} objective needs its search space, e.g. "
                               "[space.learning_rate] type = \"float\" low = 1e-5 high = 1e-1 log = true")
-        return default
+        base = list(default.variables)
+    if builtin == "none":
+        base = [replace(v, prior=None) for v in base]
     variables = {v.name: v for v in base}
     for name, spec_ in sp.items():
         if not isinstance(spec_, Mapping):
             raise ConfigError(f"[space] {name} must be a table such as [space.{name}] type = \"float\" low = 0 high = 1")
+        if name in variables and set(spec_) == {"prior"}:  # the preset's variable, with the user's prior
+            variables[name] = replace(variables[name], prior=spec_["prior"])
+            continue
         variables[name] = SearchSpace.from_dict({name: spec_}).variables[0]
     return SearchSpace(list(variables.values()))

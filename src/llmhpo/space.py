@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 
 from llmhpo.errors import ConfigError, did_you_mean
+from llmhpo.priors import Prior
 
 Value = Union[float, int, str, bool]
 
@@ -28,6 +29,7 @@ class Float:
     high: float
     log: bool = False
     default: float | None = None
+    prior: Prior | None = None  # where good values are believed to lie (llmhpo.priors)
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -47,6 +49,7 @@ class Float:
             raise ConfigError(
                 f"variable '{self.name}': default={self.default} lies outside [{self.low}, {self.high}]"
             )
+        _check_prior(self)
 
     def to_unit(self, value: Any) -> float:
         v = float(value)
@@ -78,6 +81,7 @@ class Int:
     high: int
     log: bool = False
     default: int | None = None
+    prior: Prior | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -97,6 +101,7 @@ class Int:
             raise ConfigError(
                 f"variable '{self.name}': default={self.default} lies outside [{self.low}, {self.high}]"
             )
+        _check_prior(self)
 
     # Each integer k owns the cell [k - 0.5, k + 0.5] of the relaxed range (in log space if log).
     def _edges(self) -> tuple[float, float]:
@@ -129,6 +134,7 @@ class Categorical:
     name: str
     choices: tuple = field(default_factory=tuple)
     default: Any = None
+    prior: Prior | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -139,6 +145,7 @@ class Categorical:
             raise ConfigError(f"variable '{self.name}': choices {list(self.choices)} contain duplicates")
         if self.default is not None and self.default not in self.choices:
             raise ConfigError(f"variable '{self.name}': default={self.default!r} is not one of {list(self.choices)}")
+        _check_prior(self)
 
     def to_unit(self, value: Any) -> float:
         return (self.choices.index(value) + 0.5) / len(self.choices)
@@ -155,6 +162,13 @@ class Categorical:
 
 
 Variable = Union[Float, Int, Categorical]
+
+
+def _check_prior(var: "Variable") -> None:
+    """A prior given as a table (``{mode, spread}``) becomes a Prior; either must fit ``var``."""
+    if var.prior is not None:
+        object.__setattr__(var, "prior", Prior.from_dict(var.name, var.prior))
+        var.prior.check(var)
 
 
 def _check_name(name: Any) -> None:
@@ -249,6 +263,8 @@ class SearchSpace:
                 d.update(type="float" if isinstance(v, Float) else "int", low=v.low, high=v.high, log=v.log)
             if v.default is not None:
                 d["default"] = v.default
+            if v.prior is not None:  # left out when None: a stored study keeps its config hash
+                d["prior"] = v.prior.to_dict()
             out.append(d)
         return out
 
@@ -266,13 +282,15 @@ class SearchSpace:
         return isinstance(other, SearchSpace) and self.variables == other.variables
 
     def __repr__(self) -> str:
-        return "SearchSpace(" + ", ".join(f"{v.name}: {v.describe()}" for v in self.variables) + ")"
+        return "SearchSpace(" + ", ".join(
+            f"{v.name}: {v.describe()}" + ("" if v.prior is None else f" ({v.prior.describe(v)})")
+            for v in self.variables) + ")"
 
 
 _KEYS = {
-    "float": {"name", "type", "low", "high", "log", "default"},
-    "int": {"name", "type", "low", "high", "log", "default"},
-    "categorical": {"name", "type", "choices", "default"},
+    "float": {"name", "type", "low", "high", "log", "default", "prior"},
+    "int": {"name", "type", "low", "high", "log", "default", "prior"},
+    "categorical": {"name", "type", "choices", "default", "prior"},
 }
 
 
@@ -294,7 +312,8 @@ def variable_from_dict(item: Any) -> Variable:
     if kind == "categorical":
         if "choices" not in item:
             raise ConfigError(f"variable '{name}': missing key 'choices' for a categorical variable")
-        return Categorical(name, tuple(item["choices"]) if isinstance(item["choices"], list) else item["choices"], item.get("default"))
+        return Categorical(name, tuple(item["choices"]) if isinstance(item["choices"], list) else item["choices"],
+                           item.get("default"), prior=item.get("prior"))
     for key in ("low", "high"):
         if key not in item:
             raise ConfigError(f"variable '{name}': missing key '{key}' for a {kind} variable")
@@ -306,4 +325,4 @@ def variable_from_dict(item: Any) -> Variable:
     if cls is Float:
         low = float(low) if isinstance(low, int) and not isinstance(low, bool) else low
         high = float(high) if isinstance(high, int) and not isinstance(high, bool) else high
-    return cls(name, low, high, log, item.get("default"))
+    return cls(name, low, high, log, item.get("default"), prior=item.get("prior"))

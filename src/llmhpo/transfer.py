@@ -51,7 +51,7 @@ class Transfer:
     sources: list[Source] = field(default_factory=list)
 
     def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(X (n, d), y (n,)) per source: the optimiser's prior data (``Optimizer.set_prior``)."""
+        """(X (n, d), y (n,)) per source: the optimiser's prior data (``Optimizer.set_earlier``)."""
         return [(s.X, s.y) for s in self.sources if len(s.y)]
 
     def design(self, k: int) -> list[tuple[np.ndarray, str]]:
@@ -73,9 +73,9 @@ class Transfer:
         """Before the optimiser's state is loaded: its prior data (use = "data"), or the number
         of configurations that use = "design" evaluates first."""
         if self.use == "data":
-            optimizer.set_prior(self.groups())
+            optimizer.set_earlier(self.groups())
         else:
-            optimizer.set_prior([], designed=len(self.design(design_size(config))))
+            optimizer.set_earlier([], designed=len(self.design(design_size(config))))
 
     def line(self) -> str:
         """One line for the run's start."""

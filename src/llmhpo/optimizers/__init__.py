@@ -104,16 +104,22 @@ def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
 
 def make_optimizer(name: str, dim: int, rng: np.random.Generator, budget: int | None = None,
                    options: dict[str, Any] | None = None,
-                   snap: Callable[[np.ndarray], np.ndarray] | None = None, n_objectives: int = 1) -> Optimizer:
+                   snap: Callable[[np.ndarray], np.ndarray] | None = None, n_objectives: int = 1,
+                   prior=None) -> Optimizer:
     """An optimiser by name, told ``n_objectives`` values per result. snap: (d,) point of [0, 1]^d -> (d,) point of the configuration
     really evaluated (``SearchSpace.snap``); every proposed point goes through it before the
-    duplicate check, so the model sees evaluated points and no configuration comes twice."""
+    duplicate check, so the model sees evaluated points and no configuration comes twice.
+    prior: the variables' priors on [0, 1]^d (``llmhpo.priors.UnitPrior``, None: none), used
+    where the optimiser's algorithm allows (docs/configuration.md, "Priors")."""
     check_optimizer(name, options)
     try:
         opt = OPTIMIZERS[name](dim, rng, budget, **(options or {}))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"optimizer '{name}': bad options {options}: {e}") from e
     opt.snap = snap
+    if prior is not None and prior.dim != dim:
+        raise ValueError(f"a prior over {prior.dim} dimensions given to an optimiser of {dim}")
+    opt.prior = prior
     if n_objectives > 1:
         try:
             opt.set_objectives(n_objectives)

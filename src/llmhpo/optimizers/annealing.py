@@ -29,7 +29,7 @@ class SimulatedAnnealing(Optimizer):
 
     def _ask(self, n):
         if self.current is None:
-            return [(self.rng.random(self.dim), {"move": "start"}) for _ in range(n)]
+            return [(self.from_prior(self.rng.random(self.dim)), {"move": "start"}) for _ in range(n)]
         out = []
         for _ in range(n):
             x = self.current + self.step * self.rng.standard_normal(self.dim)

@@ -65,8 +65,8 @@ class Optimizer:
     multi_objective: ClassVar[bool] = False
     #: whether ``_tell`` is given the constraint values (else infeasible = failed)
     handles_constraints: ClassVar[bool] = False
-    #: whether observations of earlier studies (``set_prior``) steer its proposals
-    takes_prior: ClassVar[bool] = False
+    #: whether observations of earlier studies (``set_earlier``) steer its proposals
+    takes_earlier: ClassVar[bool] = False
     _state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, rng: np.random.Generator | None = None, budget: int | None = None):
@@ -83,6 +83,9 @@ class Optimizer:
         #: (d,) -> (d,): the point of the configuration actually evaluated (None: every point
         #: is its own configuration); set by ``make_optimizer``, not part of the state
         self.snap: Callable[[np.ndarray], np.ndarray] | None = None
+        #: the variables' priors on the unit cube (``llmhpo.priors.UnitPrior``; None: uniform);
+        #: set by ``make_optimizer``, not part of the state
+        self.prior = None
         #: objectives told per result (``set_objectives``; not part of the state)
         self.n_objectives = 1
         #: the constraint values of the result being told (``handles_constraints``), None: none
@@ -94,6 +97,14 @@ class Optimizer:
             raise ValueError(f"optimizer '{self.name}' optimises one objective, not {m}")
         self.n_objectives = m
         self._after_load()
+
+    def from_prior(self, U: np.ndarray) -> np.ndarray:
+        """U: (d,) or (n, d) uniform points -> the same shape distributed as the prior (the
+        identity without one): where sampling designs and starting points go through."""
+        if self.prior is None:
+            return U
+        U = np.asarray(U, dtype=float)
+        return self.prior.from_uniform(U.reshape(-1, self.dim)).reshape(U.shape)
 
     # ---------------------------------------------------------------- options
     @classmethod
@@ -260,13 +271,13 @@ class Optimizer:
         model-based optimiser (or too little data)."""
         return None
 
-    def set_prior(self, groups: list[tuple[np.ndarray, np.ndarray]], designed: int = 0) -> None:
+    def set_earlier(self, groups: list[tuple[np.ndarray, np.ndarray]], designed: int = 0) -> None:
         """Observations of earlier studies (``[warm_start] from``, use = "data"), one group per
         study: X (n, d) points of [0, 1]^d, y (n,) values to minimise, on that study's own
         scale. They are no part of the history nor of the state (the caller gives them again
         at every start, before ``load_state_dict``). designed: earlier studies' configurations
         registered to be evaluated first (use = "design"), which an optimiser with an initial
-        design may count in it. Default: ignored (``takes_prior``)."""
+        design may count in it. Default: ignored (``takes_earlier``)."""
 
     def _observe(self, candidate: Candidate, value: float | None) -> None:
         """A value for a registered (not proposed) point; ignored unless overridden."""

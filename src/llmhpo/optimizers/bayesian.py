@@ -35,7 +35,7 @@ refine, and not only explore (``_gp.py`` for the model):
   probability of feasibility alone); with several objectives, qLogNEHVI's own
   ``constraints`` on the constraint GPs' samples (Daulton et al. 2021, sec. 4). An
   infeasible trial is data for the objective and the constraint models, not a failure;
-- earlier studies (``set_prior``, ``[warm_start] from`` with use = "data"): each study's values
+- earlier studies (``set_earlier``, ``[warm_start] from`` with use = "data"): each study's values
   are standardised on their own (z-scores), and once this study has ``_OWN_MIN`` results
   they are mapped to its scale (its mean and standard deviation) and join its data; before
   that the GP sees the earlier studies alone. The incumbent is this study's best, so the
@@ -44,6 +44,11 @@ refine, and not only explore (``_gp.py`` for the model):
   configurations evaluated first), and from ``n_init`` own
   results on the GP sees this study's alone: kept longer, an earlier study whose optimum
   lies elsewhere held the search away from this one's (docs/benchmarks.md).
+- priors (``llmhpo.priors``): the initial design and random points go through the priors'
+  inverse CDF, and the acquisition is weighted by the prior with a weight that fades as data
+  come in (piBO, Hvarfner et al. 2022, eq. 4: a(x) pi(x)^(beta / n), n the observations so
+  far): log acquisition plus (beta / n) log pi(x), for one objective and several alike. A
+  wrong prior costs a few evaluations; the model overrules it as n grows.
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -73,12 +78,13 @@ class BayesianOptimization(Optimizer):
     name = "bo"
     multi_objective = True
     handles_constraints = True
-    takes_prior = True
+    takes_earlier = True
     _state_attrs = ("design", "n_design_asked", "hyper", "hyper_n", "cons", "hyper_each", "hyper_each_n")
 
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
                  raw_samples: int = 1024, kernel: str = "matern", noise: str = "low", warp: bool = True,
-                 local_starts: bool = True, failures: str = "impute", fit_maxiter: int = 50):
+                 local_starts: bool = True, failures: str = "impute", fit_maxiter: int = 50,
+                 prior_beta: float = 10.0):
         super().__init__(dim, rng, budget)
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
@@ -88,6 +94,8 @@ class BayesianOptimization(Optimizer):
         self.n_init, self.num_restarts, self.raw_samples = n_init, num_restarts, raw_samples
         self.kernel, self.noise, self.warp, self.local_starts = kernel, noise, bool(warp), bool(local_starts)
         self.failures, self.fit_maxiter = failures, fit_maxiter
+        #: piBO's beta: the prior's weight is beta / n after n observations (10 as in the paper)
+        self.prior_beta = float(prior_beta)
         from scipy.stats import qmc
 
         self.design = qmc.LatinHypercube(d=dim, seed=self._seed()).random(n_init)
@@ -101,17 +109,17 @@ class BayesianOptimization(Optimizer):
         #: several objectives: each objective's GP hyperparameters and the observations at their fit
         self.hyper_each: list[dict[str, Any]] = []
         self.hyper_each_n = 0
-        #: earlier studies' (X (n, d), z (n,) z-scores), not part of the state (``set_prior``)
-        self.prior: list[tuple[np.ndarray, np.ndarray]] = []
+        #: earlier studies' (X (n, d), z (n,) z-scores), not part of the state (``set_earlier``)
+        self.earlier: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def set_prior(self, groups, designed=0):
-        self.prior = []
+    def set_earlier(self, groups, designed=0):
+        self.earlier = []
         for X, y in groups:
             y = np.asarray(y, dtype=float)
             sd = float(np.std(y))
-            self.prior.append((np.asarray(X, dtype=float).reshape(len(y), self.dim),
+            self.earlier.append((np.asarray(X, dtype=float).reshape(len(y), self.dim),
                                (y - float(np.mean(y))) / (sd if sd > 0 else 1.0)))
-        n = max(0, self.n_init - designed) if designed else max(1, self.n_init // 2) if self.prior else self.n_init
+        n = max(0, self.n_init - designed) if designed else max(1, self.n_init // 2) if self.earlier else self.n_init
         if n != self.n_init and self.n_design_asked == 0 and len(self.design) == self.n_init:
             from scipy.stats import qmc
 
@@ -122,11 +130,11 @@ class BayesianOptimization(Optimizer):
         """(X (n, d), y (n,), n_own): this study's successes (the first n_own rows) and the
         earlier studies' observations mapped to its scale (see the module docstring)."""
         X, y = self._observed()
-        if not self.prior or self.n_objectives > 1 or self._cons_told() \
+        if not self.earlier or self.n_objectives > 1 or self._cons_told() \
                 or len(y) >= self.n_init:
             return X, y, len(y)
-        Xp = np.vstack([p[0] for p in self.prior])
-        zp = np.concatenate([p[1] for p in self.prior])
+        Xp = np.vstack([p[0] for p in self.earlier])
+        zp = np.concatenate([p[1] for p in self.earlier])
         if len(y) < _OWN_MIN:
             return Xp, zp, 0
         sd = float(np.std(y))
@@ -142,12 +150,16 @@ class BayesianOptimization(Optimizer):
         for key, values in allowed.items():
             if key in options and options[key] not in values:
                 raise ValueError(f"{key} must be one of {', '.join(map(repr, values))}, got {options[key]!r}")
+        beta = options.get("prior_beta", 10.0)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+            raise ValueError(f"prior_beta must be a number >= 0 (0: the prior only shapes the initial design), "
+                             f"got {beta!r}")
 
     # ------------------------------------------------------------------ ask
     def _ask(self, n):
         out = []
         while len(out) < n and self.n_design_asked < len(self.design):
-            out.append((self.design[self.n_design_asked].copy(), {"phase": "initial"}))
+            out.append((self.from_prior(self.design[self.n_design_asked].copy()), {"phase": "initial"}))
             self.n_design_asked += 1
         # the model's libraries load in the background while the initial design runs (after
         # its first points are out: imports hold the interpreter's lock)
@@ -159,11 +171,11 @@ class BayesianOptimization(Optimizer):
             # nothing to model yet: wait for the initial design unless it all failed
             if self.pending or out:
                 return out
-            return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
+            return out + self._random(n - len(out))
         if self.pending and loading() and len(y) < 2 * self.n_init:
             # the first seconds of a parallel study of short trials: the model's libraries are
             # still loading, so free workers get random points rather than a wait
-            return out + [(self.rng.random(self.dim), {"phase": "random"}) for _ in range(n - len(out))]
+            return out + self._random(n - len(out))
         pending = [c.x for c in self.pending.values()] + [x for x, _ in out]
         X_fail = np.asarray([x for x, v in zip(self.X, self.y) if v is None]).reshape(-1, self.dim)
         C = self._constraint_values()
@@ -172,6 +184,10 @@ class BayesianOptimization(Optimizer):
         else:
             pts = self._acquire(X, y, X_fail, n - len(out), pending, own=True, C=C, n_own=n_own)
         return out + [(x, {"phase": "model"}) for x in pts]
+
+    def _random(self, k: int) -> list:
+        """k points drawn from the priors (uniform without), for when there is no model yet."""
+        return [(self.from_prior(self.rng.random(self.dim)), {"phase": "random"}) for _ in range(k)]
 
     def _constraint_values(self) -> np.ndarray | None:
         """(n, k) constraint values of the successful observations (rows in ``_observed``
@@ -240,6 +256,7 @@ class BayesianOptimization(Optimizer):
                 acqf = fast_log_ei(model, best_f, X_pending) if ok.any() else None
                 if cons is not None:
                     acqf = weighted(acqf, cons)
+                acqf = self._prior_weighted(acqf)
                 taken = (lambda x, extra=X_pending: self.is_known(x, extra)) if own else \
                     (lambda x, extra=[*X, *X_pending]: _near_any(x, extra, self.same_tol))
                 chosen.append(self._maximise(acqf, X, _feasible_first(y, ok), taken, seed + i))
@@ -280,12 +297,36 @@ class BayesianOptimization(Optimizer):
                     model, ref_point=ref.tolist(), X_baseline=torch.as_tensor(X, dtype=dtype()),
                     sampler=SobolQMCNormalSampler(torch.Size([64]), seed=seed + i), prune_baseline=True,
                     X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()) if X_pending else None, **extra)
+                acqf = self._prior_weighted(acqf)
                 # local starts around the feasible points best on the objectives together
                 score = _feasible_first(-Z[: len(Y)].sum(axis=1), ok)
                 chosen.append(self._maximise(acqf, X[: len(Y)], score,
                                              lambda x, extra=X_pending: self.is_known(x, extra), seed + i,
                                              min(self.raw_samples, _MO_RAW)))
         return chosen
+
+    def prior_weight(self) -> float:
+        """piBO's exponent beta / n: the prior's weight in the log acquisition after the n
+        results told so far (failures included); 0 without a prior."""
+        if self.prior is None:
+            return 0.0
+        return self.prior_beta / max(1, len(self.X))
+
+    def _prior_weighted(self, acqf):
+        """``acqf`` (a log acquisition, X (b, 1, d) -> (b,)) plus ``prior_weight()`` times the
+        log prior density: the log of a(x) pi(x)^(beta / n). Unchanged without a prior."""
+        w = self.prior_weight()
+        if w == 0:
+            return acqf
+        from botorch.acquisition import AcquisitionFunction
+
+        log_prior = self.prior.log_pdf
+
+        class _PriorWeighted(AcquisitionFunction):
+            def forward(self, X):
+                return acqf(X) + w * log_prior(X.reshape(-1, X.shape[-1]))
+
+        return _PriorWeighted(acqf.model)
 
     def _fit_each(self, X, Z) -> list:
         """One GP per objective (columns of Z, maximised); as ``_fit``, the hyperparameters are

@@ -40,7 +40,7 @@ class GeneticAlgorithm(Optimizer):
         out = []
         for _ in range(n):
             if len(self.fitness) + len(self.pending) + len(out) < self.mu or len(self.fitness) < 2:
-                out.append((self.rng.random(self.dim), {"origin": "initial"}))
+                out.append((self.from_prior(self.rng.random(self.dim)), {"origin": "initial"}))
                 continue
             a, b = self._select(), self._select()
             lo, hi = np.minimum(a, b), np.maximum(a, b)

@@ -33,7 +33,7 @@ class IteratedLocalSearch(Optimizer):
         if self.centre is None:
             if any(c.info.get("role") == "start" for c in self.pending.values()):
                 return []
-            return [(self.rng.random(self.dim), {"role": "start"})]
+            return [(self.from_prior(self.rng.random(self.dim)), {"role": "start"})]
         for _ in range(n):
             if self.kick_pending:
                 x_best, _ = self.best

@@ -21,6 +21,10 @@ constraint values as Optuna's ``constraints`` system attribute, which these samp
 (a failed trial gets the worst values seen, beside its penalty); CMA-ES, which reads none,
 is told an infeasible result as a failure (the base class).
 
+Priors: the sampler's start-up trials (``n_startup_trials``; NSGA-II's first generation,
+``population_size``), which it draws at random, are drawn from the priors instead and
+enqueued (Optuna's ``enqueue_trial``); the model-based trials after them do not use the priors.
+
 The options of a wrapper are the keyword arguments of its sampler's constructor, less
 ``seed`` (llmhpo sets it): ``check_values`` checks them against that signature, their
 simple types against its annotations, and builds the sampler once, before anything runs.
@@ -75,6 +79,8 @@ class _OptunaOptimizer(Optimizer):
     sampler: ClassVar[str] = ""
     #: llmhpo's own defaults for some sampler arguments; options override them
     sampler_defaults: ClassVar[dict[str, Any]] = {}
+    #: the sampler option that counts its random start-up trials (drawn from the priors if any)
+    startup_option: ClassVar[str] = "n_startup_trials"
 
     def __init__(self, dim, rng=None, budget=None, **sampler_options):
         super().__init__(dim, rng, budget)
@@ -148,6 +154,9 @@ class _OptunaOptimizer(Optimizer):
             self._study.sampler = self._make_sampler(seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                if self.prior is not None and self.n_asks <= self._n_startup():
+                    u = np.random.default_rng(seed).random(self.dim)
+                    self._study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(self.from_prior(u))})
                 trial = self._study.ask(self._dists)
             x = np.array([trial.params[f"x{i}"] for i in range(self.dim)])
             # samplers keep their state in the new trial's system attributes (CMA-ES: its generation)
@@ -156,6 +165,11 @@ class _OptunaOptimizer(Optimizer):
             out.append((x, {"optuna_trial": trial.number}))
         self.study_attrs = _json.encode(self._study._storage.get_study_system_attrs(self._study._study_id))
         return out
+
+    def _n_startup(self) -> int:
+        """The sampler's random start-up trials (0 if it has no such option)."""
+        value = {**self.options(), **self.sampler_options}.get(self.startup_option)
+        return int(value) if isinstance(value, int) else 0
 
     def suggest(self, X, y, pending):
         if not self.model_based or len(y) < 2:
@@ -272,3 +286,4 @@ class OptunaNSGAII(_OptunaOptimizer):
     model_based = False
     multi_objective = handles_constraints = True
     sampler = "NSGAIISampler"
+    startup_option = "population_size"

@@ -12,13 +12,13 @@ from llmhpo.optimizers.base import Optimizer
 
 
 class RandomSearch(Optimizer):
-    """Independent uniform points of [0, 1]^d."""
+    """Independent points of [0, 1]^d, uniform or drawn from the variables' priors."""
 
     name = "random"
     multi_objective = True  # its points do not depend on the values
 
     def _ask(self, n):
-        return [(self.rng.random(self.dim), {}) for _ in range(n)]
+        return [(self.from_prior(self.rng.random(self.dim)), {}) for _ in range(n)]
 
 
 class GridSearch(Optimizer):
@@ -26,7 +26,7 @@ class GridSearch(Optimizer):
 
     levels: points per dimension (an int, or one int per dimension). A random order means a
     grid cut short by the budget still covers the whole box. Once every point is asked,
-    ``ask`` returns nothing.
+    ``ask`` returns nothing. Priors are ignored: a grid covers the box evenly by design.
     """
 
     name = "grid"
@@ -58,7 +58,8 @@ class GridSearch(Optimizer):
 class LatinHypercube(Optimizer):
     """Blocks of Latin-hypercube designs (scipy.stats.qmc); each block is stratified.
 
-    size: points per block; default the budget, or 10 * d when it is unknown.
+    size: points per block; default the budget, or 10 * d when it is unknown. With priors,
+    the design goes through their inverse CDF: stratified in the priors' quantiles.
     """
 
     name = "lhs"
@@ -79,13 +80,14 @@ class LatinHypercube(Optimizer):
 
                 self.design = qmc.LatinHypercube(d=self.dim, seed=self._seed()).random(self.size)
                 self.index = 0
-            out.append((self.design[self.index].copy(), {}))
+            out.append((self.from_prior(self.design[self.index].copy()), {}))
             self.index += 1
         return out
 
 
 class Sobol(Optimizer):
-    """A scrambled Sobol sequence (scipy.stats.qmc), seeded from the optimiser's stream."""
+    """A scrambled Sobol sequence (scipy.stats.qmc), seeded from the optimiser's stream; with
+    priors, through their inverse CDF (low discrepancy in the priors' quantiles)."""
 
     name = "sobol"
     multi_objective = True  # its points do not depend on the values
@@ -109,4 +111,4 @@ class Sobol(Optimizer):
             warnings.simplefilter("ignore")  # balance warning for n not a power of 2
             pts = self._engine.random(n)
         self.drawn += n
-        return [(p, {"sobol_index": self.drawn - n + i}) for i, p in enumerate(pts)]
+        return [(self.from_prior(p), {"sobol_index": self.drawn - n + i}) for i, p in enumerate(pts)]

@@ -37,6 +37,7 @@ from llmhpo.errors import StudyError, TrialFailed
 from llmhpo.executors import Executor, Outcome
 from llmhpo.goals import evaluate, feasible, told
 from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
+from llmhpo.priors import UnitPrior
 from llmhpo.runner import checkpoints
 from llmhpo.runner.asker import Asker, lookahead
 from llmhpo._format import fmt
@@ -57,7 +58,7 @@ def build_optimizer(config: Config) -> Optimizer:
     # configuration actually evaluated (rounded), never as the unrounded point
     return make_optimizer(config.optimizer, config.space.dim, np.random.default_rng(opt_seq),
                           config.budget.trials, config.optimizer_options, snap=config.space.snap,
-                          n_objectives=len(config.study.directions))
+                          n_objectives=len(config.study.directions), prior=UnitPrior.from_space(config.space))
 
 
 @dataclass

@@ -87,7 +87,7 @@ def _transferred(config: Config, study: Study, optimizer: Optimizer, transfer: T
         for x, label in transfer.design(design_size(config)):
             if not optimizer.is_known(optimizer._prepare(x)):
                 fresh.append(optimizer.register(x, {"transferred": label}))
-    elif not optimizer.takes_prior:
+    elif not optimizer.takes_earlier:
         notes.append(f"[warm_start] use = \"data\" has no effect on optimizer '{config.optimizer}' (only bo models "
                      "earlier trials); use = \"design\" evaluates the best of them first")
     return notes

@@ -1,0 +1,225 @@
+"""Prior beliefs about where good values lie, and their form on the unit cube.
+
+A ``Prior`` is what a user writes on a variable (``prior = { mode = 2e-4, spread = 0.5 }``):
+a normal with mean ``mode`` and standard deviation ``spread`` in the variable's own scale
+(log variables in decades), truncated to the variable's range; for a categorical, a weight
+per choice. ``UnitPrior`` is the same belief over the optimisers' [0, 1]^d: a log density
+(BO weights its acquisition by it, piBO: Hvarfner et al. 2022) and an inverse CDF (sampling
+optimisers push their uniform designs through it, so a stratified design stays stratified in
+quantile space). Variables without a prior stay uniform.
+
+An integer's prior is the normal over its relaxed range [low - 0.5, high + 0.5], so the mass
+of each integer is the density integrated over its cell; a categorical's density is constant
+on each choice's cell. numpy only; ``log_pdf`` is plain arithmetic and also takes torch tensors.
+
+``llmhpo.space`` builds on this module, so a variable is read here through what every
+variable has (``to_unit``, ``log``, ``low``/``high``; ``choices`` for a categorical), not its class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Mapping
+
+import numpy as np
+
+from llmhpo.errors import ConfigError
+
+#: the weight of a choice a categorical prior does not list, when the listed ones take it all
+_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A belief about one variable. Float/Int: ``mode`` and ``spread`` (> 0) in the variable's
+    own scale (decades for log variables). Categorical: ``weights``, choice -> weight >= 0;
+    unlisted choices share what is left of 1 (or a small floor)."""
+
+    mode: float | None = None
+    spread: float | None = None
+    #: (choice, weight) pairs; a mapping is accepted and kept as pairs (the prior stays hashable)
+    weights: Any = ()
+
+    def __post_init__(self) -> None:
+        w = self.weights.items() if isinstance(self.weights, Mapping) else self.weights
+        try:
+            pairs = tuple((c, w_) for c, w_ in w)
+        except (TypeError, ValueError):
+            raise ConfigError(f"prior weights = {self.weights!r} must be a table such as "
+                              "{ \"cosine\" = 0.6 }") from None
+        object.__setattr__(self, "weights", pairs)
+
+    def describe(self, var) -> str:
+        """A few words for ``llmhpo check``, e.g. ``prior 0.0002 +- 0.5 decades``."""
+        if self.weights:
+            return "prior " + ", ".join(f"{c}: {w:g}" for c, w in self.weights)
+        unit = (" decade" if self.spread == 1 else " decades") if getattr(var, "log", False) else ""
+        return f"prior {self.mode:g} +- {self.spread:g}{unit}"
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.weights:
+            return {"weights": dict(self.weights)}  # TOML keys: the choices as strings
+        return {"mode": self.mode, "spread": self.spread}
+
+    @classmethod
+    def from_dict(cls, name: str, d: Any) -> "Prior":
+        """``{mode, spread}`` or ``{weights}`` as a TOML table gives it; ConfigError otherwise."""
+        if isinstance(d, Prior):
+            return d
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"variable '{name}': prior = {d!r} must be a table such as "
+                              "prior = { mode = 2e-4, spread = 0.5 }")
+        allowed = {"mode", "spread", "weights"}
+        extra = sorted(set(d) - allowed)
+        if extra:
+            raise ConfigError(f"variable '{name}': prior has an unknown key '{extra[0]}'; "
+                              "use mode and spread (or weights for a categorical)")
+        return cls(d.get("mode"), d.get("spread"), d.get("weights") or {})
+
+    def check(self, var) -> None:
+        """ConfigError when this prior does not fit the variable ``var`` (a space.Variable)."""
+        where = f"variable '{var.name}': prior"
+        if _categorical(var):
+            if self.mode is not None or self.spread is not None or not self.weights:
+                raise ConfigError(f"{where} of a categorical gives weights, e.g. prior = "
+                                  f"{{ weights = {{ {var.choices[0]!r} = 0.6 }} }}")
+            for c, w in self.weights:
+                if _choice(var, c) is None:
+                    raise ConfigError(f"{where} weights name {c!r}, which is not one of {list(var.choices)}")
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w:
+                    raise ConfigError(f"{where} weight of {c!r} = {w!r} must be a number >= 0")
+            if sum(w for _, w in self.weights) <= 0:
+                raise ConfigError(f"{where} weights are all 0; give at least one choice a positive weight")
+            return
+        if self.weights:
+            raise ConfigError(f"{where} weights are for categorical variables; give mode and spread")
+        for key in ("mode", "spread"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{where} {key} = {v!r} must be a finite number")
+        if not var.low <= self.mode <= var.high:
+            raise ConfigError(f"{where} mode = {self.mode:g} lies outside [{var.low:g}, {var.high:g}]; "
+                              "move it inside the range")
+        if self.spread <= 0:
+            unit = " decades" if var.log else ""
+            raise ConfigError(f"{where} spread = {self.spread:g} must be > 0 (a standard deviation{unit})")
+
+
+@dataclass(frozen=True)
+class _Normal:
+    """A normal of mean ``mu`` and sd ``sd`` (unit coordinates), truncated to [0, 1]."""
+
+    mu: float
+    sd: float
+
+    def cdf_bounds(self) -> tuple[float, float]:
+        from scipy.special import ndtr
+
+        return float(ndtr(-self.mu / self.sd)), float(ndtr((1 - self.mu) / self.sd))
+
+    @cached_property
+    def _log_norm(self) -> float:
+        """log of the density's constant factor (the truncated normal's normaliser)."""
+        lo, hi = self.cdf_bounds()
+        return -math.log(self.sd) - 0.5 * math.log(2 * math.pi) - math.log(hi - lo)
+
+    def log_pdf(self, x):
+        return self._log_norm - 0.5 * ((x - self.mu) / self.sd) ** 2
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        from scipy.special import ndtri
+
+        lo, hi = self.cdf_bounds()
+        p = np.clip(lo + u * (hi - lo), 1e-300, 1 - 1e-16)
+        return np.clip(self.mu + self.sd * ndtri(p), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """A density constant on each of n equal cells of [0, 1]; ``p``: each cell's mass."""
+
+    p: tuple[float, ...]
+
+    def log_pdf(self, x):
+        n = len(self.p)
+        logd = [math.log(max(q, 1e-300) * n) for q in self.p]
+        out = logd[0] + 0 * x
+        for i in range(1, n):  # a step at each inner edge (works on numpy arrays and torch tensors)
+            out = out + (logd[i] - logd[i - 1]) * (x >= i / n)
+        return out
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        n = len(self.p)
+        cum = np.concatenate([[0.0], np.cumsum(self.p)])
+        cum /= cum[-1]
+        i = np.clip(np.searchsorted(cum, u, side="right") - 1, 0, n - 1)
+        frac = (u - cum[i]) / np.maximum(cum[i + 1] - cum[i], 1e-300)
+        return np.clip((i + np.clip(frac, 0.0, 1.0)) / n, 0.0, 1.0)
+
+
+def _choice(var, c: Any) -> Any:
+    """The categorical's choice that weight key ``c`` names (TOML keys are strings: "16" names
+    16); None when none does."""
+    if c in var.choices:
+        return c
+    return next((v for v in var.choices if str(v) == str(c)), None)
+
+
+def _categorical(var) -> bool:
+    return getattr(var, "choices", None) is not None
+
+
+def _unit_dimension(var) -> _Normal | _Cells:
+    """The prior of one variable (which has one) in its unit coordinate: the variable's own
+    ``to_unit`` is linear in the value (in its logarithm for a log variable), so it carries
+    the mode and one spread over; an integer's cells are in it already."""
+    pr = var.prior
+    if _categorical(var):
+        listed = {_choice(var, c): float(w) for c, w in pr.weights}
+        rest = [c for c in var.choices if c not in listed]
+        total = sum(listed.values())
+        share = max(1.0 - total, _FLOOR * total) / len(rest) if rest else 0.0
+        p = [listed.get(c, share) for c in var.choices]
+        return _Cells(tuple(q / sum(p) for q in p))
+    mu = var.to_unit(pr.mode)
+    one_spread = pr.mode * 10 ** pr.spread if var.log else pr.mode + pr.spread  # a spread in decades
+    return _Normal(mu, var.to_unit(one_spread) - mu)
+
+
+class UnitPrior:
+    """The variables' priors over [0, 1]^d: ``dims[j]`` is dimension j's, None: uniform."""
+
+    def __init__(self, dims: list[_Normal | _Cells | None]):
+        self.dims = list(dims)
+
+    @classmethod
+    def from_space(cls, space) -> "UnitPrior | None":
+        """The priors of a ``llmhpo.space.SearchSpace`` on the unit cube; None when no variable has one."""
+        dims = [None if getattr(v, "prior", None) is None else _unit_dimension(v) for v in space.variables]
+        return cls(dims) if any(d is not None for d in dims) else None
+
+    @property
+    def dim(self) -> int:
+        return len(self.dims)
+
+    def log_pdf(self, X):
+        """X: (n, d) points of [0, 1]^d (numpy or torch) -> (n,) log density on the cube."""
+        total = 0 * X[:, 0]
+        for j, d in enumerate(self.dims):
+            if d is not None:
+                total = total + d.log_pdf(X[:, j])
+        return total
+
+    def from_uniform(self, U: np.ndarray) -> np.ndarray:
+        """U: (n, d) uniform points of [0, 1]^d -> (n, d) points distributed as the prior
+        (each coordinate through its inverse CDF: a stratified U stays stratified)."""
+        U = np.asarray(U, dtype=float)
+        if U.ndim != 2 or U.shape[1] != self.dim:
+            raise ValueError(f"expected points of shape (n, {self.dim}), got {U.shape}")
+        X = U.copy()
+        for j, d in enumerate(self.dims):
+            if d is not None:
+                X[:, j] = d.ppf(U[:, j])
+        return X
