@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from llmhpo.space import SearchSpace
+from llmhpo.space import SearchSpace, variable_from_dict
 
 _SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging",
              "constraint"}
@@ -445,5 +445,5 @@ def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
     for name, spec_ in sp.items():
         if not isinstance(spec_, Mapping):
             raise ConfigError(f"[space] {name} must be a table such as [space.{name}] type = \"float\" low = 0 high = 1")
-        variables[name] = SearchSpace.from_dict({name: spec_}).variables[0]
+        variables[name] = variable_from_dict(dict(spec_, name=name))  # its conditions are checked with the space
     return SearchSpace(list(variables.values()))
