@@ -168,3 +168,39 @@ def test_a_function_without_a_default_for_a_conditional_variable_is_refused():
 
     with pytest.raises(ConfigError, match="'warmup' is conditional.*give it a default"):
         llmhpo.optimize(f, space(), trials=2, quiet=True)
+
+
+def test_a_boolean_parent_and_a_finetune_config_with_a_conditional_knob(tmp_path):
+    s = SearchSpace([Categorical("use_rslora", (True, False)), Int("lora_alpha", 4, 64, when={"use_rslora": False})])
+    assert s.decode(np.array([0.2, 0.5])) == {"use_rslora": True}
+    assert set(s.decode(np.array([0.8, 0.5]))) == {"use_rslora", "lora_alpha"}
+    from pathlib import Path
+
+    from llmhpo.config import load_config
+    from llmhpo.objectives.finetune.config import TrainConfig
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "demo.toml").read_text()
+    text = text.replace('scheduler = "constant"\n', "")
+    text = text.replace('preset = "paper"\n', '''preset = "paper"
+[space.scheduler]
+type = "categorical"
+choices = ["constant", "linear", "cosine"]
+[space.warmup_ratio]
+type = "float"
+low = 0.0
+high = 0.2
+when = { scheduler = ["linear", "cosine"] }
+''')
+    (tmp_path / "s.toml").write_text(text)
+    cfg = load_config(tmp_path / "s.toml")
+    assert cfg.space["warmup_ratio"].when == (("scheduler", ("linear", "cosine")),)
+    assert cfg.to_dict()["space"]["warmup_ratio"]["when"] == {"scheduler": ["linear", "cosine"]}
+    assert "when" not in cfg.to_dict()["space"]["learning_rate"]
+    # an inactive warmup_ratio is the [train] value (0.0) in the trial's training settings
+    params = cfg.space.decode(cfg.space.encode({"scheduler": "constant", "learning_rate": 2e-4, "lora_rank": 8,
+                                                "lora_alpha": 16}, fill_defaults=True))
+    assert "warmup_ratio" not in params
+    assert TrainConfig().with_params(params).warmup_ratio == 0.0
+    (tmp_path / "bad.toml").write_text(text.replace('scheduler = ["linear", "cosine"]', 'scheduler = ["linaer"]'))
+    with pytest.raises(ConfigError, match="when scheduler = 'linaer', but 'scheduler' is one of"):
+        load_config(tmp_path / "bad.toml")

@@ -4,6 +4,11 @@ Optimisers only ever see points of [0, 1]^d. Log scales are handled by mapping t
 logarithm linearly; integers and categoricals are relaxed to equal-width cells of [0, 1]
 and rounded back ("relax and round", report section 3.3), so every integer or choice owns
 the same share of the cube and decode(encode(v)) == v exactly.
+
+Conditional variables (``when``): a variable may be active only when categorical or integer
+variables take listed values. Optimisers still see the whole cube; ``decode`` drops the
+inactive variables and ``snap`` moves their coordinates to one canonical value, so points
+that differ only there are one configuration.
 """
 
 from __future__ import annotations
@@ -411,7 +416,11 @@ class SearchSpace:
         return isinstance(other, SearchSpace) and self.variables == other.variables
 
     def __repr__(self) -> str:
-        return "SearchSpace(" + ", ".join(f"{v.name}: {v.describe()}" for v in self.variables) + ")"
+        def when(v: Variable) -> str:
+            return "".join(f" when {p} in {list(values)}" if len(values) > 1 else f" when {p} = {values[0]!r}"
+                           for p, values in v.when)
+
+        return "SearchSpace(" + ", ".join(f"{v.name}: {v.describe()}{when(v)}" for v in self.variables) + ")"
 
 
 _KEYS = {
