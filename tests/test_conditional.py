@@ -204,3 +204,13 @@ when = { scheduler = ["linear", "cosine"] }
     (tmp_path / "bad.toml").write_text(text.replace('scheduler = ["linear", "cosine"]', 'scheduler = ["linaer"]'))
     with pytest.raises(ConfigError, match="when scheduler = 'linaer', but 'scheduler' is one of"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_a_benchmark_function_refuses_a_conditional_argument():
+    from llmhpo.config import Config
+
+    raw = {"study": {"name": "f"}, "budget": {"trials": 2}, "optimizer": {"name": "random"}, "objective": {"type": "function", "name": "branin"},
+           "space": {"a": {"type": "categorical", "choices": [0, 1]},
+                     "b": {"type": "float", "low": 0, "high": 1, "when": {"a": 1}}}}
+    with pytest.raises(ConfigError, match="b has a 'when', but function 'branin' takes all its arguments"):
+        Config.from_dict(raw)
