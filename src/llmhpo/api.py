@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from llmhpo.config import Config
 from llmhpo.errors import ConfigError
 from llmhpo.runner import RunSummary, run
-from llmhpo.space import SearchSpace, Variable
+from llmhpo.space import SearchSpace, Variable, variable_from_dict
 
 
 def optimize(
@@ -73,7 +73,7 @@ def optimize(
     target = f"{module}:{re.sub(r'[^A-Za-z0-9_.]', '_', qualname).strip('_.') or 'objective'}"
     if isinstance(space, Mapping):  # {name: Variable} or TOML-style {name: {type = ..., ...}}
         space = SearchSpace([replace(v, name=k) if not isinstance(v, Mapping) else
-                             SearchSpace.from_dict({k: v}).variables[0] for k, v in space.items()])
+                             variable_from_dict(dict(v, name=k)) for k, v in space.items()])
     elif not isinstance(space, SearchSpace):
         space = SearchSpace(list(space))
     tables = {d.pop("name"): d for d in space.to_dict()}

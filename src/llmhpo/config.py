@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from llmhpo.space import SearchSpace
+from llmhpo.space import SearchSpace, variable_from_dict
 
 _SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging",
              "constraint"}
@@ -460,5 +460,5 @@ def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
         if name in variables and set(spec_) == {"prior"}:  # the preset's variable, with the user's prior
             variables[name] = replace(variables[name], prior=spec_["prior"])
             continue
-        variables[name] = SearchSpace.from_dict({name: spec_}).variables[0]
+        variables[name] = variable_from_dict(dict(spec_, name=name))  # its conditions are checked with the space
     return SearchSpace(list(variables.values()))

@@ -4,6 +4,11 @@ Optimisers only ever see points of [0, 1]^d. Log scales are handled by mapping t
 logarithm linearly; integers and categoricals are relaxed to equal-width cells of [0, 1]
 and rounded back ("relax and round", report section 3.3), so every integer or choice owns
 the same share of the cube and decode(encode(v)) == v exactly.
+
+Conditional variables (``when``): a variable may be active only when categorical or integer
+variables take listed values. Optimisers still see the whole cube; ``decode`` drops the
+inactive variables and ``snap`` moves their coordinates to one canonical value, so points
+that differ only there are one configuration.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ class Float:
     log: bool = False
     default: float | None = None
     prior: Prior | None = None  # where good values are believed to lie (llmhpo.priors)
+    #: active only when each named variable takes one of the listed values (empty: always)
+    when: Any = ()
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        _set_when(self)
         for key in ("low", "high"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -82,9 +90,12 @@ class Int:
     log: bool = False
     default: int | None = None
     prior: Prior | None = None
+    #: active only when each named variable takes one of the listed values (empty: always)
+    when: Any = ()
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        _set_when(self)
         for key in ("low", "high"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -135,9 +146,12 @@ class Categorical:
     choices: tuple = field(default_factory=tuple)
     default: Any = None
     prior: Prior | None = None
+    #: active only when each named variable takes one of the listed values (empty: always)
+    when: Any = ()
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        _set_when(self)
         if not isinstance(self.choices, (list, tuple)) or len(self.choices) == 0:
             raise ConfigError(f"variable '{self.name}': choices must be a non-empty list, e.g. choices = [\"a\", \"b\"]")
         object.__setattr__(self, "choices", tuple(self.choices))
@@ -176,6 +190,42 @@ def _check_name(name: Any) -> None:
         raise ConfigError(f"variable name {name!r} must be an identifier such as 'learning_rate'")
 
 
+def _set_when(v: Any) -> None:
+    """Normalise a variable's ``when`` (a mapping parent -> value or list of values) to a
+    hashable tuple of (parent, (values, ...)) pairs, in the order given."""
+    when = v.when
+    if when is None:
+        when = ()
+    if isinstance(when, Mapping):
+        items = list(when.items())
+    elif isinstance(when, (list, tuple)) and all(isinstance(p, tuple) and len(p) == 2 for p in when):
+        items = list(when)
+    else:
+        raise ConfigError(f"variable '{v.name}': when={when!r} must be a table such as "
+                          "when = { scheduler = [\"linear\", \"cosine\"] }")
+    out = []
+    for parent, values in items:
+        if not isinstance(parent, str) or not parent.isidentifier():
+            raise ConfigError(f"variable '{v.name}': when names {parent!r}, which is not a variable name")
+        values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+        if not values:
+            raise ConfigError(f"variable '{v.name}': when {parent} = [] lists no value; give at least one")
+        for value in values:
+            if not isinstance(value, (str, int, float, bool)):
+                raise ConfigError(f"variable '{v.name}': when {parent} = {value!r} must be a string, number or boolean")
+        out.append((parent, values))
+    object.__setattr__(v, "when", tuple(out))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of the same kind (True is not 1, as a condition reads it)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _listed(value: Any, values: Sequence[Any]) -> bool:
+    return any(_same(value, w) for w in values)
+
+
 class SearchSpace:
     """An ordered set of variables; ``encode``/``decode`` map params <-> points of [0, 1]^d."""
 
@@ -188,6 +238,75 @@ class SearchSpace:
         if dupes:
             raise ConfigError(f"variable '{dupes[0]}' is defined twice in the search space; keep one")
         self.variables: tuple[Variable, ...] = tuple(variables)
+        self._order = self._check_conditions()
+
+    def _check_conditions(self) -> list[int]:
+        """Validate every ``when`` and return the variables' indices with each parent
+        before its children (the order in which activity is decided)."""
+        index = {v.name: i for i, v in enumerate(self.variables)}
+        for v in self.variables:
+            for parent, values in v.when:
+                if parent == v.name:
+                    raise ConfigError(f"variable '{v.name}': when names the variable itself; "
+                                      "a variable can only depend on another one")
+                if parent not in index:
+                    raise ConfigError(f"variable '{v.name}': when names '{parent}'{did_you_mean(parent, index)}, "
+                                      f"which is not in the search space {self.names}")
+                p = self.variables[index[parent]]
+                if isinstance(p, Float):
+                    raise ConfigError(f"variable '{v.name}': when names '{parent}', a float; "
+                                      "a condition can only name a categorical or an int variable")
+                for value in values:
+                    ok = _listed(value, p.choices) if isinstance(p, Categorical) else p.contains(value)
+                    if not ok:
+                        raise ConfigError(f"variable '{v.name}': when {parent} = {value!r}, "
+                                          f"but '{parent}' is {p.describe()}")
+        order: list[int] = []
+        state: dict[int, int] = {}  # 1: being visited, 2: done
+
+        def visit(i: int, path: list[str]) -> None:
+            if state.get(i) == 2:
+                return
+            if state.get(i) == 1:
+                cycle = path[path.index(self.variables[i].name):] + [self.variables[i].name]
+                raise ConfigError(f"the conditions form a cycle: {' -> '.join(cycle)} (each depends on the next); "
+                                  "remove one of these 'when'")
+            state[i] = 1
+            for parent, _ in self.variables[i].when:
+                visit(index[parent], path + [self.variables[i].name])
+            state[i] = 2
+            order.append(i)
+
+        for i in range(len(self.variables)):
+            visit(i, [])
+        return order
+
+    @property
+    def conditional(self) -> bool:
+        """Whether any variable has a ``when``."""
+        return any(v.when for v in self.variables)
+
+    def _activity(self, values: Mapping[str, Any]) -> dict[str, bool]:
+        """name -> whether it is active, given the values of (at least) the active parents;
+        a variable is active when its parents are active and take one of the listed values."""
+        active: dict[str, bool] = {}
+        for i in self._order:
+            v = self.variables[i]
+            active[v.name] = all(active[p] and p in values and _listed(values[p], allowed) for p, allowed in v.when)
+        return active
+
+    def active(self, params: Mapping[str, Any]) -> list[str]:
+        """The names of the variables active under ``params`` (in variable order); a parent
+        missing from params counts as not matching."""
+        act = self._activity(params)
+        return [v.name for v in self.variables if act[v.name]]
+
+    def canonical(self, v: Variable) -> float:
+        """The unit coordinate an inactive variable takes: its default's, or the centre of its
+        range (moved to the centre of its cell for ints and categoricals)."""
+        if v.default is not None:
+            return min(max(v.to_unit(v.default), 0.0), 1.0)
+        return 0.5 if isinstance(v, Float) else min(max(v.to_unit(v.from_unit(0.5)), 0.0), 1.0)
 
     @property
     def dim(self) -> int:
@@ -214,14 +333,19 @@ class SearchSpace:
         x = np.asarray(x, dtype=float)
         if x.shape != (self.dim,):
             raise ValueError(f"expected a point of shape ({self.dim},), got {x.shape}")
-        return {v.name: v.from_unit(u) for v, u in zip(self.variables, x)}
+        values = {v.name: v.from_unit(u) for v, u in zip(self.variables, x)}
+        if not self.conditional:
+            return values
+        act = self._activity(values)
+        return {k: val for k, val in values.items() if act[k]}
 
     def snap(self, x: np.ndarray) -> np.ndarray:
         """x: (d,) point of [0, 1]^d -> the (d,) point of the configuration actually
         evaluated, ``encode(decode(x))``: integers and categoricals move to the centre of
         their cell, floats stay (up to rounding of log scales). Optimisers apply it to what
         they propose, so their model sees evaluated points and no configuration is proposed
-        twice."""
+        twice. An inactive variable's coordinate moves to its canonical value
+        (``canonical``), so points that differ only there are the same configuration."""
         x = np.asarray(x, dtype=float)
         if x.shape != (self.dim,):
             raise ValueError(f"expected a point of shape ({self.dim},), got {x.shape}")
@@ -229,6 +353,11 @@ class SearchSpace:
         for i, v in enumerate(self.variables):
             if not isinstance(v, Float):  # a float's own point is what is evaluated: keep it exactly
                 out[i] = v.to_unit(v.from_unit(out[i]))
+        if self.conditional:
+            act = self._activity({v.name: v.from_unit(u) for v, u in zip(self.variables, out)})
+            for i, v in enumerate(self.variables):
+                if not act[v.name]:
+                    out[i] = self.canonical(v)
         return np.clip(out, 0.0, 1.0)
 
     def encode(self, params: Mapping[str, Any], fill_defaults: bool = False) -> np.ndarray:
@@ -236,21 +365,40 @@ class SearchSpace:
 
         With ``fill_defaults``, a missing variable takes its ``default`` or, without one,
         the centre of its range (used for partial warm-start configurations).
+
+        With conditions (``when``), params hold the active variables only: an inactive one
+        takes its canonical coordinate, and giving a value to it is an error.
         """
         unknown = sorted(set(params) - set(self.names))
         if unknown:
             raise ConfigError(f"unknown parameter '{unknown[0]}'; the search space has {self.names}")
         out = np.empty(self.dim)
-        for i, v in enumerate(self.variables):
+        values: dict[str, Any] = {}  # what decides the conditions: given, or filled in
+        active: dict[str, bool] = {}
+        for i in self._order:
+            v = self.variables[i]
+            active[v.name] = all(active[p] and p in values and _listed(values[p], allowed) for p, allowed in v.when)
+            if not active[v.name]:
+                if v.name in params:
+                    why = next(f"{p}={values[p]!r}" if active[p] and p in values else f"'{p}' is inactive"
+                               for p, allowed in v.when
+                               if not (active[p] and p in values and _listed(values[p], allowed)))
+                    need = ", ".join(f"{p} in {list(allowed)}" for p, allowed in v.when)
+                    raise ConfigError(f"parameter '{v.name}' is inactive here ({why}; it applies only when {need}); "
+                                      "remove it")
+                out[i] = self.canonical(v)
+                continue
             if v.name not in params:
                 if not fill_defaults:
                     raise ConfigError(f"parameter '{v.name}' is missing; give a value ({v.describe()})")
                 out[i] = 0.5 if v.default is None else v.to_unit(v.default)
+                values[v.name] = v.from_unit(out[i])
                 continue
             value = params[v.name]
             if not v.contains(value):
                 raise ConfigError(f"parameter '{v.name}'={value!r} is not {v.describe()}")
             out[i] = v.to_unit(value)
+            values[v.name] = value
         return np.clip(out, 0.0, 1.0)
 
     def to_dict(self) -> list[dict[str, Any]]:
@@ -265,6 +413,8 @@ class SearchSpace:
                 d["default"] = v.default
             if v.prior is not None:  # left out when None: a stored study keeps its config hash
                 d["prior"] = v.prior.to_dict()
+            if v.when:  # omitted when empty: an unconditional space serialises (and hashes) as before
+                d["when"] = {p: list(values) for p, values in v.when}
             out.append(d)
         return out
 
@@ -282,15 +432,19 @@ class SearchSpace:
         return isinstance(other, SearchSpace) and self.variables == other.variables
 
     def __repr__(self) -> str:
+        def when(v: Variable) -> str:
+            return "".join(f" when {p} in {list(values)}" if len(values) > 1 else f" when {p} = {values[0]!r}"
+                           for p, values in v.when)
+
         return "SearchSpace(" + ", ".join(
-            f"{v.name}: {v.describe()}" + ("" if v.prior is None else f" ({v.prior.describe(v)})")
+            f"{v.name}: {v.describe()}{when(v)}" + ("" if v.prior is None else f" ({v.prior.describe(v)})")
             for v in self.variables) + ")"
 
 
 _KEYS = {
-    "float": {"name", "type", "low", "high", "log", "default", "prior"},
-    "int": {"name", "type", "low", "high", "log", "default", "prior"},
-    "categorical": {"name", "type", "choices", "default", "prior"},
+    "float": {"name", "type", "low", "high", "log", "default", "prior", "when"},
+    "int": {"name", "type", "low", "high", "log", "default", "prior", "when"},
+    "categorical": {"name", "type", "choices", "default", "prior", "when"},
 }
 
 
@@ -313,7 +467,7 @@ def variable_from_dict(item: Any) -> Variable:
         if "choices" not in item:
             raise ConfigError(f"variable '{name}': missing key 'choices' for a categorical variable")
         return Categorical(name, tuple(item["choices"]) if isinstance(item["choices"], list) else item["choices"],
-                           item.get("default"), prior=item.get("prior"))
+                           item.get("default"), prior=item.get("prior"), when=item.get("when") or ())
     for key in ("low", "high"):
         if key not in item:
             raise ConfigError(f"variable '{name}': missing key '{key}' for a {kind} variable")
@@ -325,4 +479,4 @@ def variable_from_dict(item: Any) -> Variable:
     if cls is Float:
         low = float(low) if isinstance(low, int) and not isinstance(low, bool) else low
         high = float(high) if isinstance(high, int) and not isinstance(high, bool) else high
-    return cls(name, low, high, log, item.get("default"), prior=item.get("prior"))
+    return cls(name, low, high, log, item.get("default"), prior=item.get("prior"), when=item.get("when") or ())

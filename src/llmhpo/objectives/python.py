@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from llmhpo.errors import ConfigError, ObjectiveSetupError, TrialFailed, did_you_mean
 from llmhpo.objectives import ObjectiveKind, ParseContext, Result
@@ -87,8 +87,9 @@ def load_target(spec: PythonSpec) -> Callable[..., Any]:
     return obj
 
 
-def check_signature(fn: Callable[..., Any], names: list[str], where: str) -> None:
-    """ConfigError unless ``fn(**params)`` accepts exactly the space's names."""
+def check_signature(fn: Callable[..., Any], names: list[str], where: str, conditional: Sequence[str] = ()) -> None:
+    """ConfigError unless ``fn(**params)`` accepts exactly the space's names; those in
+    ``conditional`` (variables with a ``when``, absent while inactive) need a default."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -109,6 +110,10 @@ def check_signature(fn: Callable[..., Any], names: list[str], where: str) -> Non
     if missing:
         raise ConfigError(f"{where} needs argument '{missing[0]}' that the search space does not define; "
                           "add it to the space or give it a default")
+    bare = [p.name for p in params if p.default is p.empty and p.name in conditional]
+    if bare:
+        raise ConfigError(f"{where}: '{bare[0]}' is conditional (its 'when' leaves it out of the call while "
+                          f"inactive); give it a default, e.g. {bare[0]}=None")
 
 
 class PythonObjective:
@@ -174,7 +179,8 @@ class PythonKind(ObjectiveKind):
     def preflight(self, spec: PythonSpec, space, devices=(), fidelity=None, remote=False) -> list[str]:
         fn = load_target(spec)
         # with [fidelity] the function also gets fidelity=llmhpo.Fidelity(...)
-        check_signature(fn, space.names + (["fidelity"] if fidelity else []), f"[objective] target {spec.target!r}")
+        check_signature(fn, space.names + (["fidelity"] if fidelity else []), f"[objective] target {spec.target!r}",
+                        [v.name for v in space if v.when])
         return [f"objective: {spec.target}" + (f" (metric {spec.metric})" if spec.metric else "")]
 
     def fidelity_resources(self, spec) -> tuple[str, ...]:

@@ -131,6 +131,10 @@ class FunctionKind(ObjectiveKind):
 
     def check_space(self, spec: FunctionSpec, space: SearchSpace) -> None:
         d = get_function(spec.name, spec.dim).dim
+        conditional = [v.name for v in space if v.when]
+        if conditional:  # its arguments are positional: every one needs a value
+            raise ConfigError(f"[space] {conditional[0]} has a 'when', but function '{spec.name}' takes all its "
+                              "arguments in every trial; remove the condition")
         if space.dim != d:
             raise ConfigError(f"[space] defines {space.dim} variables but function '{spec.name}' takes {d}; "
                               "define one per argument, in order, or remove [space] to use its own box")

@@ -201,12 +201,13 @@ def plot_params(sd: StudyData) -> Figure:
     sc = None
     for i, (ax, name) in enumerate(zip(axes, names)):
         var = sd.space[name]
-        xs, labels = _positions(var, [t.params.get(name) for t in done])
+        here = [t for t in done if name in t.params]  # a conditional variable: the trials where it was active
+        xs, labels = _positions(var, [t.params[name] for t in here])
         if labels is not None:  # spread the points of one category a little, the same way every time
-            xs = [x + 0.18 * (((t.number * 0.618034) % 1.0) - 0.5) for x, t in zip(xs, done)]
-        sc = ax.scatter(xs, values, c=[t.number for t in done], cmap="plasma", norm=norm, s=26, alpha=0.85,
-                        edgecolor="none", gid="complete", zorder=3)
-        if best is not None:
+            xs = [x + 0.18 * (((t.number * 0.618034) % 1.0) - 0.5) for x, t in zip(xs, here)]
+        sc = ax.scatter(xs, [t.value for t in here], c=[t.number for t in here], cmap="plasma", norm=norm, s=26,
+                        alpha=0.85, edgecolor="none", gid="complete", zorder=3)
+        if best is not None and name in best.params:
             bx, _ = _positions(var, [best.params.get(name)])
             ax.scatter(bx, [best.value], marker="*", s=220, color=C_STAR, edgecolor="k", lw=0.8, gid="best",
                        label=f"best: trial {best.number}", zorder=5)
@@ -287,20 +288,29 @@ def plot_importance(sd: StudyData) -> tuple[Figure | None, str]:
 
 
 # ---------------------------------------------------------------------- parallel coordinates
+#: where a trial in which a conditional variable was inactive crosses that variable's axis
+INACTIVE_AT = -0.12
+
+
 def _unit(var, values) -> tuple[np.ndarray, list[tuple[float, str]]]:
-    """Values of a variable -> [0, 1] over its search range, and (position, label) ticks."""
+    """Values of a variable -> [0, 1] over its search range, and (position, label) ticks;
+    None (the variable was inactive) -> just below the axis, ticked "inactive"."""
     choices = getattr(var, "choices", None)
     if choices is not None:
         k = max(len(choices) - 1, 1)
         index = {repr(c): i for i, c in enumerate(choices)}
-        return (np.array([index.get(repr(v), 0) / k for v in values]),
-                [(i / k, str(c)) for i, c in enumerate(choices)])
-    lo, hi, log = float(var.low), float(var.high), bool(getattr(var, "log", False))
-    f = (lambda v: math.log10(v)) if log and lo > 0 else (lambda v: v)
-    a, b = f(lo), f(hi)
-    span = (b - a) or 1.0
-    pos = np.array([(f(float(v)) - a) / span for v in values])
-    return pos, [(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")]
+        pos = np.array([INACTIVE_AT if v is None else index.get(repr(v), 0) / k for v in values])
+        ticks = [(i / k, str(c)) for i, c in enumerate(choices)]
+    else:
+        lo, hi, log = float(var.low), float(var.high), bool(getattr(var, "log", False))
+        f = (lambda v: math.log10(v)) if log and lo > 0 else (lambda v: v)
+        a, b = f(lo), f(hi)
+        span = (b - a) or 1.0
+        pos = np.array([INACTIVE_AT if v is None else (f(float(v)) - a) / span for v in values])
+        ticks = [(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")]
+    if any(v is None for v in values):
+        ticks.append((INACTIVE_AT, "inactive"))
+    return pos, ticks
 
 
 def plot_parallel(sd: StudyData) -> Figure | None:
@@ -340,7 +350,7 @@ def plot_parallel(sd: StudyData) -> Figure | None:
     ax.set_xticks(range(m), labels, rotation=0)
     ax.set_yticks([])
     ax.set_xlim(-0.2, m - 0.6)
-    ax.set_ylim(-0.06, 1.06)
+    ax.set_ylim(INACTIVE_AT - 0.06 if any(t[0] == INACTIVE_AT for _, tk in cols for t in tk) else -0.06, 1.06)
     ax.grid(False)
     for s in ("left", "bottom"):
         ax.spines[s].set_visible(False)
