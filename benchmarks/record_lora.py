@@ -2,8 +2,8 @@
 LoRA on the builtin addition task, lm-eval on 40 + 40 held-out questions) over the report's
 search space, every rung of a 3-rung schedule (steps 4, 8, 16: one run continued exactly, as
 multi-fidelity trials do), several training seeds on a share of the configurations for the
-noise. The table (``src/llmhpo/lab/data/lora_smollm2.csv``) is what the ``lora`` bench family's
-surrogate is fitted on (``llmhpo.lab.recorded``).
+noise. The table (``src/llmhpo/objectives/data/lora_smollm2.csv``) is what the ``lora`` bench family's
+surrogate is fitted on (``llmhpo.objectives.recorded``).
 
 Configurations: a scrambled Sobol sequence over the space (seed 0), in its order, so any prefix
 covers the space; every ``--repeat-every``-th configuration is also trained with seeds 1 and 2.
@@ -14,7 +14,7 @@ Rows are appended as runs finish and a rerun skips what is recorded, so the reco
 stopped and continued; several processes share the work (each claims a run before it starts).
 
 usage: OMP_NUM_THREADS=1 python benchmarks/record_lora.py [--configs 128] [--repeat-every 8]
-       [--threads 1] [--out src/llmhpo/lab/data/lora_smollm2.csv]
+       [--threads 1] [--out src/llmhpo/objectives/data/lora_smollm2.csv]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", type=int, default=128)
     ap.add_argument("--repeat-every", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="src/llmhpo/lab/data/lora_smollm2.csv")
+    ap.add_argument("--out", default="src/llmhpo/objectives/data/lora_smollm2.csv")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

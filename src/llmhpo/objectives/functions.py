@@ -15,7 +15,7 @@ trial records: ``branin_currin`` is the two-objective problem of Belakaria et al
 the metrics ``branin`` and ``currin`` of ``[study] objectives``.
 
 ``lora_smollm2`` is no formula: a surrogate of recorded LoRA fine-tuning evaluations
-(``llmhpo.lab.recorded``), on the unit cube of the report's five-variable space, not moved
+(``llmhpo.objectives.recorded``), on the unit cube of the report's five-variable space, not moved
 by seeds."""
 
 from __future__ import annotations
@@ -177,12 +177,14 @@ _FUNCTIONS: dict[str, tuple[Callable[[int], Function], int | None, int]] = {
 
 
 def _recorded(d: int) -> Function:
-    from llmhpo.lab.recorded import function
+    """``lora_smollm2`` on [0, 1]^5 (the paper space's unit cube), minimised as 1 - accuracy."""
+    from llmhpo.objectives import recorded
 
-    return function()
+    return Function("lora_smollm2", recorded.value, _box(0, 1, len(recorded.VARIABLES)), 1.0 - recorded.best_predicted(),
+                    recorded.optimum(), fixed=True, curve=recorded.curve_value)
 
 
-#: fitted on recorded evaluations when first used (``llmhpo.lab.recorded``)
+#: fitted on recorded evaluations when first used (``llmhpo.objectives.recorded``)
 _RECORDED = {"lora_smollm2": (_recorded, 5, 5)}
 
 #: the single-objective synthetic functions (``llmhpo bench`` all)
