@@ -56,6 +56,10 @@ class Budget:
     resource: float | None = None  # with [fidelity]: total resource units (e.g. training steps)
 
 
+#: ``[fidelity] model``: what model-based proposals (and, with all_rungs, promotions) learn from
+FIDELITY_MODELS = ("one_rung", "all_rungs")
+
+
 @dataclass(frozen=True)
 class FidelityConfig:
     """Multi-fidelity: configurations climb rungs of ``resource`` from ``min`` to ``max``
@@ -70,6 +74,10 @@ class FidelityConfig:
     keep_checkpoints: int = 2
     checkpoint_dir: str = "llmhpo-runs"  # relative to the TOML's folder
     integer: bool = True  # whole-number rungs: the kind's answer (integer_resource), set at parse, not in TOML
+    #: what model-based proposals learn from: "one_rung" (the optimiser's model of its first-rung
+    #: scores; under Hyperband, BOHB's highest rung with d + 2 scores) or "all_rungs" (a GP over
+    #: configuration and rung fitted on every rung's scores, which also ranks promotions)
+    model: str = "one_rung"
 
     def rungs(self) -> list[float]:
         from llmhpo.schedulers import rungs
@@ -77,8 +85,9 @@ class FidelityConfig:
         return rungs(self.min, self.max, self.eta, integer=self.integer)
 
     def to_dict(self) -> dict[str, Any]:
-        """The [fidelity] table (``integer`` is the kind's to say, not the file's)."""
-        return {k: v for k, v in vars(self).items() if k != "integer"}
+        """The [fidelity] table (``integer`` is the kind's to say, not the file's; ``model``, a
+        key added after studies were stored, left out at its default: their hash stays)."""
+        return {k: v for k, v in vars(self).items() if k != "integer" and not (k == "model" and v == "one_rung")}
 
 
 @dataclass(frozen=True)
@@ -278,6 +287,9 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     logging = _logging(raw.get("logging", {}), base_dir)
     constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
     _check_goals(study, constraints, opt_name, fidelity is not None)
+    if fidelity is not None and fidelity.model == "all_rungs" and opt_name != "bo":
+        raise ConfigError(f"[fidelity] model = \"all_rungs\" needs a GP to fit every rung's scores, and "
+                          f"optimizer {opt_name!r} has none; use [optimizer] name = \"bo\" or drop the key")
     return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging, constraints)
 
 
@@ -358,7 +370,8 @@ def _warm_start(ws: Any, space: SearchSpace) -> tuple[dict[str, Any], ...]:
 def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:
     from llmhpo.schedulers import SCHEDULERS
 
-    no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir"})
+    no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir",
+                                "model"})
     supported = kind.fidelity_resources(spec)
     if not supported:
         raise ConfigError(f"[fidelity]: a {kind.name} objective has no resource to grow; remove [fidelity]")
@@ -390,7 +403,11 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
     for name in sorted(set(kind.resource_params(spec, resource)) & set(space.names)):  # searched in vain
         raise ConfigError(f"[space.{name}] is searched, but [fidelity] resource = {resource!r} sets {name} "
                           f"for every rung; remove [space.{name}] (or [fidelity])")
-    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer)
+    model = expect("fidelity", fd, "model", (str,), "one_rung")
+    if model not in FIDELITY_MODELS:
+        raise ConfigError(f"[fidelity] model = {model!r} is unknown{did_you_mean(model, FIDELITY_MODELS)}; "
+                          f"use one of: {', '.join(FIDELITY_MODELS)}")
+    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer, model)
 
 
 def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:

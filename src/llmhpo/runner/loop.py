@@ -14,8 +14,9 @@ so a freed worker never waits on it; it is told each configuration's score once,
 the configuration started at (rung 0 for ASHA and successive halving: every told value has
 the same fidelity). Under Hyperband, whose brackets start at different rungs, a model-based
 optimiser proposes each new configuration from the highest rung with at least d + 2 scores,
-as BOHB does (Falkner, Klein & Hutter 2018). Jobs are keyed by their candidate's id: one
-configuration, one candidate. Several objectives and constraints (``llmhpo.goals``) are
+as BOHB does (Falkner, Klein & Hutter 2018); ``[fidelity] model = "all_rungs"``: a GP of
+every rung's scores proposes and ranks promotions (``rungs_model.py``). Jobs are keyed by
+their candidate's id: one configuration, one candidate. Several objectives and constraints (``llmhpo.goals``) are
 read from each finished trial's metrics; a trial that lacks one fails. A trial whose
 constraint is relative to the base model's score waits, finished, for that score.
 Resume: ``resume.py``.
@@ -43,6 +44,7 @@ from llmhpo._format import fmt
 from llmhpo.runner.output import Best, FailureStreak, Reporter, RunSummary, summary_of
 from llmhpo.runner.reevaluate import reevaluate
 from llmhpo.runner.resume import Conf, restore
+from llmhpo.runner.rungs_model import AcrossRungs
 from llmhpo.schedulers import Job, OneRung, make_scheduler
 from llmhpo.study import Study
 
@@ -82,7 +84,7 @@ class Loop:
             self.r, self.unit, self.budget = fd.rungs(), fd.resource, config.resource_budget()
             self.step_of = [int(v) if fd.integer else k for k, v in enumerate(self.r)]
             self.scheduler = make_scheduler(fd.scheduler, self.r, fd.eta)
-        self.multi = fd is not None
+        self.multi, self.all_rungs = fd is not None, fd is not None and fd.model == "all_rungs"
         self.sign = 1.0 if config.study.direction == "minimize" else -1.0  # optimisers minimise
         self.optimizer = build_optimizer(config)
         state = study.optimizer_state()
@@ -98,6 +100,8 @@ class Loop:
         self.running: dict[Hashable, _Running] = {}
         self.side: set[Hashable] = set()  # jobs outside the budget (the base model's score)
         self.asker = Asker(self.optimizer, threaded=executor.slots > 1)
+        self.across = AcrossRungs(self.optimizer, self.scheduler, self.confs, self.r) if self.all_rungs else None
+        self._update_model()
         self.streak = FailureStreak(config.runner.max_repeated_failures)
         self.best: Any = None if config.study.objectives else study.best()  # several: a Pareto set
         self.report = Reporter(mode, int(self.budget) if fd is None else self.budget, self.spent, self.failed,
@@ -190,6 +194,9 @@ class Loop:
         """A new configuration's candidate: one asked before, or (Hyperband) the model's proposal."""
         if self.fresh:
             return self.fresh.pop(0)
+        if self.across is not None and not self.asker.busy():
+            x = self.across.propose([self.confs[cid].x for cid in self.running])
+            return None if x is None else self._register(x, {"model": "all_rungs"})
         if self.multi and self.config.fidelity.scheduler == "hyperband" and not self.asker.busy():
             return self._propose_from_model(rung)
         return None
@@ -235,8 +242,7 @@ class Loop:
 
     def _propose_from_model(self, start_rung: int) -> Candidate | None:
         """BOHB's proposal, for Hyperband: the optimiser's model refitted on the highest rung
-        with at least d + 2 scores (``Optimizer.suggest``); None when there is none. With ASHA
-        and SH every told score is a rung-0 score, which the optimiser models directly."""
+        with at least d + 2 scores (``Optimizer.suggest``); None when there is none."""
         n_min = self.config.space.dim + 2
         for k in range(self.scheduler.K, -1, -1):
             scored = [(cid, c.results[k]) for cid, c in self.scheduler.configs.items() if c.results.get(k) is not None]
@@ -244,12 +250,18 @@ class Loop:
                 X = np.asarray([self.confs[cid].x for cid, _ in scored])
                 y = np.asarray([v for _, v in scored])
                 x = self.optimizer.suggest(X, y, [self.confs[cid].x for cid in self.running])
-                if x is None:
-                    return None
-                cand = self.optimizer.register(x, {"model_rung": k})
-                self.study.save_optimizer_state(self.optimizer.state_dict())
-                return cand
+                return None if x is None else self._register(x, {"model_rung": k})
         return None
+
+    def _register(self, x: np.ndarray, info: dict) -> Candidate:
+        """A configuration proposed from a model of the rungs, registered with the optimiser."""
+        cand = self.optimizer.register(x, info)
+        self.study.save_optimizer_state(self.optimizer.state_dict())
+        return cand
+
+    def _update_model(self) -> None:  # the state is saved now, or after the ask in flight
+        if self.across is not None and self.across.update() and not self.asker.busy():
+            self.study.save_optimizer_state(self.optimizer.state_dict())
 
     # ------------------------------------------------------------------ starting a job
     def _start(self, job: Job, cand: Candidate | None) -> None:
@@ -377,6 +389,7 @@ class Loop:
         value = outcome.value
         trained = self._trained(outcome, job, conf)
         self.scheduler.finished(cid, job.rung, None if value is None else self.sign * value)
+        self._update_model()
         if self.scheduler.K == 0:  # no result changes the next job: the freed worker first, then the bookkeeping
             self._fill()
         if value is None:

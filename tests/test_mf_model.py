@@ -1,0 +1,119 @@
+"""``[fidelity] model = "all_rungs"``: the GP over (configuration, rung) fitted on every rung's
+scores predicts the top rung where curves cross, ranks promotions by that prediction,
+proposes new configurations, and is saved and restored with the optimiser."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from llmhpo.config import load_config
+from llmhpo.errors import ConfigError
+from llmhpo.optimizers import make_optimizer
+from llmhpo.runner import run
+from llmhpo.runner.resume import Conf
+from llmhpo.runner.rungs_model import AcrossRungs
+from llmhpo.schedulers import ASHA, Job
+
+from test_multifidelity import check_study, write  # noqa: E402
+
+RUNGS = [1.0, 3.0, 9.0]  # s = 0, 0.5, 1
+
+
+def crossing(x: float, s: float) -> float:
+    """Curves that cross: a low x scores best early, a high x best at the top rung."""
+    return (1.0 - s) * x + s * (1.0 - x)
+
+
+def _study_of_crossing_curves():
+    """ASHA with seven configurations scored at every rung, and two at rung 0 only: A
+    (x = 0.1, best at rung 0, worst at the top) and B (x = 0.9, the reverse)."""
+    opt = make_optimizer("bo", 1, np.random.default_rng(0), 50, {"n_init": 5})
+    sched = ASHA(RUNGS, 3)
+    confs = {}
+    xs = [*np.linspace(0.2, 0.8, 7), 0.1, 0.9]
+    for cid, x in enumerate(xs):
+        confs[cid] = Conf(cid, cid, {"x": x}, {}, np.array([x]))
+        sched.add(cid, Job(0, 0))
+        top = 2 if cid < 7 else 0
+        for k in range(top + 1):
+            if k:
+                sched.started(cid, k)
+            sched.finished(cid, k, crossing(x, k / 2))
+    return opt, sched, confs, 7, 8  # A's id, B's id
+
+
+def test_the_model_predicts_the_top_rung_and_promotes_what_ends_best():
+    opt, sched, confs, a, b = _study_of_crossing_curves()
+    assert sched.next_job() == Job(1, 0, a)  # by rung-0 scores: A, the one that ends worst
+    across = AcrossRungs(opt, sched, confs, RUNGS)
+    across.update()
+    pred = {cid: -sched.predicted[cid] for cid in (a, b)}  # the model's warped units, higher is better
+    assert pred[b] > pred[a]
+    # the prediction at the top rung ranks every configuration as its final score does
+    finals = {cid: crossing(confs[cid].x[0], 1.0) for cid in sched.configs}
+    order = sorted(sched.predicted, key=sched.predicted.get)
+    assert order[:3] == sorted(finals, key=finals.get)[:3]
+    assert sched.next_job() == Job(1, 0, b)  # by the model: B, the one that ends best
+
+
+def test_a_proposal_is_new_and_a_restored_optimiser_proposes_the_same():
+    opt, sched, confs, _, b = _study_of_crossing_curves()
+    across = AcrossRungs(opt, sched, confs, RUNGS)
+    across.update()
+    state = json.loads(json.dumps(opt.state_dict()))
+    assert state["rungs_gp"]["hyper"]  # the fitted hyperparameters are part of the state
+    # one more score: too few to refit, so the saved hyperparameters condition the next model
+    sched.started(b, 1)
+    sched.finished(b, 1, crossing(0.9, 0.5))
+    across.update()
+    predicted = dict(sched.predicted)
+    x = across.propose([np.array([0.95])])
+    assert x.shape == (1,) and all(abs(x[0] - c.x[0]) > 1e-6 for c in confs.values())
+    other = make_optimizer("bo", 1, np.random.default_rng(123), 50, {"n_init": 5})
+    other.load_state_dict(state)
+    again = AcrossRungs(other, sched, confs, RUNGS)
+    again.update()  # (a fresh fit's predictions differ by about 1e-3)
+    assert sched.predicted == predicted
+    np.testing.assert_allclose(again.propose([np.array([0.95])]), x)
+
+
+def _all_rungs(tmp_path, budget: str, scheduler: str = "asha"):
+    p = write(tmp_path, budget=budget, seconds=0.0, workers=1, optimizer="bo", scheduler=scheduler)
+    p.write_text(p.read_text() + 'model = "all_rungs"\n')
+    return load_config(p)
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+def test_a_study_learns_across_rungs_and_resumes_without_repeats(tmp_path, monkeypatch, scheduler):
+    from dataclasses import replace
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _all_rungs(tmp_path, "resource = 250", scheduler)
+    first = run(cfg, progress=False, quiet=True)
+    more = run(replace(cfg, budget=replace(cfg.budget, resource=450.0)), progress=False, quiet=True)
+    assert first.stopped == more.stopped == "budget" and more.resource_spent > first.resource_spent
+    st = check_study(tmp_path)
+    cands = [t.user_attrs["candidate"] for t in st.trials]
+    assert sum(c.get("model") == "all_rungs" for c in cands) >= 5  # proposals from the model of every rung
+    params = [tuple(sorted(t.params.items())) for t in st.trials]
+    assert len(set(params)) == len(params)  # every proposal a new configuration, across both runs
+    state = json.loads(st._storage.get_study_system_attrs(st._study_id)["llmhpo:optimizer_state"])
+    assert state["rungs_gp"]["hyper"] and not state["pending"]
+
+
+def test_all_rungs_config_errors(tmp_path):
+    p = write(tmp_path, optimizer="random")
+    p.write_text(p.read_text() + 'model = "all_rungs"\n')
+    with pytest.raises(ConfigError, match=r'model = "all_rungs" needs a GP .* optimizer \'random\'.*name = "bo"'):
+        load_config(p)
+    p.write_text(p.read_text().replace('"all_rungs"', '"all_rung"').replace('"random"', '"bo"'))
+    with pytest.raises(ConfigError, match=r"model = 'all_rung' is unknown \(did you mean 'all_rungs'\?\)"):
+        load_config(p)
+
+
+def test_the_default_model_stays_out_of_the_stored_table(tmp_path):
+    cfg = load_config(write(tmp_path, optimizer="bo"))
+    assert cfg.fidelity.model == "one_rung" and "model" not in cfg.to_dict()["fidelity"]
+    assert _all_rungs(tmp_path, "trials = 5").to_dict()["fidelity"]["model"] == "all_rungs"
