@@ -117,3 +117,19 @@ def test_the_default_model_stays_out_of_the_stored_table(tmp_path):
     cfg = load_config(write(tmp_path, optimizer="bo"))
     assert cfg.fidelity.model == "one_rung" and "model" not in cfg.to_dict()["fidelity"]
     assert _all_rungs(tmp_path, "trials = 5").to_dict()["fidelity"]["model"] == "all_rungs"
+
+
+def test_the_bench_runs_the_model_as_a_method_and_checks_its_name():
+    from typer.testing import CliRunner
+
+    from llmhpo.cli import app
+    from llmhpo.lab.bench import _mf_row, mf_method, summarise_mf
+
+    assert mf_method("asha:bo+all_rungs") == ("asha", "bo", "all_rungs")
+    assert mf_method("bo") == ("", "bo", "one_rung")
+    rows = [_mf_row("branin", m, 4, 0, 1, 9, 3, 0.0) for m in ("bo", "asha:bo+all_rungs")]
+    assert rows[1].trace and rows[1].trace[-1][0] <= 4 * 9
+    assert [s["method"] for s in summarise_mf(rows, "bo")] == ["bo", "asha:bo+all_rungs"]
+    r = CliRunner().invoke(app, ["bench", "--scheduler", "asha", "--optimizers", "random+all_rungs",
+                                 "--budget", "2", "--seeds", "1"])
+    assert r.exit_code == 2 and "all_rungs needs bo (e.g. bo+all_rungs)" in r.output
