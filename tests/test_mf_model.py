@@ -79,44 +79,54 @@ def test_a_proposal_is_new_and_a_restored_optimiser_proposes_the_same():
     np.testing.assert_allclose(again.propose([np.array([0.95])]), x)
 
 
-def _all_rungs(tmp_path, budget: str, scheduler: str = "asha"):
+def _all_rungs(tmp_path, budget: str, scheduler: str = "asha", keys: str = 'model = "all_rungs"\npromote = "model"'):
     p = write(tmp_path, budget=budget, seconds=0.0, workers=1, optimizer="bo", scheduler=scheduler)
-    p.write_text(p.read_text() + 'model = "all_rungs"\n')
+    p.write_text(p.read_text() + keys + "\n")
     return load_config(p)
 
 
-@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
-def test_a_study_learns_across_rungs_and_resumes_without_repeats(tmp_path, monkeypatch, scheduler):
+@pytest.mark.parametrize("scheduler, keys", [("asha", 'model = "all_rungs"\npromote = "model"'),
+                                             ("hyperband", 'model = "all_rungs"'), ("hyperband", 'promote = "model"')])
+def test_a_study_learns_across_rungs_and_resumes_without_repeats(tmp_path, monkeypatch, scheduler, keys):
     from dataclasses import replace
 
     monkeypatch.chdir(tmp_path)
-    cfg = _all_rungs(tmp_path, "resource = 250", scheduler)
+    cfg = _all_rungs(tmp_path, "resource = 250", scheduler, keys)
     first = run(cfg, progress=False, quiet=True)
     more = run(replace(cfg, budget=replace(cfg.budget, resource=450.0)), progress=False, quiet=True)
     assert first.stopped == more.stopped == "budget" and more.resource_spent > first.resource_spent
     st = check_study(tmp_path)
     cands = [t.user_attrs["candidate"] for t in st.trials]
-    assert sum(c.get("model") == "all_rungs" for c in cands) >= 5  # proposals from the model of every rung
+    if "all_rungs" in keys:  # proposals from the model of every rung
+        assert sum(c.get("model") == "all_rungs" for c in cands) >= 5
+    else:  # promotions only: Hyperband's proposals stay BOHB's
+        assert any("model_rung" in c for c in cands) and not any("model" in c for c in cands)
     params = [tuple(sorted(t.params.items())) for t in st.trials]
     assert len(set(params)) == len(params)  # every proposal a new configuration, across both runs
     state = json.loads(st._storage.get_study_system_attrs(st._study_id)["llmhpo:optimizer_state"])
     assert state["rungs_gp"]["hyper"] and not state["pending"]
 
 
-def test_all_rungs_config_errors(tmp_path):
+@pytest.mark.parametrize("key, value", [("model", "all_rungs"), ("promote", "model")])
+def test_all_rungs_config_errors(tmp_path, key, value):
     p = write(tmp_path, optimizer="random")
-    p.write_text(p.read_text() + 'model = "all_rungs"\n')
-    with pytest.raises(ConfigError, match=r'model = "all_rungs" needs a GP .* optimizer \'random\'.*name = "bo"'):
+    p.write_text(p.read_text() + f'{key} = "{value}"\n')
+    with pytest.raises(ConfigError, match=rf'{key} = "{value}" needs a GP .* optimizer \'random\'.*name = "bo"'):
         load_config(p)
-    p.write_text(p.read_text().replace('"all_rungs"', '"all_rung"').replace('"random"', '"bo"'))
-    with pytest.raises(ConfigError, match=r"model = 'all_rung' is unknown \(did you mean 'all_rungs'\?\)"):
+    p.write_text(p.read_text().replace(f'"{value}"', f'"{value}s"').replace('"random"', '"bo"'))
+    with pytest.raises(ConfigError, match=rf"{key} = '{value}s' is unknown"):
         load_config(p)
 
 
 def test_the_default_model_stays_out_of_the_stored_table(tmp_path):
+    from llmhpo.config import Config
+
     cfg = load_config(write(tmp_path, optimizer="bo"))
-    assert cfg.fidelity.model == "one_rung" and "model" not in cfg.to_dict()["fidelity"]
-    assert _all_rungs(tmp_path, "trials = 5").to_dict()["fidelity"]["model"] == "all_rungs"
+    assert (cfg.fidelity.model, cfg.fidelity.promote) == ("one_rung", "score")
+    assert not {"model", "promote"} & set(cfg.to_dict()["fidelity"])
+    cfg = _all_rungs(tmp_path, "trials = 5")
+    assert Config.from_dict(cfg.to_dict(), base_dir=tmp_path).fidelity == cfg.fidelity
+    assert cfg.to_dict()["fidelity"]["model"] == "all_rungs" and cfg.to_dict()["fidelity"]["promote"] == "model"
 
 
 def test_the_bench_runs_the_model_as_a_method_and_checks_its_name():
@@ -125,11 +135,13 @@ def test_the_bench_runs_the_model_as_a_method_and_checks_its_name():
     from llmhpo.cli import app
     from llmhpo.lab.bench import _mf_row, mf_method, summarise_mf
 
-    assert mf_method("asha:bo+all_rungs") == ("asha", "bo", "all_rungs")
-    assert mf_method("bo") == ("", "bo", "one_rung")
-    rows = [_mf_row("branin", m, 4, 0, 1, 9, 3, 0.0) for m in ("bo", "asha:bo+all_rungs")]
+    assert mf_method("asha:bo+all_rungs+promote") == ("asha", "bo", {"model": "all_rungs", "promote": "model"})
+    assert mf_method("bo") == ("", "bo", {})
+    with pytest.raises(ValueError, match="unknown \\+rungs; use \\+all_rungs or \\+promote"):
+        mf_method("asha:bo+rungs")
+    rows = [_mf_row("branin", m, 4, 0, 1, 9, 3, 0.0) for m in ("bo", "asha:bo+all_rungs+promote")]
     assert rows[1].trace and rows[1].trace[-1][0] <= 4 * 9
-    assert [s["method"] for s in summarise_mf(rows, "bo")] == ["bo", "asha:bo+all_rungs"]
+    assert [s["method"] for s in summarise_mf(rows, "bo")] == ["bo", "asha:bo+all_rungs+promote"]
     r = CliRunner().invoke(app, ["bench", "--scheduler", "asha", "--optimizers", "random+all_rungs",
                                  "--budget", "2", "--seeds", "1"])
-    assert r.exit_code == 2 and "all_rungs needs bo (e.g. bo+all_rungs)" in r.output
+    assert r.exit_code == 2 and "with bo only: e.g. bo+all_rungs" in r.output

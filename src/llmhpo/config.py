@@ -56,7 +56,7 @@ class Budget:
     resource: float | None = None  # with [fidelity]: total resource units (e.g. training steps)
 
 
-#: ``[fidelity] model``: what model-based proposals (and, with all_rungs, promotions) learn from
+#: ``[fidelity] model``: what model-based proposals learn from
 FIDELITY_MODELS = ("one_rung", "all_rungs")
 
 
@@ -76,8 +76,11 @@ class FidelityConfig:
     integer: bool = True  # whole-number rungs: the kind's answer (integer_resource), set at parse, not in TOML
     #: what model-based proposals learn from: "one_rung" (the optimiser's model of its first-rung
     #: scores; under Hyperband, BOHB's highest rung with d + 2 scores) or "all_rungs" (a GP over
-    #: configuration and rung fitted on every rung's scores, which also ranks promotions)
+    #: configuration and rung fitted on every rung's scores)
     model: str = "one_rung"
+    #: what promotions rank a rung by: "score" (the rung's scores) or "model" (the top-rung score
+    #: that the GP over every rung's scores predicts)
+    promote: str = "score"
 
     def rungs(self) -> list[float]:
         from llmhpo.schedulers import rungs
@@ -85,9 +88,10 @@ class FidelityConfig:
         return rungs(self.min, self.max, self.eta, integer=self.integer)
 
     def to_dict(self) -> dict[str, Any]:
-        """The [fidelity] table (``integer`` is the kind's to say, not the file's; ``model``, a
-        key added after studies were stored, left out at its default: their hash stays)."""
-        return {k: v for k, v in vars(self).items() if k != "integer" and not (k == "model" and v == "one_rung")}
+        """The [fidelity] table (``integer`` is the kind's to say, not the file's; ``model`` and
+        ``promote``, keys added after studies were stored, left out at their defaults: their hash stays)."""
+        added = {"model": "one_rung", "promote": "score"}
+        return {k: v for k, v in vars(self).items() if k != "integer" and added.get(k, object()) != v}
 
 
 @dataclass(frozen=True)
@@ -287,9 +291,10 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     logging = _logging(raw.get("logging", {}), base_dir)
     constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
     _check_goals(study, constraints, opt_name, fidelity is not None)
-    if fidelity is not None and fidelity.model == "all_rungs" and opt_name != "bo":
-        raise ConfigError(f"[fidelity] model = \"all_rungs\" needs a GP to fit every rung's scores, and "
-                          f"optimizer {opt_name!r} has none; use [optimizer] name = \"bo\" or drop the key")
+    for key, value in (("model", "all_rungs"), ("promote", "model")):
+        if fidelity is not None and getattr(fidelity, key) == value and opt_name != "bo":
+            raise ConfigError(f"[fidelity] {key} = \"{value}\" needs a GP to fit every rung's scores, and "
+                              f"optimizer {opt_name!r} has none; use [optimizer] name = \"bo\" or drop the key")
     return Config(study, budget, runner, opt_name, op, spec, space, ws, str(base_dir), fidelity, logging, constraints)
 
 
@@ -371,7 +376,7 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
     from llmhpo.schedulers import SCHEDULERS
 
     no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir",
-                                "model"})
+                                "model", "promote"})
     supported = kind.fidelity_resources(spec)
     if not supported:
         raise ConfigError(f"[fidelity]: a {kind.name} objective has no resource to grow; remove [fidelity]")
@@ -407,7 +412,12 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
     if model not in FIDELITY_MODELS:
         raise ConfigError(f"[fidelity] model = {model!r} is unknown{did_you_mean(model, FIDELITY_MODELS)}; "
                           f"use one of: {', '.join(FIDELITY_MODELS)}")
-    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer, model)
+    promote = expect("fidelity", fd, "promote", (str,), "score")
+    if promote not in ("score", "model"):
+        raise ConfigError(f"[fidelity] promote = {promote!r} is unknown; use \"score\" (rank a rung by its scores) "
+                          "or \"model\" (by the top-rung score the GP of every rung predicts)")
+    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer, model,
+                          promote)
 
 
 def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:

@@ -32,7 +32,7 @@ def bench(
     scheduler: Optional[str] = typer.Option(
         None, help="Multi-fidelity comparison: comma-separated schedulers (none, asha, sh, hyperband), each run "
                    "with every optimiser on the functions' learning curves; --budget counts full-fidelity trials. "
-                   "An optimiser may name a [fidelity] model: bo+all_rungs."),
+                   "bo+all_rungs, bo+promote: [fidelity] model = \"all_rungs\", promote = \"model\"."),
     optuna_pruners: str = typer.Option("hyperband,sh", help="With --scheduler: Optuna's TPE with these pruners "
                                        "(hyperband, sh) in the same run; empty for none."),
     fidelity: str = typer.Option("1:27:3", help="With --scheduler: MIN:MAX:ETA of the resource (steps)."),
@@ -148,8 +148,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
                          optuna_pruners, fidelity, noise) -> None:
     import dataclasses
 
-    from llmhpo.config import FIDELITY_MODELS
-    from llmhpo.lab.bench import mf_markdown, run_mf_bench, summarise_mf
+    from llmhpo.lab.bench import MF_OPTIONS, mf_markdown, run_mf_bench, summarise_mf
     from llmhpo.objectives.functions import get_function
     from llmhpo.objectives.synthetic import FunctionObjective
     from llmhpo.optimizers import check_optimizer
@@ -160,11 +159,11 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
         fns = ["branin", "hartmann6"] if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
         scheds = [s.strip() for s in scheduler.split(",") if s.strip()]
         for o in opts:
-            name, plus, model = o.partition("+")
+            name, *suffixes = o.split("+")
             check_optimizer(name)
-            if plus and (model not in FIDELITY_MODELS or model == "all_rungs" and name != "bo"):
-                raise ConfigError(f"--optimizers {o!r}: OPTIMIZER+MODEL takes a [fidelity] model, "
-                                  f"{' or '.join(FIDELITY_MODELS)}, and all_rungs needs bo (e.g. bo+all_rungs)")
+            if suffixes and (name != "bo" or not set(suffixes) <= set(MF_OPTIONS)):
+                raise ConfigError(f"--optimizers {o!r}: OPTIMIZER+SUFFIX takes +{' and +'.join(MF_OPTIONS)} (a GP of "
+                                  "every rung's scores), with bo only: e.g. bo+all_rungs")
         for s in scheds:
             if s != "none" and s not in SCHEDULERS:
                 raise ConfigError(f"--scheduler {s!r} is unknown{did_you_mean(s, SCHEDULERS)}; "

@@ -326,18 +326,25 @@ def runs_to_json(rows: list[BenchRun]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- multi-fidelity
 #: how the multi-fidelity bench spends its resource: full fidelity, a scheduler with one of
-#: our optimisers ("asha:random"; "asha:bo+all_rungs" with ``[fidelity] model = "all_rungs"``),
-#: or Optuna's TPE with one of its pruners; tables list these first, any other method after
-MF_METHODS = ("random", "bo", "asha:random", "asha:optuna_tpe", "asha:bo", "asha:bo+all_rungs", "hyperband:random",
-              "hyperband:bo", "hyperband:bo+all_rungs", "sh:random", "optuna:hyperband", "optuna:sh")
+#: our optimisers ("asha:random"; with a GP of every rung, ``MF_OPTIONS``: "asha:bo+all_rungs",
+#: "asha:bo+promote", both "asha:bo+all_rungs+promote"), or Optuna's TPE with one of its
+#: pruners; tables list these first, any other method after
+MF_METHODS = ("random", "bo", "asha:random", "asha:optuna_tpe", "asha:bo", "asha:bo+all_rungs", "asha:bo+promote",
+              "asha:bo+all_rungs+promote", "hyperband:random", "hyperband:bo", "hyperband:bo+all_rungs",
+              "hyperband:bo+promote", "hyperband:bo+all_rungs+promote", "sh:random", "optuna:hyperband", "optuna:sh")
+#: a method's "+NAME" suffixes: the [fidelity] keys they set
+MF_OPTIONS = {"all_rungs": ("model", "all_rungs"), "promote": ("promote", "model")}
 
 
-def mf_method(method: str) -> tuple[str, str, str]:
-    """"SCHEDULER:OPTIMIZER[+MODEL]" -> (scheduler, optimizer, [fidelity] model); the scheduler
-    is "" for full fidelity ("bo"), the model "one_rung" unless named."""
+def mf_method(method: str) -> tuple[str, str, dict[str, str]]:
+    """"SCHEDULER:OPTIMIZER[+all_rungs][+promote]" -> (scheduler, optimizer, [fidelity] keys);
+    the scheduler is "" for full fidelity ("bo")."""
     scheduler, _, rest = method.rpartition(":")
-    optimizer, _, model = rest.partition("+")
-    return scheduler, optimizer, model or "one_rung"
+    optimizer, *suffixes = rest.split("+")
+    unknown = [x for x in suffixes if x not in MF_OPTIONS]
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown +{unknown[0]}; use +{' or +'.join(MF_OPTIONS)}")
+    return scheduler, optimizer, dict(MF_OPTIONS[x] for x in suffixes)
 
 
 @dataclass
@@ -371,7 +378,7 @@ def _mf_row(function: str, method: str, trials: int, seed: int, r_min: float, r_
     if method.startswith("optuna:"):
         trace = _optuna_pruned(obj, method.split(":")[1], budget, seed, r_min, r_max, eta, noise)
         return MFRow(function, method, seed, budget, trace, time.time() - t0)
-    scheduler, optimizer, model = mf_method(method)
+    scheduler, optimizer, keys = mf_method(method)
     with tempfile.TemporaryDirectory() as d:
         log = Path(d) / "log.jsonl"
         cfg = Config(
@@ -379,7 +386,7 @@ def _mf_row(function: str, method: str, trials: int, seed: int, r_min: float, r_
             budget=Budget(trials if not scheduler else 0, None, budget if scheduler else None),
             runner=RunnerConfig(1, "inline", max_repeated_failures=0), optimizer=optimizer, optimizer_options={},
             objective=SleepSpec(0.0, function, None, str(log), None, noise), space=obj.space(), base_dir=d,
-            fidelity=FidelityConfig(r_min, r_max, "steps", eta, scheduler, 0, "ckpt", model=model) if scheduler
+            fidelity=FidelityConfig(r_min, r_max, "steps", eta, scheduler, 0, "ckpt", **keys) if scheduler
             else None)
         run(cfg, quiet=True, preflight=False)
         spent, trace = 0.0, []

@@ -14,11 +14,11 @@ so a freed worker never waits on it; it is told each configuration's score once,
 the configuration started at (rung 0 for ASHA and successive halving: every told value has
 the same fidelity). Under Hyperband, whose brackets start at different rungs, a model-based
 optimiser proposes each new configuration from the highest rung with at least d + 2 scores,
-as BOHB does (Falkner, Klein & Hutter 2018); ``[fidelity] model = "all_rungs"``: a GP of
-every rung's scores proposes and ranks promotions (``rungs_model.py``). Jobs are keyed by
-their candidate's id: one configuration, one candidate. Several objectives and constraints (``llmhpo.goals``) are
-read from each finished trial's metrics; a trial that lacks one fails. A trial whose
-constraint is relative to the base model's score waits, finished, for that score.
+as BOHB does (Falkner, Klein & Hutter 2018); with ``[fidelity] model = "all_rungs"`` (``promote
+= "model"``) a GP of every rung's scores proposes (ranks promotions: ``rungs_model.py``). Jobs
+are keyed by their candidate's id: one configuration, one candidate. Several objectives and
+constraints (``llmhpo.goals``) are read from each finished trial's metrics; a trial that lacks
+one fails. A trial whose constraint is relative to the base model's score waits, finished.
 Resume: ``resume.py``.
 """
 
@@ -44,7 +44,7 @@ from llmhpo._format import fmt
 from llmhpo.runner.output import Best, FailureStreak, Reporter, RunSummary, summary_of
 from llmhpo.runner.reevaluate import reevaluate
 from llmhpo.runner.resume import Conf, restore
-from llmhpo.runner.rungs_model import AcrossRungs
+from llmhpo.runner.rungs_model import AcrossRungs, register_new
 from llmhpo.schedulers import Job, OneRung, make_scheduler
 from llmhpo.study import Study
 
@@ -84,7 +84,7 @@ class Loop:
             self.r, self.unit, self.budget = fd.rungs(), fd.resource, config.resource_budget()
             self.step_of = [int(v) if fd.integer else k for k, v in enumerate(self.r)]
             self.scheduler = make_scheduler(fd.scheduler, self.r, fd.eta)
-        self.multi, self.all_rungs = fd is not None, fd is not None and fd.model == "all_rungs"
+        self.multi = fd is not None
         self.sign = 1.0 if config.study.direction == "minimize" else -1.0  # optimisers minimise
         self.optimizer = build_optimizer(config)
         state = study.optimizer_state()
@@ -100,7 +100,7 @@ class Loop:
         self.running: dict[Hashable, _Running] = {}
         self.side: set[Hashable] = set()  # jobs outside the budget (the base model's score)
         self.asker = Asker(self.optimizer, threaded=executor.slots > 1)
-        self.across = AcrossRungs(self.optimizer, self.scheduler, self.confs, self.r) if self.all_rungs else None
+        self.across = AcrossRungs.of(fd, self.optimizer, self.scheduler, self.confs, self.r) if fd else None
         self._update_model()
         self.streak = FailureStreak(config.runner.max_repeated_failures)
         self.best: Any = None if config.study.objectives else study.best()  # several: a Pareto set
@@ -194,7 +194,7 @@ class Loop:
         """A new configuration's candidate: one asked before, or (Hyperband) the model's proposal."""
         if self.fresh:
             return self.fresh.pop(0)
-        if self.across is not None and not self.asker.busy():
+        if self.across is not None and self.across.proposes and not self.asker.busy():
             x = self.across.propose([self.confs[cid].x for cid in self.running])
             return None if x is None else self._register(x, {"model": "all_rungs"})
         if self.multi and self.config.fidelity.scheduler == "hyperband" and not self.asker.busy():
@@ -254,8 +254,8 @@ class Loop:
         return None
 
     def _register(self, x: np.ndarray, info: dict) -> Candidate:
-        """A configuration proposed from a model of the rungs, registered with the optimiser."""
-        cand = self.optimizer.register(x, info)
+        """A new configuration proposed from a model of the rungs, registered with the optimiser."""
+        cand = register_new(self.optimizer, x, info)
         self.study.save_optimizer_state(self.optimizer.state_dict())
         return cand
 
