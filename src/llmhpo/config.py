@@ -57,6 +57,10 @@ class Budget:
     resource: float | None = None  # with [fidelity]: total resource units (e.g. training steps)
 
 
+#: ``[fidelity] model``: what model-based proposals learn from
+FIDELITY_MODELS = ("one_rung", "all_rungs")
+
+
 @dataclass(frozen=True)
 class FidelityConfig:
     """Multi-fidelity: configurations climb rungs of ``resource`` from ``min`` to ``max``
@@ -71,6 +75,13 @@ class FidelityConfig:
     keep_checkpoints: int = 2
     checkpoint_dir: str = "llmhpo-runs"  # relative to the TOML's folder
     integer: bool = True  # whole-number rungs: the kind's answer (integer_resource), set at parse, not in TOML
+    #: what model-based proposals learn from: "one_rung" (the optimiser's model of its first-rung
+    #: scores; under Hyperband, BOHB's highest rung with d + 2 scores) or "all_rungs" (a GP over
+    #: configuration and rung fitted on every rung's scores)
+    model: str = "one_rung"
+    #: what promotions rank a rung by: "score" (the rung's scores) or "model" (the top-rung score
+    #: that the GP over every rung's scores predicts)
+    promote: str = "score"
 
     def rungs(self) -> list[float]:
         from llmhpo.schedulers import rungs
@@ -78,8 +89,10 @@ class FidelityConfig:
         return rungs(self.min, self.max, self.eta, integer=self.integer)
 
     def to_dict(self) -> dict[str, Any]:
-        """The [fidelity] table (``integer`` is the kind's to say, not the file's)."""
-        return {k: v for k, v in vars(self).items() if k != "integer"}
+        """The [fidelity] table (``integer`` is the kind's to say, not the file's; ``model`` and
+        ``promote``, keys added after studies were stored, left out at their defaults: their hash stays)."""
+        added = {"model": "one_rung", "promote": "score"}
+        return {k: v for k, v in vars(self).items() if k != "integer" and added.get(k, object()) != v}
 
 
 @dataclass(frozen=True)
@@ -286,6 +299,10 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     logging = _logging(raw.get("logging", {}), base_dir)
     constraints = parse_constraints(raw.get("constraint", []), kind.scores_base(spec))
     _check_goals(study, constraints, opt_name, fidelity is not None)
+    for key, value in (("model", "all_rungs"), ("promote", "model")):
+        if fidelity is not None and getattr(fidelity, key) == value and opt_name != "bo":
+            raise ConfigError(f"[fidelity] {key} = \"{value}\" needs a GP to fit every rung's scores, and "
+                              f"optimizer {opt_name!r} has none; use [optimizer] name = \"bo\" or drop the key")
     if warm_from is not None and warm_from.use is None:  # measured: data helps bo most (docs/benchmarks.md)
         one = opt_name == "bo" and not (study.objectives or constraints)
         warm_from = replace(warm_from, use="data" if one else "design")
@@ -361,7 +378,8 @@ def _runner(rn: Mapping[str, Any]) -> RunnerConfig:
 def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpace) -> FidelityConfig:
     from llmhpo.schedulers import SCHEDULERS
 
-    no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir"})
+    no_unknown("fidelity", fd, {"resource", "min", "max", "eta", "scheduler", "keep_checkpoints", "checkpoint_dir",
+                                "model", "promote"})
     supported = kind.fidelity_resources(spec)
     if not supported:
         raise ConfigError(f"[fidelity]: a {kind.name} objective has no resource to grow; remove [fidelity]")
@@ -393,7 +411,16 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
     for name in sorted(set(kind.resource_params(spec, resource)) & set(space.names)):  # searched in vain
         raise ConfigError(f"[space.{name}] is searched, but [fidelity] resource = {resource!r} sets {name} "
                           f"for every rung; remove [space.{name}] (or [fidelity])")
-    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer)
+    model = expect("fidelity", fd, "model", (str,), "one_rung")
+    if model not in FIDELITY_MODELS:
+        raise ConfigError(f"[fidelity] model = {model!r} is unknown{did_you_mean(model, FIDELITY_MODELS)}; "
+                          f"use one of: {', '.join(FIDELITY_MODELS)}")
+    promote = expect("fidelity", fd, "promote", (str,), "score")
+    if promote not in ("score", "model"):
+        raise ConfigError(f"[fidelity] promote = {promote!r} is unknown; use \"score\" (rank a rung by its scores) "
+                          "or \"model\" (by the top-rung score the GP of every rung predicts)")
+    return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer, model,
+                          promote)
 
 
 def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:

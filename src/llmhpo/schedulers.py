@@ -14,7 +14,9 @@ r_k = max * eta^(k - K) and K = floor(log_eta(max / min)), and only the best go 
   yet promoted (highest rung first), else start a new configuration at rung 0. No worker
   waits for a rung to fill.
 
-Pure logic: no storage, no objective, no printing. Values are minimised (failures count as
+Promotions rank a rung's configurations by their scores at that rung, or, where a model of
+every rung's scores predicts each configuration's top-rung score (``predicted``), by that
+prediction. Pure logic: no storage, no objective, no printing. Values are minimised (failures count as
 +inf); the runner owns the bookkeeping and tells the scheduler what happened.
 """
 
@@ -80,6 +82,10 @@ class Scheduler:
         self.K = len(self.r) - 1
         self.eta = eta
         self.configs: dict[int, RungRecord] = {}
+        #: a model's predicted top-rung score of each configuration (lower is better), set by the
+        #: runner with ``[fidelity] model = "all_rungs"``: promotions rank a rung by it, where a
+        #: configuration has one, instead of by the rung's own score
+        self.predicted: dict[int, float] = {}
 
     # the runner's reports
     def add(self, config_id: int, job: Job) -> RungRecord:
@@ -100,6 +106,12 @@ class Scheduler:
         c.running = None
         if value is None:
             c.stopped = True
+
+    def _rank(self, c: RungRecord, k: int) -> tuple[float, int]:
+        """The sort key of configuration c among the results of rung k (failures last)."""
+        if c.results[k] is None or c.id not in self.predicted:
+            return _score(c.results[k]), c.id
+        return self.predicted[c.id], c.id
 
     def waiting(self) -> list[RungRecord]:
         """Configurations that may still go on (not running, not stopped, below the top)."""
@@ -127,7 +139,7 @@ class ASHA(Scheduler):
             n_top = len(at_k) // self.eta
             if n_top == 0:
                 continue
-            ranked = sorted(at_k, key=lambda c: (_score(c.results[k]), c.id))[:n_top]
+            ranked = sorted(at_k, key=lambda c: self._rank(c, k))[:n_top]
             for c in ranked:
                 if c.results[k] is not None and not c.stopped and c.running is None and c.top == k:
                     return Job(k + 1, 0, c.id)
@@ -139,7 +151,7 @@ class ASHA(Scheduler):
         for k in range(self.K):
             at_k = [c for c in self.configs.values() if k in c.results]
             waiting = sorted((c for c in at_k if c.top == k and not c.stopped and c.running is None
-                              and c.results[k] is not None), key=lambda c: (c.results[k], c.id))
+                              and c.results[k] is not None), key=lambda c: self._rank(c, k))
             keep |= {c.id for c in waiting[: len(at_k) // self.eta + extra]}
         return keep
 
@@ -191,7 +203,7 @@ class Hyperband(Scheduler):
                 return  # the rung is not complete yet
             ok = [c for c in at_k if c.results[k] is not None and (not c.stopped or c.top > k)]
             expected = min(self.rung_size(s, i + 1), len(ok))
-            ranked = sorted(ok, key=lambda c: (c.results[k], c.id))
+            ranked = sorted(ok, key=lambda c: self._rank(c, k))
             yield k, ranked[:expected], ranked[expected:]
 
     def next_job(self) -> Job | None:

@@ -31,7 +31,8 @@ def bench(
     plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for convergence figures (one PNG per function)."),
     scheduler: Optional[str] = typer.Option(
         None, help="Multi-fidelity comparison: comma-separated schedulers (none, asha, sh, hyperband), each run "
-                   "with every optimiser on the functions' learning curves; --budget counts full-fidelity trials."),
+                   "with every optimiser on the functions' learning curves; --budget counts full-fidelity trials. "
+                   "bo+all_rungs, bo+promote: [fidelity] model = \"all_rungs\", promote = \"model\"."),
     optuna_pruners: str = typer.Option("hyperband,sh", help="With --scheduler: Optuna's TPE with these pruners "
                                        "(hyperband, sh) in the same run; empty for none."),
     fidelity: str = typer.Option("1:27:3", help="With --scheduler: MIN:MAX:ETA of the resource (steps)."),
@@ -147,7 +148,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
                          optuna_pruners, fidelity, noise) -> None:
     import dataclasses
 
-    from llmhpo.lab.bench import mf_markdown, run_mf_bench, summarise_mf
+    from llmhpo.lab.bench import MF_OPTIONS, mf_markdown, run_mf_bench, summarise_mf
     from llmhpo.objectives.functions import get_function
     from llmhpo.objectives.synthetic import FunctionObjective
     from llmhpo.optimizers import check_optimizer
@@ -158,7 +159,11 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
         fns = ["branin", "hartmann6"] if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
         scheds = [s.strip() for s in scheduler.split(",") if s.strip()]
         for o in opts:
-            check_optimizer(o)
+            name, *suffixes = o.split("+")
+            check_optimizer(name)
+            if suffixes and (name != "bo" or not set(suffixes) <= set(MF_OPTIONS)):
+                raise ConfigError(f"--optimizers {o!r}: OPTIMIZER+SUFFIX takes +{' and +'.join(MF_OPTIONS)} (a GP of "
+                                  "every rung's scores), with bo only: e.g. bo+all_rungs")
         for s in scheds:
             if s != "none" and s not in SCHEDULERS:
                 raise ConfigError(f"--scheduler {s!r} is unknown{did_you_mean(s, SCHEDULERS)}; "
@@ -180,7 +185,9 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
             raise ConfigError("--budget, --seeds and --workers must be at least 1, --noise at least 0")
     except LlmhpoError as e:
         fail(e)
-    methods = [o if s == "none" else f"{s}:{o}" for s in scheds for o in opts] + [f"optuna:{p}" for p in pruners]
+    # full fidelity has no rungs to model: "bo+all_rungs" runs there as "bo"
+    methods = list(dict.fromkeys(o.partition("+")[0] if s == "none" else f"{s}:{o}" for s in scheds for o in opts))
+    methods += [f"optuna:{p}" for p in pruners]
     if "random" not in methods:
         methods.insert(0, "random")  # the reference every method is measured against
     from llmhpo.live import RunsProgress

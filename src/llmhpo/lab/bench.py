@@ -326,9 +326,25 @@ def runs_to_json(rows: list[BenchRun]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- multi-fidelity
 #: how the multi-fidelity bench spends its resource: full fidelity, a scheduler with one of
-#: our optimisers ("asha:random"), or Optuna's TPE with one of its pruners
-MF_METHODS = ("random", "bo", "asha:random", "asha:optuna_tpe", "hyperband:random", "hyperband:bo", "sh:random",
-              "optuna:hyperband", "optuna:sh")
+#: our optimisers ("asha:random"; with a GP of every rung, ``MF_OPTIONS``: "asha:bo+all_rungs",
+#: "asha:bo+promote", both "asha:bo+all_rungs+promote"), or Optuna's TPE with one of its
+#: pruners; tables list these first, any other method after
+MF_METHODS = ("random", "bo", "asha:random", "asha:optuna_tpe", "asha:bo", "asha:bo+all_rungs", "asha:bo+promote",
+              "asha:bo+all_rungs+promote", "hyperband:random", "hyperband:bo", "hyperband:bo+all_rungs",
+              "hyperband:bo+promote", "hyperband:bo+all_rungs+promote", "sh:random", "optuna:hyperband", "optuna:sh")
+#: a method's "+NAME" suffixes: the [fidelity] keys they set
+MF_OPTIONS = {"all_rungs": ("model", "all_rungs"), "promote": ("promote", "model")}
+
+
+def mf_method(method: str) -> tuple[str, str, dict[str, str]]:
+    """"SCHEDULER:OPTIMIZER[+all_rungs][+promote]" -> (scheduler, optimizer, [fidelity] keys);
+    the scheduler is "" for full fidelity ("bo")."""
+    scheduler, _, rest = method.rpartition(":")
+    optimizer, *suffixes = rest.split("+")
+    unknown = [x for x in suffixes if x not in MF_OPTIONS]
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown +{unknown[0]}; use +{' or +'.join(MF_OPTIONS)}")
+    return scheduler, optimizer, dict(MF_OPTIONS[x] for x in suffixes)
 
 
 @dataclass
@@ -362,7 +378,7 @@ def _mf_row(function: str, method: str, trials: int, seed: int, r_min: float, r_
     if method.startswith("optuna:"):
         trace = _optuna_pruned(obj, method.split(":")[1], budget, seed, r_min, r_max, eta, noise)
         return MFRow(function, method, seed, budget, trace, time.time() - t0)
-    scheduler, _, optimizer = method.rpartition(":")
+    scheduler, optimizer, keys = mf_method(method)
     with tempfile.TemporaryDirectory() as d:
         log = Path(d) / "log.jsonl"
         cfg = Config(
@@ -370,7 +386,8 @@ def _mf_row(function: str, method: str, trials: int, seed: int, r_min: float, r_
             budget=Budget(trials if not scheduler else 0, None, budget if scheduler else None),
             runner=RunnerConfig(1, "inline", max_repeated_failures=0), optimizer=optimizer, optimizer_options={},
             objective=SleepSpec(0.0, function, None, str(log), None, noise), space=obj.space(), base_dir=d,
-            fidelity=FidelityConfig(r_min, r_max, "steps", eta, scheduler, 0, "ckpt") if scheduler else None)
+            fidelity=FidelityConfig(r_min, r_max, "steps", eta, scheduler, 0, "ckpt", **keys) if scheduler
+            else None)
         run(cfg, quiet=True, preflight=False)
         spent, trace = 0.0, []
         for line in log.read_text().splitlines():
@@ -445,7 +462,8 @@ def summarise_mf(rows: list[MFRow], reference: str = "random") -> list[dict[str,
     for fn in sorted({r.function for r in rows}):
         ref = {r.seed: min((g for _, g in r.trace), default=math.inf) for r in rows
                if r.function == fn and r.method == reference}
-        for m in [m for m in MF_METHODS if any(r.method == m and r.function == fn for r in rows)]:
+        ran = list(dict.fromkeys(r.method for r in rows if r.function == fn))
+        for m in sorted(ran, key=lambda m: MF_METHODS.index(m) if m in MF_METHODS else len(MF_METHODS)):
             group = [r for r in rows if r.function == fn and r.method == m]
             fracs = [resource_to_reach(r, ref[r.seed]) / r.budget for r in group if r.seed in ref]
             finals = [min((g for _, g in r.trace), default=math.inf) for r in group]

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from llmhpo.optimizers._fidelity_gp import RungsGP, at_top, at_top_acqf
 from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, hyperparameters, loading, preload, seeded_torch,
                                    warp_outcomes)
 from llmhpo.optimizers.base import Optimizer
@@ -389,6 +390,44 @@ class BayesianOptimization(Optimizer):
     def _observe(self, candidate, value):
         """Warm-start values are in the history already; the GP uses them at the next ask."""
         self.cons.append(self.constraints)
+
+    # ------------------------------------------------------------------ across rungs
+    @property
+    def rungs_gp(self) -> RungsGP:
+        """The GP over (configuration, rung) of ``[fidelity] model = "all_rungs"``, with this
+        optimiser's kernel, noise and warping; its hyperparameters are part of the state."""
+        if getattr(self, "_rungs_gp", None) is None:
+            self._rungs_gp = RungsGP(self.kernel, self.noise, self.warp, self.fit_maxiter)
+        return self._rungs_gp
+
+    def suggest_rungs(self, Z, y, X_seen, pending) -> np.ndarray:
+        """A new configuration by log EI at the top rung of the GP over every rung's scores.
+        Z: (n, d + 1) points (x, s) with s in [0, 1] (``rung_coordinate``), y: (n,) their
+        scores (minimised), X_seen: (m, d) the configurations scored (the incumbent is the
+        best predicted top-rung score among them), pending: (p, d) configurations running,
+        counted at the top rung."""
+        gp = self.rungs_gp
+        gp.fit(Z, y)
+        X_seen = np.asarray(X_seen, dtype=float).reshape(-1, self.dim)
+        pred = gp.top_mean(X_seen)
+        seed = self._seed()
+        with seeded_torch(seed):
+            top_pending = list(at_top(np.asarray(pending, dtype=float).reshape(-1, self.dim))) if len(pending) else []
+            acqf = at_top_acqf(fast_log_ei(gp.model, float(pred.max()), top_pending), self.dim)
+            taken = [*X_seen, *pending]
+            return self._maximise(acqf, X_seen, -pred, lambda x: _near_any(x, taken, self.same_tol), seed)
+
+    def state_dict(self):
+        state = super().state_dict()
+        if getattr(self, "_rungs_gp", None) is not None and self._rungs_gp.hyper:
+            state["rungs_gp"] = self._rungs_gp.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._rungs_gp = None
+        if "rungs_gp" in state:
+            self.rungs_gp.load_state_dict(state["rungs_gp"])
 
 
 def _batched(acqf, X, chunk: int = 512):

@@ -1,24 +1,20 @@
 """The run loop, written once: ask -> schedule -> submit -> (asynchronous) done -> record -> tell.
 
 The optimiser decides which configurations to try; a scheduler decides at which rung of
-resource each job runs and which configurations go on. A study without ``[fidelity]`` is the
-one-rung case (``schedulers.OneRung``): every configuration is one job at its only rung, the
-budget counts trials, and the objective is called without a fidelity. With ``[fidelity]``
-each configuration is one trial that climbs rungs r_0 < ... < r_K: its rung scores are the
-trial's intermediate values, it ends COMPLETE (top rung), PRUNED (left behind, or waiting
-when the budget is spent), FAIL, or waits (WAITING) for a promotion, which continues from
-its checkpoint; the budget counts resource units.
+resource each job runs and which configurations go on. Without ``[fidelity]`` (``OneRung``)
+every configuration is one job at its only rung and the budget counts trials. With
+``[fidelity]`` each configuration is one trial that climbs rungs r_0 < ... < r_K: its rung
+scores are its intermediate values; it ends COMPLETE (top rung), PRUNED, FAIL, or waits
+(WAITING) for a promotion, which continues from its checkpoint; the budget counts resource.
 
 The optimiser is asked in a thread of its own (``Asker``), a little ahead of free workers,
-so a freed worker never waits on it; it is told each configuration's score once, at the rung
-the configuration started at (rung 0 for ASHA and successive halving: every told value has
-the same fidelity). Under Hyperband, whose brackets start at different rungs, a model-based
-optimiser proposes each new configuration from the highest rung with at least d + 2 scores,
-as BOHB does (Falkner, Klein & Hutter 2018). Jobs are keyed by their candidate's id: one
-configuration, one candidate. Several objectives and constraints (``llmhpo.goals``) are
-read from each finished trial's metrics; a trial that lacks one fails. A trial whose
-constraint is relative to the base model's score waits, finished, for that score.
-Resume: ``resume.py``.
+and told each configuration's score once, at the rung it started at. Under Hyperband a
+model-based optimiser proposes from the highest rung with at least d + 2 scores (BOHB,
+Falkner et al. 2018); with ``[fidelity] model = "all_rungs"`` (``promote = "model"``) a GP
+of every rung's scores proposes (ranks promotions: ``rungs_model.py``). Jobs are keyed by
+their candidate's id. Several objectives and constraints (``llmhpo.goals``) are read from
+each trial's metrics; a trial whose constraint is relative to the base model's score waits,
+finished, for that score. Resume: ``resume.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +40,7 @@ from llmhpo._format import fmt
 from llmhpo.runner.output import Best, FailureStreak, Reporter, RunSummary, summary_of
 from llmhpo.runner.reevaluate import reevaluate
 from llmhpo.runner.resume import Conf, restore
+from llmhpo.runner.rungs_model import AcrossRungs, register_new
 from llmhpo.schedulers import Job, OneRung, make_scheduler
 from llmhpo.study import Study
 from llmhpo.transfer import Transfer
@@ -102,6 +99,8 @@ class Loop:
         self.running: dict[Hashable, _Running] = {}
         self.side: set[Hashable] = set()  # jobs outside the budget (the base model's score)
         self.asker = Asker(self.optimizer, threaded=executor.slots > 1)
+        self.across = AcrossRungs.of(fd, self.optimizer, self.scheduler, self.confs, self.r) if fd else None
+        self._update_model()
         self.streak = FailureStreak(config.runner.max_repeated_failures)
         self.best: Any = None if config.study.objectives else study.best()  # several: a Pareto set
         self.report = Reporter(mode, int(self.budget) if fd is None else self.budget, self.spent, self.failed,
@@ -196,6 +195,9 @@ class Loop:
         """A new configuration's candidate: one asked before, or (Hyperband) the model's proposal."""
         if self.fresh:
             return self.fresh.pop(0)
+        if self.across is not None and self.across.proposes and not self.asker.busy():
+            x = self.across.propose([self.confs[cid].x for cid in self.running])
+            return None if x is None else self._register(x, {"model": "all_rungs"})
         if self.multi and self.config.fidelity.scheduler == "hyperband" and not self.asker.busy():
             return self._propose_from_model(rung)
         return None
@@ -241,8 +243,7 @@ class Loop:
 
     def _propose_from_model(self, start_rung: int) -> Candidate | None:
         """BOHB's proposal, for Hyperband: the optimiser's model refitted on the highest rung
-        with at least d + 2 scores (``Optimizer.suggest``); None when there is none. With ASHA
-        and SH every told score is a rung-0 score, which the optimiser models directly."""
+        with at least d + 2 scores (``Optimizer.suggest``); None when there is none."""
         n_min = self.config.space.dim + 2
         for k in range(self.scheduler.K, -1, -1):
             scored = [(cid, c.results[k]) for cid, c in self.scheduler.configs.items() if c.results.get(k) is not None]
@@ -250,12 +251,18 @@ class Loop:
                 X = np.asarray([self.confs[cid].x for cid, _ in scored])
                 y = np.asarray([v for _, v in scored])
                 x = self.optimizer.suggest(X, y, [self.confs[cid].x for cid in self.running])
-                if x is None:
-                    return None
-                cand = self.optimizer.register(x, {"model_rung": k})
-                self.study.save_optimizer_state(self.optimizer.state_dict())
-                return cand
+                return None if x is None else self._register(x, {"model_rung": k})
         return None
+
+    def _register(self, x: np.ndarray, info: dict) -> Candidate:
+        """A new configuration proposed from a model of the rungs, registered with the optimiser."""
+        cand = register_new(self.optimizer, x, info)
+        self.study.save_optimizer_state(self.optimizer.state_dict())
+        return cand
+
+    def _update_model(self) -> None:  # the state is saved now, or after the ask in flight
+        if self.across is not None and self.across.update() and not self.asker.busy():
+            self.study.save_optimizer_state(self.optimizer.state_dict())
 
     # ------------------------------------------------------------------ starting a job
     def _start(self, job: Job, cand: Candidate | None) -> None:
@@ -383,6 +390,7 @@ class Loop:
         value = outcome.value
         trained = self._trained(outcome, job, conf)
         self.scheduler.finished(cid, job.rung, None if value is None else self.sign * value)
+        self._update_model()
         if self.scheduler.K == 0:  # no result changes the next job: the freed worker first, then the bookkeeping
             self._fill()
         if value is None:
