@@ -12,9 +12,8 @@ and told each configuration's score once, at the rung it started at. Under Hyper
 model-based optimiser proposes from the highest rung with at least d + 2 scores (BOHB,
 Falkner et al. 2018); with ``[fidelity] model = "all_rungs"`` (``promote = "model"``) a GP
 of every rung's scores proposes (ranks promotions: ``rungs_model.py``). Jobs are keyed by
-their candidate's id. Several objectives and constraints (``llmhpo.goals``) are read from
-each trial's metrics; a trial whose constraint is relative to the base model's score waits,
-finished, for that score. Resume: ``resume.py``.
+their candidate's id. Objectives and constraints (``llmhpo.goals``) are read from a trial's
+metrics; one relative to the base model's score waits for it. Resume: ``resume.py``.
 """
 
 from __future__ import annotations
