@@ -2,7 +2,8 @@
 feasibility) against Optuna's NSGA-II, TPE and GPSampler and random search, in the same run,
 on problems with known fronts (the protocol: ``llmhpo.lab.mobench``): hypervolume regret at
 budgets 25, 50 and 100 over the seeds, medians with bootstrap CIs, mean ranks, paired
-Wilcoxon tests, seconds per run. Writes docs/measurements/multiobjective.json and .md.
+Wilcoxon tests, seconds per run. Writes docs/measurements/multiobjective.json and .md, and
+keeps every finished run in PREFIX.runs.jsonl as it ends: a rerun skips those.
 
 usage: python benchmarks/multiobjective.py [--seeds 10] [--budget 100] [--workers 2]
        [--problems all] [--optimizers bo,optuna_nsga2,optuna_tpe,optuna_gp,random] [--out PREFIX]
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from llmhpo._json import jsonable
 from llmhpo.lab.bench import Spec
-from llmhpo.lab.mobench import BUDGETS, PROBLEMS, markdown_table, run_mobench, runs_to_json, summarise, wins
+from llmhpo.lab.mobench import BUDGETS, PROBLEMS, MORun, markdown_table, run_mobench, runs_to_json, summarise, wins
 
 #: NSGA-II's population: Optuna's default of 50 would leave two generations in 100 evaluations
 OPTIONS = {"optuna_nsga2": {"population_size": 20}}
@@ -50,7 +51,21 @@ def main(argv: list[str] | None = None) -> None:
               f"regret {r.regret():.4g} in {r.seconds():.1f} s", file=sys.stderr, flush=True)
     done.n = 0
 
-    rows = run_mobench(specs, problems, a.budget, a.seeds, a.workers, on_row=done)
+    # every finished run is kept at once, so a stopped benchmark goes on where it stopped
+    runs_file = Path(a.out + ".runs.jsonl")
+    kept = [MORun(**json.loads(line)) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
+    kept = [r for r in kept if len(r.values) >= a.budget and r.problem in problems and r.seed < a.seeds
+            and r.optimizer in {s.label for s in specs}]
+    runs_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def keep(r) -> None:
+        with runs_file.open("a") as f:
+            f.write(json.dumps(jsonable(runs_to_json([r])[0])) + "\n")
+        done(r)
+
+    total -= len(kept)
+    rows = kept + run_mobench(specs, problems, a.budget, a.seeds, a.workers, on_row=keep,
+                              skip=frozenset((r.problem, r.optimizer, r.seed) for r in kept))
     budgets = [b for b in BUDGETS if b < a.budget] + [a.budget]
     summaries = {b: summarise(rows, b) for b in budgets}
     headline = 50 if 50 in summaries else a.budget

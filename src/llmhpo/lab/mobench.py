@@ -236,8 +236,11 @@ _SLOW = ("bo", "optuna_gp")
 
 
 def run_mobench(specs: list[Spec], problems: list[str], budget: int, seeds: int, workers: int = 1,
-                on_row: Callable[[MORun], None] | None = None) -> list[MORun]:
-    jobs = [(pr, sp, budget, s) for pr in problems for sp in specs for s in range(seeds)]
+                on_row: Callable[[MORun], None] | None = None,
+                skip: frozenset[tuple[str, str, int]] = frozenset()) -> list[MORun]:
+    """Every (problem, optimiser, seed) run but those in ``skip`` (problem, label, seed): done before."""
+    jobs = [(pr, sp, budget, s) for pr in problems for sp in specs for s in range(seeds)
+            if (pr, sp.label, s) not in skip]
     jobs.sort(key=lambda j: j[1].optimizer not in _SLOW)
     return run_jobs(run_one, jobs, workers, on_row)
 
