@@ -135,6 +135,28 @@ def test_bo_starts_at_a_wrong_prior_and_leaves_it_as_data_accumulate():
     assert np.linalg.norm(xs[-5:] - optimum, axis=1).max() < 0.2
 
 
+def test_the_floor_lets_bo_escape_a_confident_wrong_prior_on_a_flat_region():
+    """A plateau (no signal) where a narrow prior points, the optimum elsewhere: the recorded
+    LoRA benchmark's shape (learning rates too small to change the model). Without the floor
+    the prior's weight outvotes every expected improvement for the whole run; with it (0.1,
+    the default) bo leaves the plateau and finds the optimum."""
+    tight = UnitPrior.from_space(SearchSpace([Float("a", 0, 1, prior=Prior(0.1, 0.03)),
+                                              Float("b", 0, 1, prior=Prior(0.1, 0.03))]))
+
+    def best(floor):
+        opt = make_optimizer("bo", 2, np.random.default_rng(0), 30,
+                             {"n_init": 6, "raw_samples": 256, "num_restarts": 4, "prior_floor": floor}, prior=tight)
+        ys = []
+        for _ in range(30):
+            (c,) = opt.ask(1)
+            y = 1.0 if c.x[0] < 0.5 else float(np.sum((c.x - 0.9) ** 2))
+            opt.tell(c, y)
+            ys.append(y)
+        return min(ys)
+
+    assert best(0.0) >= 0.1 and best(0.1) < 0.01
+
+
 def test_prior_beta_is_checked():
     with pytest.raises(ConfigError, match="prior_beta must be a number >= 0"):
         make_optimizer("bo", 2, np.random.default_rng(0), options={"prior_beta": -1})

@@ -53,7 +53,7 @@ def test_unknown_option_lists_the_options():
         check_optimizer("bo", {"n_ini": 5})
     assert str(e.value) == ("optimizer 'bo' has no option 'n_ini' (did you mean 'n_init'?); its options are: "
                             "n_init, num_restarts, "
-                            "raw_samples, kernel, noise, warp, local_starts, failures, fit_maxiter, prior_beta")
+                            "raw_samples, kernel, noise, warp, local_starts, failures, fit_maxiter, prior_beta, prior_floor")
     with pytest.raises(ConfigError, match="unknown optimizer 'nope'; choose one of: random, grid"):
         check_optimizer("nope", {})
 

@@ -44,11 +44,15 @@ refine, and not only explore (``_gp.py`` for the model):
   configurations evaluated first), and from ``n_init`` own
   results on the GP sees this study's alone: kept longer, an earlier study whose optimum
   lies elsewhere held the search away from this one's (docs/benchmarks.md).
-- priors (``llmhpo.priors``): the initial design and random points go through the priors'
-  inverse CDF, and the acquisition is weighted by the prior with a weight that fades as data
-  come in (piBO, Hvarfner et al. 2022, eq. 4: a(x) pi(x)^(beta / n), n the observations so
-  far): log acquisition plus (beta / n) log pi(x), for one objective and several alike. A
-  wrong prior costs a few evaluations; the model overrules it as n grows.
+- priors (``llmhpo.priors``): two thirds of the initial design and the random points go
+  through the priors' inverse CDF (every third design point stays uniform), and the
+  acquisition is weighted by the prior with a weight that fades as data come in (piBO,
+  Hvarfner et al. 2022, eq. 4: a(x) pi(x)^(beta / n), n the observations so far): log
+  acquisition plus (beta / n) log pi_e(x), for one objective and several alike, where pi_e =
+  (1 - e) pi + e mixes in the uniform density (``prior_floor`` e = 0.1): a confident, wrong
+  prior without that floor kept every proposal of the recorded LoRA benchmark in its dead
+  region for 40 evaluations (docs/benchmarks.md); with it the penalty is at most
+  (beta / n) log(1 / e) and the model overrules it as n grows.
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -85,7 +89,7 @@ class BayesianOptimization(Optimizer):
     def __init__(self, dim, rng=None, budget=None, n_init: int = 10, num_restarts: int = 10,
                  raw_samples: int = 1024, kernel: str = "matern", noise: str = "low", warp: bool = True,
                  local_starts: bool = True, failures: str = "impute", fit_maxiter: int = 50,
-                 prior_beta: float = 10.0):
+                 prior_beta: float = 10.0, prior_floor: float = 0.1):
         super().__init__(dim, rng, budget)
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
@@ -97,6 +101,9 @@ class BayesianOptimization(Optimizer):
         self.failures, self.fit_maxiter = failures, fit_maxiter
         #: piBO's beta: the prior's weight is beta / n after n observations (10 as in the paper)
         self.prior_beta = float(prior_beta)
+        #: the share of the uniform density mixed into the prior's weight, so that a misleading
+        #: prior's penalty is bounded (log prior_floor) while a good one keeps its lift
+        self.prior_floor = float(prior_floor)
         from scipy.stats import qmc
 
         self.design = qmc.LatinHypercube(d=dim, seed=self._seed()).random(n_init)
@@ -155,12 +162,19 @@ class BayesianOptimization(Optimizer):
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
             raise ValueError(f"prior_beta must be a number >= 0 (0: the prior only shapes the initial design), "
                              f"got {beta!r}")
+        floor = options.get("prior_floor", 0.1)
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+            raise ValueError(f"prior_floor must be a number in [0, 1), got {floor!r}")
 
     # ------------------------------------------------------------------ ask
     def _ask(self, n):
         out = []
         while len(out) < n and self.n_design_asked < len(self.design):
-            out.append((self.from_prior(self.design[self.n_design_asked].copy()), {"phase": "initial"}))
+            x = self.design[self.n_design_asked].copy()
+            # every third design point stays uniform: a misleading prior cannot hide the rest of
+            # the space from the first model (with a prior_floor of 0, the prior draws them all)
+            out.append((x if self.prior_floor > 0 and self.n_design_asked % 3 == 2 else self.from_prior(x),
+                        {"phase": "initial"}))
             self.n_design_asked += 1
         # the model's libraries load in the background while the initial design runs (after
         # its first points are out: imports hold the interpreter's lock)
@@ -321,11 +335,19 @@ class BayesianOptimization(Optimizer):
             return acqf
         from botorch.acquisition import AcquisitionFunction
 
-        log_prior = self.prior.log_pdf
+        import math
+
+        import torch
+
+        log_prior, eps = self.prior.log_pdf, self.prior_floor
+
+        def log_mixed(X):  # log((1 - eps) pi(x) + eps): the uniform density on the cube is 1
+            lp = log_prior(X)
+            return lp if eps == 0 else torch.logaddexp(lp + math.log1p(-eps), torch.full_like(lp, math.log(eps)))
 
         class _PriorWeighted(AcquisitionFunction):
             def forward(self, X):
-                return acqf(X) + w * log_prior(X.reshape(-1, X.shape[-1]))
+                return acqf(X) + w * log_mixed(X.reshape(-1, X.shape[-1]))
 
         return _PriorWeighted(acqf.model)
 
