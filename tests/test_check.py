@@ -232,3 +232,16 @@ def test_memory_against_the_gpus_cuda_reports(monkeypatch):
     assert lines[1].startswith("memory: GPU 2 (NVIDIA H100, 80.0 GiB): fits (")
     assert len(problems) == 1 and "; GPUs 0, 1 (NVIDIA A10, 24.0 GiB) do not fit it: " in problems[0]
     assert check_memory(cfg, (80,))[1] == []  # --gpu-memory replaces the GPUs found
+
+
+def test_check_says_when_the_optimiser_ignores_the_priors(tmp_path):
+    """A prior on a variable of an SOO study: check says SOO does not use it (and says
+    nothing of the kind for bo)."""
+    body = """[study]\nname = "p"\n[objective]\ntype = "function"\nname = "branin"\n[budget]\ntrials = 5
+[space.x0]\ntype = "float"\nlow = -5\nhigh = 10\nprior = { mode = 2, spread = 1 }
+[space.x1]\ntype = "float"\nlow = 0\nhigh = 15\n[optimizer]\nname = "%s"\n"""
+    for opt, said in (("soo", True), ("bo", False)):
+        (tmp_path / f"{opt}.toml").write_text(body % opt)
+        r = llmhpo("check", f"{opt}.toml", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert ("priors: soo does not use them" in r.stdout) is said, r.stdout

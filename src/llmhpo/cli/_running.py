@@ -96,6 +96,11 @@ def check(
             + (f"{cfg.runner.workers} worker(s)" if cfg.runner.workers else "as many workers as the Ray cluster fits")
             + (f" on Ray ({cfg.runner.address or 'a local cluster'})" if cfg.runner.executor == "ray" else ""))
         say(f"space: {cfg.space}")
+        from llmhpo.optimizers import OPTIMIZERS
+
+        if any(v.prior is not None for v in cfg.space) and not OPTIMIZERS[cfg.optimizer].uses_prior:
+            say(f"priors: {cfg.optimizer} does not use them (bo, the samplers but grid, the metaheuristics "
+                "and the optuna_* samplers do)")
         if cfg.fidelity is not None:
             fd = cfg.fidelity
             say(f"fidelity: {fd.resource} rungs " + ", ".join(fmt(v) for v in fd.rungs())

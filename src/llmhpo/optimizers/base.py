@@ -67,6 +67,9 @@ class Optimizer:
     handles_constraints: ClassVar[bool] = False
     #: whether observations of earlier studies (``set_earlier``) steer its proposals
     takes_earlier: ClassVar[bool] = False
+    #: whether the variables' priors (``prior``) shape its proposals (grid and the partition
+    #: methods: no; ``llmhpo check`` says so)
+    uses_prior: ClassVar[bool] = True
     _state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dim: int, rng: np.random.Generator | None = None, budget: int | None = None):

@@ -30,6 +30,7 @@ class GridSearch(Optimizer):
     """
 
     name = "grid"
+    uses_prior = False  # its cells are the grid's
     multi_objective = True  # its points do not depend on the values
     _state_attrs = ("order", "index")
     max_points = 10_000_000

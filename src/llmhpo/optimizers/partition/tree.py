@@ -44,6 +44,8 @@ class SweepOptimizer(Optimizer):
     evaluated again: it gets the known value (a failure: None) at once.
     """
 
+    uses_prior = False  # a deterministic partition of the box has no place for a density
+
     _state_attrs: tuple[str, ...] = ("queue", "outstanding")
     max_silent_iterations = 1000
     #: start the next iteration while evaluations of the last one are still out (``ask`` is
