@@ -244,7 +244,7 @@ def _two_objective_bo(beta: float):
     tight prior at (0.2, 0.2): its first model-based point."""
     tight = SearchSpace([Float("a", 0, 1, prior=Prior(0.2, 0.05)), Float("b", 0, 1, prior=Prior(0.2, 0.05))])
     opt = make_optimizer("bo", 2, np.random.default_rng(0), 12,
-                         {"n_init": 1, "raw_samples": 128, "num_restarts": 2, "prior_beta": beta},
+                         {"n_init": 1, "raw_samples": 128, "num_restarts": 2, "prior_beta": beta, "prior_floor": 0},
                          n_objectives=2, prior=UnitPrior.from_space(tight))
     def values(x):
         return [float(np.sum((x - 0.8) ** 2)), float(np.sum((x - [0.9, 0.7]) ** 2))]
