@@ -45,13 +45,13 @@ def test_demo_first_run_rerun_more_trials_and_interrupt(tiny_llama, tmp_path):
     # more trials extend the same study; interrupted during the new trial, then run again
     p = subprocess.Popen([sys.executable, "-m", "llmhpo.cli", "demo", "--out", str(out), "--model", str(tiny_llama),
                           "--trials", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"))
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1"))
     seen = []
-    for line in p.stdout:
+    for line in p.stdout:  # unbuffered: each line as it is written, not when a pipe's buffer fills
         seen.append(line)
-        if "trial 1: training" in line:  # the new trial is under way in its worker
+        if "trial 1 started" in line:
             break
-    time.sleep(0.5)
+    time.sleep(1)
     p.send_signal(signal.SIGINT)
     rest = ""
     for _ in range(24):  # under a loaded machine's timing a first Ctrl-C was seen to go unheard: press again
