@@ -45,7 +45,10 @@ def test_demo_first_run_rerun_more_trials_and_interrupt(tiny_llama, tmp_path):
     # more trials extend the same study; interrupted during the new trial, then run again
     p = subprocess.Popen([sys.executable, "-m", "llmhpo.cli", "demo", "--out", str(out), "--model", str(tiny_llama),
                           "--trials", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1"))
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1"),
+                         # a pytest-xdist worker ignores SIGINT, and a child would inherit that: Python
+                         # installs its Ctrl-C handler only where SIGINT is at its default
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in p.stdout:  # unbuffered: each line as it is written, not when a pipe's buffer fills
         seen.append(line)
