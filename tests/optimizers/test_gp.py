@@ -110,3 +110,14 @@ def test_a_batch_asked_at_once_spreads_out():
     batch = np.array([c.x for c in opt.ask(6)])
     gaps = np.sqrt(((batch[:, None] - batch[None]) ** 2).sum(-1))[np.triu_indices(6, 1)]
     assert gaps.min() > 0.01, gaps
+
+
+def test_refit_due_when_the_data_grew_by_a_fifth_or_shrank():
+    from llmhpo.optimizers._gp import refit_due
+
+    assert refit_due(10, 0, fitted=False)  # never fitted
+    assert [n for n in range(10, 20) if refit_due(n, 10)] == [12, 13, 14, 15, 16, 17, 18, 19]
+    assert not refit_due(11, 10)
+    assert refit_due(9, 10)  # fewer rows than at the fit: another data set
+    assert [n for n in range(16, 24) if refit_due(n, 16)] == [19, 20, 21, 22, 23]
+    assert refit_due(2, 1)  # one observation more is a fifth of few

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from llmhpo.optimizers._gp import fit_gp, hyperparameters, posterior_mean_std, seeded_torch, warp_outcomes
+from llmhpo.optimizers._gp import fit_gp, hyperparameters, posterior_mean_std, refit_due, seeded_torch, warp_outcomes
 
 #: the fit's own torch seed: a model is a function of its data and warm hyperparameters only,
 #: never of how many times it was fitted (no draw from the optimiser's stream)
@@ -66,7 +66,7 @@ class RungsGP:
         if self.model is not None and key == self._data:
             return False
         z = warp_outcomes(-y, self.warp)
-        refit = not self.hyper or len(z) >= self.hyper_n + max(1, self.hyper_n // 5)
+        refit = refit_due(len(z), self.hyper_n, bool(self.hyper))
         with seeded_torch(_FIT_SEED):
             self.model = fit_gp(Z, z, self.kernel, self.noise, warm=self.hyper or None,
                                 maxiter=self.maxiter if refit else 0)

@@ -123,6 +123,14 @@ def warp_outcomes(y: np.ndarray, warp: bool = True) -> np.ndarray:
     return z
 
 
+def refit_due(n: int, fitted_n: int, fitted: bool = True) -> bool:
+    """Whether a GP's hyperparameters are to be refitted on ``n`` observations, last fitted on
+    ``fitted_n``. They move little between close data sets, so they are refitted when the data
+    grew by a fifth (at 10, 12, 14, 16, 19, ... observations) or shrank (another data set),
+    and otherwise the model only conditions on the new data (``fit_gp(..., maxiter=0)``)."""
+    return not fitted or not fitted_n <= n < fitted_n + max(1, fitted_n // 5)
+
+
 def fit_gp(X: np.ndarray, y: np.ndarray, kernel: str = "matern", noise: str = "low",
            warm: dict[str, list] | None = None, maxiter: int | None = None):
     """X: (n, d) points in [0, 1]; y: (n,) values to *maximise*, standardised (``warp_outcomes``).

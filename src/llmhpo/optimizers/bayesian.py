@@ -65,8 +65,8 @@ from typing import Any
 import numpy as np
 
 from llmhpo.optimizers._fidelity_gp import RungsGP, at_top, at_top_acqf
-from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, hyperparameters, loading, preload, seeded_torch,
-                                   warp_outcomes)
+from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, hyperparameters, loading, preload, refit_due,
+                                   seeded_torch, warp_outcomes)
 from llmhpo.optimizers.base import Optimizer
 
 #: best evaluated points that seed local starts, and the step sizes around them
@@ -236,10 +236,7 @@ class BayesianOptimization(Optimizer):
         z = warp_outcomes(-y, self.warp)
         if len(X_fail) and self.failures == "impute":
             X, z = np.vstack([X, X_fail]), np.concatenate([z, np.full(len(X_fail), z.min())])
-        if own and self.hyper and self.hyper_n <= len(z) < self.hyper_n + max(1, self.hyper_n // 5):
-            # hyperparameters move little between close data sets: refit them when the data
-            # grew by a fifth (at 10, 12, 14, 16, 19, ... observations), else only condition
-            # (fewer rows than at the last fit: earlier studies' data left out, another set)
+        if own and not refit_due(len(z), self.hyper_n, bool(self.hyper)):
             return fit_gp(X, z, self.kernel, self.noise, warm=self.hyper, maxiter=0)
         model = fit_gp(X, z, self.kernel, self.noise, warm=self.hyper if own else None, maxiter=self.fit_maxiter)
         if own:
@@ -355,7 +352,7 @@ class BayesianOptimization(Optimizer):
         """One GP per objective (columns of Z, maximised); as ``_fit``, the hyperparameters are
         refitted when the data grew by a fifth, else the last ones condition on the data."""
         m = Z.shape[1]
-        refit = len(self.hyper_each) != m or len(Z) >= self.hyper_each_n + max(1, self.hyper_each_n // 5)
+        refit = len(self.hyper_each) != m or refit_due(len(Z), self.hyper_each_n)
         if not refit:
             return [fit_gp(X, Z[:, j], self.kernel, self.noise, warm=self.hyper_each[j], maxiter=0) for j in range(m)]
         warm = self.hyper_each if len(self.hyper_each) == m else [None] * m

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from llmhpo.optimizers._gp import fit_gp, hyperparameters, posterior_mean_std, preload, seeded_torch
+from llmhpo.optimizers._gp import fit_gp, hyperparameters, posterior_mean_std, preload, refit_due, seeded_torch
 from llmhpo.optimizers.partition.soo import SOO
 
 
@@ -55,7 +55,7 @@ class BaMSOO(SOO):
             self._y_shift, self._y_scale = float(y.mean()), float(y.std()) or 1.0
             z = (y - self._y_shift) / self._y_scale
             with seeded_torch(0):  # the fit is deterministic given the data
-                if self.hyper and len(y) < self.hyper_n + max(1, self.hyper_n // 5):
+                if not refit_due(len(y), self.hyper_n, bool(self.hyper)):
                     self._model = fit_gp(X, z, warm=self.hyper, maxiter=0)
                 else:
                     self._model = fit_gp(X, z, warm=self.hyper or None, maxiter=100)
