@@ -21,6 +21,7 @@ import numpy as np
 from llmhpo._tables import storage_url
 from llmhpo.config import Config
 from llmhpo.errors import ConfigError
+from llmhpo.optimizers._gp import standardise
 from llmhpo.space import Int, SearchSpace
 
 #: configurations evaluated first with ``use = "design"`` by an optimiser without ``n_init``
@@ -59,7 +60,7 @@ class Transfer:
         "trial N of LABEL"). Sources are compared by z-score (each on its own scale)."""
         ranked = []
         for s in self.sources:
-            z = _zscores(s.y)
+            z = standardise(s.y)[0]
             ranked += [(float(z[i]), j, i, s) for j, i in enumerate(np.argsort(s.y, kind="stable"))]
         out: list[tuple[np.ndarray, str]] = []
         for _, _, i, s in sorted(ranked, key=lambda r: (r[0], r[1])):
@@ -175,9 +176,3 @@ def _native(space: SearchSpace, name: str, value: Any) -> Any:
     if isinstance(space.variables[space.names.index(name)], Int) and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _zscores(y: np.ndarray) -> np.ndarray:
-    """y (n,) standardised on its own: (y - mean) / std (std 1 when all are equal)."""
-    sd = float(np.std(y))
-    return (y - float(np.mean(y))) / (sd if sd > 0 else 1.0)

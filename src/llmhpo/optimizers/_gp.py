@@ -101,15 +101,21 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+def standardise(y) -> tuple[np.ndarray, float, float]:
+    """y (n,) -> (z, mean, sd) with z = (y - mean) / sd; sd is 1 when all values are equal."""
+    y = np.asarray(y, dtype=float)
+    mean, sd = float(y.mean()) if len(y) else 0.0, float(y.std()) if len(y) else 0.0
+    sd = sd if sd > 0 else 1.0
+    return (y - mean) / sd, mean, sd
+
+
 def warp_outcomes(y: np.ndarray, warp: bool = True) -> np.ndarray:
     """y: (n,) values to maximise -> (n,) standardised, Yeo-Johnson-warped, standardised
     again (monotone: the order of the values, and so the incumbent, is kept). ``warp=False``
     only standardises."""
     _loaded()
-    y = np.asarray(y, dtype=float)
-    sd = float(y.std())
-    z = (y - y.mean()) / (sd if sd > 0 else 1.0)
-    if warp and len(z) >= 4 and sd > 0:
+    z, _, _ = standardise(y)
+    if warp and len(z) >= 4 and z.std() > 0:
         from scipy.stats import yeojohnson
 
         with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -66,7 +66,7 @@ import numpy as np
 
 from llmhpo.optimizers._fidelity_gp import RungsGP, at_top, at_top_acqf
 from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, hyperparameters, loading, preload, refit_due,
-                                   seeded_torch, warp_outcomes)
+                                   seeded_torch, standardise, warp_outcomes)
 from llmhpo.optimizers.base import Optimizer
 
 #: best evaluated points that seed local starts, and the step sizes around them
@@ -123,10 +123,8 @@ class BayesianOptimization(Optimizer):
     def set_earlier(self, groups, designed=0):
         self.earlier = []
         for X, y in groups:
-            y = np.asarray(y, dtype=float)
-            sd = float(np.std(y))
-            self.earlier.append((np.asarray(X, dtype=float).reshape(len(y), self.dim),
-                               (y - float(np.mean(y))) / (sd if sd > 0 else 1.0)))
+            z = standardise(y)[0]
+            self.earlier.append((np.asarray(X, dtype=float).reshape(len(z), self.dim), z))
         n = max(0, self.n_init - designed) if designed else max(1, self.n_init // 2) if self.earlier else self.n_init
         if n != self.n_init and self.n_design_asked == 0 and len(self.design) == self.n_init:
             from scipy.stats import qmc
@@ -145,8 +143,8 @@ class BayesianOptimization(Optimizer):
         zp = np.concatenate([p[1] for p in self.earlier])
         if len(y) < _OWN_MIN:
             return Xp, zp, 0
-        sd = float(np.std(y))
-        return np.vstack([X, Xp]), np.concatenate([y, float(np.mean(y)) + (sd if sd > 0 else 1.0) * zp]), len(y)
+        _, mean, sd = standardise(y)
+        return np.vstack([X, Xp]), np.concatenate([y, mean + sd * zp]), len(y)
 
     def _cons_told(self) -> bool:
         """Whether any result came with constraint values."""
