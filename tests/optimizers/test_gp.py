@@ -121,3 +121,21 @@ def test_refit_due_when_the_data_grew_by_a_fifth_or_shrank():
     assert refit_due(9, 10)  # fewer rows than at the fit: another data set
     assert [n for n in range(16, 24) if refit_due(n, 16)] == [19, 20, 21, 22, 23]
     assert refit_due(2, 1)  # one observation more is a fifth of few
+
+
+@pytest.mark.parametrize("kind", ["lognormal", "negated", "outlier", "uniform4", "constant", "three"])
+def test_unwarp_maps_warped_values_back_to_the_standardised_scale(kind):
+    from llmhpo.optimizers._gp import fit_warp, standardise
+
+    rng = np.random.default_rng(0)
+    y = {"lognormal": rng.lognormal(0, 1.5, 30), "negated": -rng.lognormal(0, 1.5, 30),
+         "outlier": np.r_[rng.normal(size=20), 50.0], "uniform4": rng.uniform(size=30) ** 4,
+         "constant": np.full(6, 2.0), "three": np.array([1.0, 2.0, 4.0])}[kind]
+    z, warp = fit_warp(y)
+    np.testing.assert_allclose(z, warp_outcomes(y))
+    back = warp.unwarp(torch.as_tensor(z, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(back, standardise(y)[0], atol=1e-9)
+    # monotone past the data too (posterior samples beyond the observed values), and finite
+    w = torch.linspace(float(z.min()) - 5, float(z.max()) + 5, 201, dtype=torch.float64)
+    u = warp.unwarp(w)
+    assert torch.isfinite(u).all() and (u[1:] >= u[:-1]).all()

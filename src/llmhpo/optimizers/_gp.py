@@ -113,6 +113,40 @@ def warp_outcomes(y: np.ndarray, warp: bool = True) -> np.ndarray:
     """y: (n,) values to maximise -> (n,) standardised, Yeo-Johnson-warped, standardised
     again (monotone: the order of the values, and so the incumbent, is kept). ``warp=False``
     only standardises."""
+    return fit_warp(y, warp)[0]
+
+
+class Warp:
+    """The monotone map ``warp_outcomes`` applied after standardising: Yeo-Johnson with
+    exponent ``lam`` (None: none), then standardised by ``mean`` and ``sd``.
+    ``unwarp`` maps warped values (a tensor, e.g. posterior samples) back to the
+    standardised scale, differentiably."""
+
+    def __init__(self, lam: float | None = None, mean: float = 0.0, sd: float = 1.0):
+        self.lam, self.mean, self.sd = lam, mean, sd
+
+    def unwarp(self, w):
+        import torch
+
+        if self.lam is None:
+            return w
+        lam, v = self.lam, w * self.sd + self.mean
+        tiny = 1e-9  # beyond the warp's range (a posterior sample past its asymptote): clamped
+        pos, neg = v.clamp_min(0.0), v.clamp_max(0.0)
+        if abs(lam) > 1e-12:
+            up = (lam * pos + 1.0).clamp_min(tiny) ** (1.0 / lam) - 1.0
+        else:
+            up = torch.expm1(pos)
+        if abs(lam - 2.0) > 1e-12:
+            down = 1.0 - (1.0 - (2.0 - lam) * neg).clamp_min(tiny) ** (1.0 / (2.0 - lam))
+        else:
+            down = -torch.expm1(-neg)
+        return torch.where(v >= 0, up, down)
+
+
+def fit_warp(y: np.ndarray, warp: bool = True) -> tuple[np.ndarray, Warp]:
+    """``warp_outcomes``, and the warp it fitted: (z (n,), Warp) with z = the warp applied to
+    ``standardise(y)[0]``."""
     _loaded()
     z, _, _ = standardise(y)
     if warp and len(z) >= 4 and z.std() > 0:
@@ -121,12 +155,12 @@ def warp_outcomes(y: np.ndarray, warp: bool = True) -> np.ndarray:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             try:
-                w, _ = yeojohnson(z)
+                w, lam = yeojohnson(z)
                 if np.all(np.isfinite(w)) and w.std() > 0:
-                    z = (w - w.mean()) / w.std()
+                    return (w - w.mean()) / w.std(), Warp(float(lam), float(w.mean()), float(w.std()))
             except (ValueError, FloatingPointError, OverflowError):
                 pass
-    return z
+    return z, Warp()
 
 
 def refit_due(n: int, fitted_n: int, fitted: bool = True) -> bool:

@@ -65,8 +65,8 @@ from typing import Any
 import numpy as np
 
 from llmhpo.optimizers._fidelity_gp import RungsGP, at_top, at_top_acqf
-from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, hyperparameters, loading, preload, refit_due,
-                                   seeded_torch, standardise, warp_outcomes)
+from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, fit_warp, hyperparameters, loading, preload,
+                                   refit_due, seeded_torch, standardise, warp_outcomes)
 from llmhpo.optimizers.base import Optimizer
 
 #: best evaluated points that seed local starts, and the step sizes around them
@@ -279,7 +279,6 @@ class BayesianOptimization(Optimizer):
         (n, k) constraint values of X (``_constraint_values``)."""
         import torch
         from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
-        from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
         from botorch.models import ModelListGP
         from botorch.sampling import SobolQMCNormalSampler
 
@@ -287,10 +286,14 @@ class BayesianOptimization(Optimizer):
 
         seed = self._seed()
         m = Y.shape[1]
-        Z = np.column_stack([warp_outcomes(-Y[:, j], self.warp) for j in range(m)])  # maximised
+        # each objective's GP models its warped values; the hypervolume is measured on the
+        # objectives' own (standardised) scale: the samples are unwarped before it
+        fitted = [fit_warp(-Y[:, j], self.warp) for j in range(m)]
+        Z = np.column_stack([z for z, _ in fitted])  # maximised
         ok = np.ones(len(Z), dtype=bool) if C is None else feasible_rows(C)
-        Zr = Z[ok] if ok.any() else Z  # the reference point from the feasible points' values
-        ref = Zr.min(axis=0) - 0.1 * np.maximum(Zr.max(axis=0) - Zr.min(axis=0), 1e-9)
+        S = np.column_stack([standardise(-Y[:, j])[0] for j in range(m)])
+        Sr = S[ok] if ok.any() else S  # the reference point from the feasible points' values
+        ref = Sr.min(axis=0) - 0.1 * np.maximum(Sr.max(axis=0) - Sr.min(axis=0), 1e-9)
         X_ok = X
         if len(X_fail) and self.failures == "impute":
             X, Z = np.vstack([X, X_fail]), np.vstack([Z, np.tile(Z.min(axis=0), (len(X_fail), 1))])
@@ -299,8 +302,9 @@ class BayesianOptimization(Optimizer):
             cons = self._constraint_models(X_ok, C)
             models = self._fit_each(X, Z)
             model = ModelListGP(*models, *([] if cons is None else [c.model for c in cons]))
-            extra = {} if cons is None else {"objective": IdentityMCMultiOutputObjective(outcomes=list(range(m))),
-                                             "constraints": outcome_constraints(m, cons)}
+            extra = {"objective": _Unwarped([w for _, w in fitted])}
+            if cons is not None:
+                extra["constraints"] = outcome_constraints(m, cons)
             for i in range(q):
                 X_pending = [*pending, *chosen]
                 acqf = qLogNoisyExpectedHypervolumeImprovement(
@@ -445,6 +449,20 @@ class BayesianOptimization(Optimizer):
         self._rungs_gp = None
         if "rungs_gp" in state:
             self.rungs_gp.load_state_dict(state["rungs_gp"])
+
+
+def _Unwarped(warps):
+    """BoTorch's multi-output objective for qLogNEHVI: posterior samples (..., m [+ k]) of the
+    m warped objectives (then any constraints) -> (..., m) on the objectives' standardised
+    scale (``Warp.unwarp``)."""
+    import torch
+    from botorch.acquisition.multi_objective.objective import MCMultiOutputObjective
+
+    class Unwarped(MCMultiOutputObjective):
+        def forward(self, samples, X=None):
+            return torch.stack([w.unwarp(samples[..., j]) for j, w in enumerate(warps)], dim=-1)
+
+    return Unwarped()
 
 
 def _batched(acqf, X, chunk: int = 512):
