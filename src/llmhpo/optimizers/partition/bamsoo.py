@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 
-from llmhpo.optimizers._gp import fit_gp, hyperparameters, posterior_mean_std, preload, refit_due, seeded_torch
+from llmhpo.optimizers._gp import (fit_gp, hyperparameters, posterior_mean_std, preload, refit_due, seeded_torch,
+                                   standardise)
 from llmhpo.optimizers.partition.soo import SOO
 
 
@@ -52,8 +53,7 @@ class BaMSOO(SOO):
         X, y = self._observed()
         # a sweep whose children were all scored by the GP adds no data: keep the fitted model
         if len(y) >= 2 and (self._model is None or self._model_n != len(y)):
-            self._y_shift, self._y_scale = float(y.mean()), float(y.std()) or 1.0
-            z = (y - self._y_shift) / self._y_scale
+            z, self._y_shift, self._y_scale = standardise(y)
             with seeded_torch(0):  # the fit is deterministic given the data
                 if not refit_due(len(y), self.hyper_n, bool(self.hyper)):
                     self._model = fit_gp(X, z, warm=self.hyper, maxiter=0)
