@@ -223,3 +223,52 @@ class UnitPrior:
             if d is not None:
                 X[:, j] = d.ppf(U[:, j])
         return X
+
+    def without(self, drop) -> "UnitPrior | None":
+        """The prior with dimensions ``drop`` (indices) made uniform; None when none is left."""
+        dims = [None if j in set(drop) else d for j, d in enumerate(self.dims)]
+        return UnitPrior(dims) if any(d is not None for d in dims) else None
+
+    def contradicted(self, X, best, floor: float = 0.1) -> list[int]:
+        """The dimensions whose prior the best results so far contradict. X: (n, d) points
+        evaluated, ``best``: (n,) bool, the best of them. Dimension j is contradicted when the
+        best points are, on average, less likely under its prior than under the uniform: the
+        mean over them of log((1 - floor) pi_j(x_j) + floor) is below 0 (the uniform density
+        on [0, 1] is 1). The likelihood of the best configurations under the prior against
+        another density is how PriorBand (Mallik et al. 2023) weighs a prior against evidence;
+        here it decides, per variable, whether the prior still guides the search."""
+        X = np.asarray(X, dtype=float).reshape(-1, self.dim)
+        best = np.asarray(best, dtype=bool)
+        if not best.any():
+            return []
+        out = []
+        for j, d in enumerate(self.dims):
+            if d is None:
+                continue
+            lp = np.asarray(d.log_pdf(X[best, j]), dtype=float)
+            mixed = lp if floor <= 0 else np.logaddexp(lp + math.log1p(-floor), math.log(floor))
+            if float(mixed.mean()) < 0:
+                out.append(j)
+        return out
+
+    def supported(self, X, y, floor: float = 0.1) -> "UnitPrior | None":
+        """The prior on the variables that the best results so far do not contradict
+        (``contradicted``): X (n, d) points evaluated, y (n,) their values (minimised); the best
+        are the best fifth (at least two) of those better than the median. A wrong belief about
+        one variable stops weighing once the search has found better values away from it, a
+        right one on another keeps guiding. When every value ties, the prior is set aside once
+        its region has been tried (two results where it is denser than the uniform): a flat
+        start says nothing for it, and a confident prior on a region where nothing changes would
+        otherwise keep every proposal there, a model being as flat as its data. Fewer than two
+        results: the whole prior. None when no variable's prior is left."""
+        y = np.asarray(y, dtype=float).reshape(-1)
+        if len(y) < 2:
+            return self
+        X = np.asarray(X, dtype=float).reshape(len(y), self.dim)
+        best = np.zeros(len(y), dtype=bool)
+        best[np.argsort(y, kind="stable")[: max(2, -(-len(y) // 5))]] = True
+        best &= y < np.median(y)
+        if not best.any():
+            return None if int((np.asarray(self.log_pdf(X)) > 0).sum()) >= 2 else self
+        drop = self.contradicted(X, best, floor)
+        return self.without(drop) if drop else self

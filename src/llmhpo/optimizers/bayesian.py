@@ -49,14 +49,19 @@ refine, and not only explore (``_gp.py`` for the model):
   results on the GP sees this study's alone: kept longer, an earlier study whose optimum
   lies elsewhere held the search away from this one's (docs/benchmarks.md).
 - priors (``llmhpo.priors``): two thirds of the initial design and the random points go
-  through the priors' inverse CDF (every third design point stays uniform), and the
+  through the priors' inverse CDF (the design's first third stays uniform), and the
   acquisition is weighted by the prior with a weight that fades as data come in (piBO,
   Hvarfner et al. 2022, eq. 4: a(x) pi(x)^(beta / n), n the observations so far): log
   acquisition plus (beta / n) log pi_e(x), for one objective and several alike, where pi_e =
   (1 - e) pi + e mixes in the uniform density (``prior_floor`` e = 0.1): a confident, wrong
   prior without that floor kept every proposal of the recorded LoRA benchmark in its dead
   region for 40 evaluations (docs/benchmarks.md); with it the penalty is at most
-  (beta / n) log(1 / e) and the model overrules it as n grows.
+  (beta / n) log(1 / e) and the model overrules it as n grows. The prior that weighs (and
+  draws the design) is the one the results support (``active_prior``): a variable's prior is
+  set aside while the best results are less likely under it than under the uniform (the
+  likelihood test PriorBand, Mallik et al. 2023, weighs a prior by), and no prior weighs
+  while every result ties once the prior's region has been tried (a flat start says nothing
+  for it).
 
 torch, BoTorch and scipy.stats are imported where they are used, not at import time.
 """
@@ -70,7 +75,7 @@ import numpy as np
 
 from llmhpo.optimizers._fidelity_gp import RungsGP, at_top, at_top_acqf
 from llmhpo.optimizers._gp import (dtype, fast_log_ei, fit_gp, fit_warp, hyperparameters, loading, preload,
-                                   refit_due, seeded_torch, standardise, warp_outcomes)
+                                   prior_weighted, refit_due, seeded_torch, standardise, warp_outcomes)
 from llmhpo.optimizers.base import Optimizer
 
 #: best evaluated points that seed local starts, and the step sizes around them
@@ -171,12 +176,17 @@ class BayesianOptimization(Optimizer):
     # ------------------------------------------------------------------ ask
     def _ask(self, n):
         out = []
+        # the design draws from the prior while the results so far support it (``active_prior``)
+        prior = self.active_prior(*self._observed()) if self.n_design_asked < len(self.design) else None
         while len(out) < n and self.n_design_asked < len(self.design):
             x = self.design[self.n_design_asked].copy()
-            # every third design point stays uniform: a misleading prior cannot hide the rest of
-            # the space from the first model (with a prior_floor of 0, the prior draws them all)
-            out.append((x if self.prior_floor > 0 and self.n_design_asked % 3 == 2 else self.from_prior(x),
-                        {"phase": "initial"}))
+            # the design's first third stays uniform: a misleading prior cannot hide the rest of
+            # the space from the first model, and the values there show what "standing out"
+            # means before the prior's points are judged (with a prior_floor of 0, the prior
+            # draws them all)
+            if prior is not None and not (self.prior_floor > 0 and self.n_design_asked < len(self.design) // 3):
+                x = prior.from_uniform(x[None, :])[0]
+            out.append((x, {"phase": "initial"}))
             self.n_design_asked += 1
         # the model's libraries load in the background while the initial design runs (after
         # its first points are out: imports hold the interpreter's lock)
@@ -203,8 +213,11 @@ class BayesianOptimization(Optimizer):
         return out + [(x, {"phase": "model"}) for x in pts]
 
     def _random(self, k: int) -> list:
-        """k points drawn from the priors (uniform without), for when there is no model yet."""
-        return [(self.from_prior(self.rng.random(self.dim)), {"phase": "random"}) for _ in range(k)]
+        """k points drawn from the priors the results support (uniform without), for when
+        there is no model yet."""
+        prior = self.active_prior(*self._observed())
+        U = [self.rng.random(self.dim) for _ in range(k)]
+        return [(u if prior is None else prior.from_uniform(u[None, :])[0], {"phase": "random"}) for u in U]
 
     def _constraint_values(self) -> np.ndarray | None:
         """(n, k) constraint values of the successful observations (rows in ``_observed``
@@ -270,7 +283,7 @@ class BayesianOptimization(Optimizer):
                 acqf = fast_log_ei(model, best_f, X_pending) if ok.any() else None
                 if cons is not None:
                     acqf = weighted(acqf, cons)
-                acqf = self._prior_weighted(acqf)
+                acqf = self._prior_weighted(acqf, self.active_prior(X, y))
                 taken = (lambda x, extra=X_pending: self.is_known(x, extra)) if own else \
                     (lambda x, extra=[*X, *X_pending]: _near_any(x, extra, self.same_tol))
                 chosen.append(self._maximise(acqf, X, _feasible_first(y, ok), taken, seed + i))
@@ -315,7 +328,7 @@ class BayesianOptimization(Optimizer):
                     model, ref_point=ref.tolist(), X_baseline=torch.as_tensor(X, dtype=dtype()),
                     sampler=SobolQMCNormalSampler(torch.Size([64]), seed=seed + i), prune_baseline=True,
                     X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()) if X_pending else None, **extra)
-                acqf = self._prior_weighted(acqf)
+                acqf = self._prior_weighted(acqf, self.active_prior(X, Y))
                 # local starts around the feasible points best on the objectives together
                 score = _feasible_first(-Z[: len(Y)].sum(axis=1), ok)
                 chosen.append(self._maximise(acqf, X[: len(Y)], score,
@@ -330,29 +343,22 @@ class BayesianOptimization(Optimizer):
             return 0.0
         return self.prior_beta / max(1, len(self.X))
 
-    def _prior_weighted(self, acqf):
-        """``acqf`` (a log acquisition, X (b, 1, d) -> (b,)) plus ``prior_weight()`` times the
-        log prior density: the log of a(x) pi(x)^(beta / n). Unchanged without a prior."""
+    def active_prior(self, X, y):
+        """The prior that weighs now (``UnitPrior.supported``: the variables' priors the best
+        results so far do not contradict), judged afresh at each ask from the data (nothing of
+        it is state to save); None without a prior or when none is supported. With several
+        objectives the prior is kept whole: a Pareto set spreads along its front by design, so
+        where it lies says little against a prior."""
+        y = np.asarray(y, dtype=float)
+        if self.prior is None or (y.ndim > 1 and y.shape[1] > 1):
+            return self.prior
+        return self.prior.supported(X, y, self.prior_floor)
+
+    def _prior_weighted(self, acqf, prior):
+        """``acqf`` (a log acquisition) weighted by ``prior`` (``active_prior``) to the power
+        ``prior_weight()`` (``prior_weighted``); unchanged without one."""
         w = self.prior_weight()
-        if w == 0:
-            return acqf
-        from botorch.acquisition import AcquisitionFunction
-
-        import math
-
-        import torch
-
-        log_prior, eps = self.prior.log_pdf, self.prior_floor
-
-        def log_mixed(X):  # log((1 - eps) pi(x) + eps): the uniform density on the cube is 1
-            lp = log_prior(X)
-            return lp if eps == 0 else torch.logaddexp(lp + math.log1p(-eps), torch.full_like(lp, math.log(eps)))
-
-        class _PriorWeighted(AcquisitionFunction):
-            def forward(self, X):
-                return acqf(X) + w * log_mixed(X.reshape(-1, X.shape[-1]))
-
-        return _PriorWeighted(acqf.model)
+        return acqf if w == 0 or prior is None else prior_weighted(acqf, prior.log_pdf, w, self.prior_floor)
 
     def _fit_each(self, X, Z) -> list:
         """One GP per objective (columns of Z, maximised); as ``_fit``, the hyperparameters are
