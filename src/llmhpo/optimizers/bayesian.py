@@ -181,9 +181,8 @@ class BayesianOptimization(Optimizer):
         while len(out) < n and self.n_design_asked < len(self.design):
             x = self.design[self.n_design_asked].copy()
             # the design's first third stays uniform: a misleading prior cannot hide the rest of
-            # the space from the first model, and the values there show what "standing out"
-            # means before the prior's points are judged (with a prior_floor of 0, the prior
-            # draws them all)
+            # the space from the first model, and the prior's points are judged against those
+            # values from the start (with a prior_floor of 0, the prior draws them all)
             if prior is not None and not (self.prior_floor > 0 and self.n_design_asked < len(self.design) // 3):
                 x = prior.from_uniform(x[None, :])[0]
             out.append((x, {"phase": "initial"}))
