@@ -188,6 +188,18 @@ def _unit_dimension(var) -> _Normal | _Cells:
     return _Normal(mu, var.to_unit(one_spread) - mu)
 
 
+def mixed_log_pdf(lp, floor: float):
+    """log((1 - floor) pi + floor) from log pi (``lp``, a numpy array or a torch tensor): the
+    prior mixed with the uniform density, which is 1 on the cube; ``lp`` itself at floor 0."""
+    if floor <= 0:
+        return lp
+    if type(lp).__module__.startswith("torch"):
+        import torch
+
+        return torch.logaddexp(lp + math.log1p(-floor), torch.full_like(lp, math.log(floor)))
+    return np.logaddexp(lp + math.log1p(-floor), math.log(floor))
+
+
 class UnitPrior:
     """The variables' priors over [0, 1]^d: ``dims[j]`` is dimension j's, None: uniform."""
 
@@ -245,9 +257,7 @@ class UnitPrior:
         for j, d in enumerate(self.dims):
             if d is None:
                 continue
-            lp = np.asarray(d.log_pdf(X[best, j]), dtype=float)
-            mixed = lp if floor <= 0 else np.logaddexp(lp + math.log1p(-floor), math.log(floor))
-            if float(mixed.mean()) < 0:
+            if float(mixed_log_pdf(np.asarray(d.log_pdf(X[best, j]), dtype=float), floor).mean()) < 0:
                 out.append(j)
         return out
 

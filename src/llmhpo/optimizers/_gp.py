@@ -351,17 +351,12 @@ def prior_weighted(acqf, log_prior, w: float, eps: float):
     """``acqf`` (a log acquisition, X (b, 1, d) -> (b,)) plus ``w`` times the log of the prior
     density mixed with the uniform, (1 - eps) pi(x) + eps (``log_prior``: X (n, d) -> (n,)
     log pi): the log of a(x) pi_eps(x)^w, piBO's weighting (Hvarfner et al. 2022, eq. 4)."""
-    import math
-
-    import torch
     from botorch.acquisition import AcquisitionFunction
 
-    def log_mixed(X):  # log((1 - eps) pi(x) + eps): the uniform density on the cube is 1
-        lp = log_prior(X)
-        return lp if eps == 0 else torch.logaddexp(lp + math.log1p(-eps), torch.full_like(lp, math.log(eps)))
+    from llmhpo.priors import mixed_log_pdf
 
     class _PriorWeighted(AcquisitionFunction):
         def forward(self, X):
-            return acqf(X) + w * log_mixed(X.reshape(-1, X.shape[-1]))
+            return acqf(X) + w * mixed_log_pdf(log_prior(X.reshape(-1, X.shape[-1])), eps)
 
     return _PriorWeighted(acqf.model)

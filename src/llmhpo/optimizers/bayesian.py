@@ -277,12 +277,13 @@ class BayesianOptimization(Optimizer):
             if ok.any():
                 with torch.no_grad():
                     best_f = float(model.posterior(torch.as_tensor(X[inc], dtype=dtype())).mean.max())
+            prior = self.active_prior(X, y)  # judged once per ask, not per point of the batch
             for i in range(q):
                 X_pending = [*pending, *chosen]
                 acqf = fast_log_ei(model, best_f, X_pending) if ok.any() else None
                 if cons is not None:
                     acqf = weighted(acqf, cons)
-                acqf = self._prior_weighted(acqf, self.active_prior(X, y))
+                acqf = self._prior_weighted(acqf, prior)
                 taken = (lambda x, extra=X_pending: self.is_known(x, extra)) if own else \
                     (lambda x, extra=[*X, *X_pending]: _near_any(x, extra, self.same_tol))
                 chosen.append(self._maximise(acqf, X, _feasible_first(y, ok), taken, seed + i))
@@ -321,13 +322,14 @@ class BayesianOptimization(Optimizer):
             extra = {"objective": _Unwarped([w for _, w in fitted])}
             if cons is not None:
                 extra["constraints"] = outcome_constraints(m, cons)
+            prior = self.active_prior(X, Y)  # judged once per ask, not per point of the batch
             for i in range(q):
                 X_pending = [*pending, *chosen]
                 acqf = qLogNoisyExpectedHypervolumeImprovement(
                     model, ref_point=ref.tolist(), X_baseline=torch.as_tensor(X, dtype=dtype()),
                     sampler=SobolQMCNormalSampler(torch.Size([64]), seed=seed + i), prune_baseline=True,
                     X_pending=torch.as_tensor(np.asarray(X_pending), dtype=dtype()) if X_pending else None, **extra)
-                acqf = self._prior_weighted(acqf, self.active_prior(X, Y))
+                acqf = self._prior_weighted(acqf, prior)
                 # local starts around the feasible points best on the objectives together
                 score = _feasible_first(-Z[: len(Y)].sum(axis=1), ok)
                 chosen.append(self._maximise(acqf, X[: len(Y)], score,
