@@ -4,9 +4,9 @@ configuration within one point of the best recorded score (predicted accuracy >=
 recorded configuration's predicted accuracy - 0.01; and within 3 and 5 points), per seed,
 median over the seeds.
 
-Methods: random (its draws evaluated in batches, up to `--random-budget`: its median within one
-point is thousands of evaluations); bo without a prior; bo with the built-in LoRA prior (piBO); bo with a
-deliberately wrong prior; bo warm-started (``use = "data"``) from an earlier study of 30 random
+Methods: random (its draws evaluated in batches, up to ``--random-budget``: its median within
+one point is thousands of evaluations); bo without a prior; bo with the built-in LoRA prior
+(piBO); bo with a deliberately wrong prior; bo warm-started (``use = "data"``) from an earlier study of 30 random
 trials on another seed of the data (the same landscape with the recorded seed-to-seed noise
 added to every value); Optuna's TPE and GPSampler; SOO with the depth limit sqrt(t) and
 without one (the report's SOO). Every optimiser is seeded with the seed; the landscape is
@@ -98,7 +98,8 @@ def run(method: str, seed: int, budget: int) -> dict:
     return {"method": method, "seed": seed, "budget": budget,
             "evals_to_target": hits(values, f.f_min, TOLERANCES[0]), "best": 1 - min(values),
             "reached": {str(t): hits(values, f.f_min, t) for t in TOLERANCES},
-            "values": values if name != "random" else values[:_KEEP], "seconds": time.perf_counter() - t0, "best_acc": 1 - f.f_min}
+            "values": values if name != "random" else values[:_KEEP], "seconds": time.perf_counter() - t0,
+            "best_acc": 1 - f.f_min}
 
 
 def random_values(opt, budget: int, chunk: int = 2000) -> list[float]:
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="docs/measurements/lora_search")
     a = ap.parse_args(argv)
-    jobs = [(m, s, a.random_budget if m.startswith("random") else a.budget) for m in a.methods.split(",") for s in range(a.seeds)]
+    jobs = [(m, s, a.random_budget if m.startswith("random") else a.budget)
+            for m in a.methods.split(",") for s in range(a.seeds)]
     jobs.sort(key=lambda j: not j[0].startswith(("bo", "optuna_gp")))  # the slow ones first
     t0 = time.time()
 
