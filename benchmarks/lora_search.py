@@ -114,7 +114,7 @@ def random_values(opt, budget: int, chunk: int = 2000) -> list[float]:
     while len(values) < budget:
         k = min(chunk, budget - len(values))
         U = opt.rng.random((k, opt.dim))
-        X = np.array([opt._prepare(x) for x in opt.from_prior(U)])
+        X = np.array([opt.snap_point(x) for x in opt.from_prior(U)])
         values += list(1.0 - recorded.predict(X))
     return values
 

@@ -131,7 +131,7 @@ class Optimizer:
             raise ValueError(f"ask(n) needs n >= 1, got {n!r}")
         out: list[Candidate] = []
         for x, info in self._ask(n)[:n]:
-            x = self._prepare(x)
+            x = self.snap_point(x)
             others = [c.x for c in out]
             if self.is_known(x, others):
                 fresh = self._fresh_near(x, others)
@@ -144,8 +144,9 @@ class Optimizer:
     #: two points closer than this (max-norm, in [0, 1]^d) are the same configuration
     same_tol: ClassVar[float] = 1e-9
 
-    def _prepare(self, x) -> np.ndarray:
-        """A proposed point, clipped into the box and snapped to its configuration."""
+    def snap_point(self, x) -> np.ndarray:
+        """A proposed point x (d,) in [0, 1]^d, clipped into the box and snapped to its
+        configuration (integers, choices, steps): the point an ask of this optimiser registers."""
         x = np.clip(np.asarray(x, dtype=float).reshape(self.dim), 0.0, 1.0)
         if self.snap is not None:
             x = np.clip(np.asarray(self.snap(x), dtype=float).reshape(self.dim), 0.0, 1.0)
@@ -172,7 +173,7 @@ class Optimizer:
                 y = x + 0.01 * 2.0 ** (k // 20) * self.rng.standard_normal(self.dim)
             else:
                 y = self.rng.random(self.dim)
-            y = self._prepare(1.0 - np.abs(1.0 - np.abs(y)))  # reflect at the walls
+            y = self.snap_point(1.0 - np.abs(1.0 - np.abs(y)))  # reflect at the walls
             if not self.is_known(y, extra):
                 return y
         return None
@@ -218,7 +219,7 @@ class Optimizer:
         Its value is given to ``_observe`` instead of ``_tell``: model-based optimisers learn
         from it, the others only keep it in their history.
         """
-        return self._add_pending(self._prepare(x), dict(info or {}, external=True))
+        return self._add_pending(self.snap_point(x), dict(info or {}, external=True))
 
     @property
     def best(self) -> tuple[np.ndarray | None, float | None]:

@@ -411,7 +411,7 @@ class BayesianOptimization(Optimizer):
         for s, v in zip(starts, vals):
             pool.append(s[v.argsort(descending=True)])
         for x in torch.cat(pool).numpy():
-            x = self._prepare(x)
+            x = self.snap_point(x)
             if not taken(x):
                 return x
         return self.rng.random(d)  # the base class finds a fresh point near it

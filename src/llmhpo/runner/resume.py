@@ -85,7 +85,7 @@ def _transferred(config: Config, study: Study, optimizer: Optimizer, transfer: T
     notes = [transfer.line()]
     if transfer.use == "design":
         for x, label in transfer.design(design_size(config)):
-            if not optimizer.is_known(optimizer._prepare(x)):
+            if not optimizer.is_known(optimizer.snap_point(x)):
                 fresh.append(optimizer.register(x, {"transferred": label}))
     elif not optimizer.takes_earlier:
         notes.append(f"[warm_start] use = \"data\" has no effect on optimizer '{config.optimizer}' (only bo models "

@@ -82,7 +82,7 @@ def register_new(optimizer, x: np.ndarray, info: dict) -> Candidate:
     """x (d,), proposed from a model of rung scores, registered with the optimiser as a new
     configuration: one it has seen already is moved to the nearest fresh one, as ``ask`` does
     (a model of one rung does not know the configurations that stopped below it)."""
-    x = optimizer._prepare(x)
+    x = optimizer.snap_point(x)
     if optimizer.is_known(x):
         fresh = optimizer._fresh_near(x, [])
         if fresh is not None:

@@ -85,7 +85,7 @@ class SweepOptimizer(Optimizer):
         todo = []
         told = np.asarray(self.X, dtype=float).reshape(len(self.X), self.dim)
         for x, info in batch:
-            x = self._prepare(x)
+            x = self.snap_point(x)
             if len(told):
                 dist = np.max(np.abs(told - x), axis=1)
                 i = int(np.argmin(dist))
