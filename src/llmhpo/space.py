@@ -45,19 +45,7 @@ class Float:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"variable '{self.name}': {key}={v!r} must be a finite number")
-        if self.low >= self.high:
-            raise ConfigError(
-                f"variable '{self.name}': low={self.low} must be below high={self.high}; swap or widen them"
-            )
-        if self.log and self.low <= 0:
-            raise ConfigError(
-                f"variable '{self.name}': log=true needs low > 0 (got low={self.low}); raise low or set log=false"
-            )
-        if self.default is not None and not (self.low <= self.default <= self.high):
-            raise ConfigError(
-                f"variable '{self.name}': default={self.default} lies outside [{self.low}, {self.high}]"
-            )
-        _check_prior(self)
+        _check_range(self, "low > 0")
 
     def to_unit(self, value: Any) -> float:
         v = float(value)
@@ -100,19 +88,7 @@ class Int:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"variable '{self.name}': {key}={v!r} must be an integer for type int")
-        if self.low >= self.high:
-            raise ConfigError(
-                f"variable '{self.name}': low={self.low} must be below high={self.high}; swap or widen them"
-            )
-        if self.log and self.low <= 0:
-            raise ConfigError(
-                f"variable '{self.name}': log=true needs low >= 1 (got low={self.low}); raise low or set log=false"
-            )
-        if self.default is not None and not (self.low <= self.default <= self.high):
-            raise ConfigError(
-                f"variable '{self.name}': default={self.default} lies outside [{self.low}, {self.high}]"
-            )
-        _check_prior(self)
+        _check_range(self, "low >= 1")
 
     # Each integer k owns the cell [k - 0.5, k + 0.5] of the relaxed range (in log space if log).
     def _edges(self) -> tuple[float, float]:
@@ -176,6 +152,19 @@ class Categorical:
 
 
 Variable = Union[Float, Int, Categorical]
+
+
+def _check_range(var, log_needs: str) -> None:
+    """The checks a numeric variable's bounds, default and prior share; log_needs: what
+    log=true asks of low ("low > 0", or "low >= 1" for integers)."""
+    if var.low >= var.high:
+        raise ConfigError(f"variable '{var.name}': low={var.low} must be below high={var.high}; swap or widen them")
+    if var.log and var.low <= 0:
+        raise ConfigError(
+            f"variable '{var.name}': log=true needs {log_needs} (got low={var.low}); raise low or set log=false")
+    if var.default is not None and not (var.low <= var.default <= var.high):
+        raise ConfigError(f"variable '{var.name}': default={var.default} lies outside [{var.low}, {var.high}]")
+    _check_prior(var)
 
 
 def _check_prior(var: "Variable") -> None:
