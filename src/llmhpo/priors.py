@@ -248,7 +248,10 @@ class UnitPrior:
         mean over them of log((1 - floor) pi_j(x_j) + floor) is below 0 (the uniform density
         on [0, 1] is 1). The likelihood of the best configurations under the prior against
         another density is how PriorBand (Mallik et al. 2023) weighs a prior against evidence;
-        here it decides, per variable, whether the prior still guides the search."""
+        here it decides, per variable, whether the prior still guides the search. A belief the
+        search has not tested yet is not contradicted: a dimension counts only once two of the
+        points lie where its prior is denser than the uniform (a narrow prior is not refuted by
+        a uniform start that missed it)."""
         X = np.asarray(X, dtype=float).reshape(-1, self.dim)
         best = np.asarray(best, dtype=bool)
         if not best.any():
@@ -257,6 +260,8 @@ class UnitPrior:
         for j, d in enumerate(self.dims):
             if d is None:
                 continue
+            if int((np.asarray(d.log_pdf(X[:, j]), dtype=float) > 0).sum()) < 2:
+                continue  # its region not tried yet
             if float(mixed_log_pdf(np.asarray(d.log_pdf(X[best, j]), dtype=float), floor).mean()) < 0:
                 out.append(j)
         return out
@@ -264,7 +269,7 @@ class UnitPrior:
     def supported(self, X, y, floor: float = 0.1) -> "UnitPrior | None":
         """The prior on the variables that the best results so far do not contradict
         (``contradicted``): X (n, d) points evaluated, y (n,) their values (minimised); the best
-        are the best fifth (at least two) of those better than the median. A wrong belief about
+        are the best fifth (at least one) of those better than the median. A wrong belief about
         one variable stops weighing once the search has found better values away from it, a
         right one on another keeps guiding. When every value ties, the prior is set aside once
         its region has been tried (two results where it is denser than the uniform): a flat
@@ -276,7 +281,7 @@ class UnitPrior:
             return self
         X = np.asarray(X, dtype=float).reshape(len(y), self.dim)
         best = np.zeros(len(y), dtype=bool)
-        best[np.argsort(y, kind="stable")[: max(2, -(-len(y) // 5))]] = True
+        best[np.argsort(y, kind="stable")[: -(-len(y) // 5)]] = True
         best &= y < np.median(y)
         if not best.any():
             return None if int((np.asarray(self.log_pdf(X)) > 0).sum()) >= 2 else self

@@ -58,8 +58,9 @@ refine, and not only explore (``_gp.py`` for the model):
   region for 40 evaluations (docs/benchmarks.md); with it the penalty is at most
   (beta / n) log(1 / e) and the model overrules it as n grows. The prior that weighs (and
   draws the design) is the one the results support (``active_prior``): a variable's prior is
-  set aside while the best results are less likely under it than under the uniform (the
-  likelihood test PriorBand, Mallik et al. 2023, weighs a prior by), and no prior weighs
+  set aside once its region has been tried (two results where it is denser than the uniform)
+  while the best results are less likely under it than under the uniform (the likelihood
+  test PriorBand, Mallik et al. 2023, weighs a prior by), and no prior weighs
   while every result ties once the prior's region has been tried (a flat start says nothing
   for it).
 
