@@ -225,3 +225,49 @@ def test_run_with_a_missing_earlier_study_stops_with_one_line_and_creates_nothin
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "earlier.db does not exist" in lines[0]
     assert not list(tmp_path.glob("s.db"))
+
+
+def test_a_value_of_a_variable_inactive_here_is_ignored(tmp_path):
+    """A source that searched a variable unconditionally, a space that makes it conditional:
+    the trials where it would be inactive keep their other values (not skipped)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'a.db'}", study_name="old")
+    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "sched": CategoricalDistribution(["constant", "linear"]),
+             "warmup": FloatDistribution(0.0, 0.2)}
+    for params, value in (({"lr": 3e-3, "sched": "constant", "warmup": 0.1}, 0.2),
+                          ({"lr": 1e-3, "sched": "linear", "warmup": 0.05}, 0.4)):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    space = {"lr": SPACE["lr"], "sched": {"type": "categorical", "choices": ["constant", "linear"]},
+             "warmup": {"type": "float", "low": 0.0, "high": 0.2, "when": {"sched": ["linear"]}}}
+    cfg = Config.from_dict({**config(tmp_path, {"from": ["a.db"], "study": "old"}).to_dict(), "space": space},
+                           base_dir=tmp_path)
+    src = load(cfg).sources[0]
+    assert src.skipped == 0 and src.numbers == [0, 1]
+    assert [cfg.space.decode(x) for x in src.X] == [{"lr": pytest.approx(3e-3), "sched": "constant"},
+                                                     {"lr": pytest.approx(1e-3), "sched": "linear",
+                                                      "warmup": pytest.approx(0.05)}]
+
+
+def test_a_source_that_is_not_a_study_file_is_named_as_a_warm_start_problem_and_nothing_is_made(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a database")
+    (tmp_path / "runs").mkdir()
+    for source, match in (("notes.txt", r"\[warm_start\] from: .*notes.txt is not a SQLite database; choose "
+                                        r"another \[warm_start\] from path"),
+                          ("runs", r"runs is a folder"),
+                          ("journal://gone.log", r"gone.log does not exist.*four slashes"),
+                          ("journal:///gone.log", r"gone.log does not exist")):
+        with pytest.raises(ConfigError, match=match):
+            load(config(tmp_path, {"from": [source], "study": "old"}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "runs"]
+
+
+def test_journal_paths_read_as_sqlite_paths(tmp_path):
+    from llmhpo._tables import storage_url
+    from llmhpo.storage import file_path
+
+    for url, path in (("journal:///s.log", tmp_path / "s.log"), ("journal://s.log", tmp_path / "s.log"),
+                      (f"journal:///{tmp_path}/s.log", tmp_path / "s.log"),
+                      ("sqlite:///s.db", tmp_path / "s.db"), ("s.db", tmp_path / "s.db")):
+        assert file_path(storage_url(url, tmp_path)) == path, url
+    assert file_path("postgresql://u@h/db") is None and file_path("sqlite:///:memory:") is None

@@ -74,6 +74,8 @@ def storage_url(storage: str, base_dir: Path) -> str:
     """An Optuna storage URL; a bare path or a relative sqlite path is relative to ``base_dir``."""
     if "://" not in storage:
         storage = f"sqlite:///{storage}"
+    if storage.startswith("journal://") and not storage.startswith("journal:///"):
+        storage = "journal:///" + storage[len("journal://"):]  # journal://study.log: relative, as three slashes
     for prefix in ("sqlite:///", "journal:///"):  # as SQLAlchemy: three slashes relative, four absolute
         if storage.startswith(prefix) and not storage.startswith(prefix + "/") and storage != prefix + ":memory:":
             path = Path(storage[len(prefix):]).expanduser()

@@ -51,12 +51,12 @@ def check_storage(url: str | None) -> str:
     raises StudyError naming the problem and the fix."""
     if url is None:
         return "in memory (nothing is kept)"
-    if url.startswith("journal://"):
-        return _check_file(Path(url[len("journal://"):]), "journal file")
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        from llmhpo.storage import check_sqlite_file
+    from llmhpo.storage import check_sqlite_file, file_path
 
-        path = Path(url[len("sqlite:///"):])
+    if url.startswith("journal://"):
+        return _check_file(file_path(url), "journal file")
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = file_path(url)
         check_sqlite_file(path)  # a folder, an empty file, not SQLite, another program's tables
         return _check_file(path, "SQLite file")
     return _check_database(url)
@@ -68,7 +68,10 @@ def _check_file(path: Path, kind: str) -> str:
     if path.exists():
         return f"{path} ({kind}, exists)"
     if not path.parent.is_dir():
-        raise StudyError(f"the folder of storage {path} does not exist; create it or fix [study] storage")
+        from llmhpo.storage import PATHS_HINT
+
+        raise StudyError(f"the folder of storage {path} does not exist; create it or fix [study] storage "
+                         f"({PATHS_HINT})")
     return f"{path} (new {kind}, made by the first run)"
 
 

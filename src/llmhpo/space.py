@@ -349,14 +349,17 @@ class SearchSpace:
                     out[i] = self.canonical(v)
         return np.clip(out, 0.0, 1.0)
 
-    def encode(self, params: Mapping[str, Any], fill_defaults: bool = False) -> np.ndarray:
+    def encode(self, params: Mapping[str, Any], fill_defaults: bool = False,
+               drop_inactive: bool = False) -> np.ndarray:
         """Native params -> (d,) point of [0, 1]^d.
 
         With ``fill_defaults``, a missing variable takes its ``default`` or, without one,
         the centre of its range (used for partial warm-start configurations).
 
         With conditions (``when``), params hold the active variables only: an inactive one
-        takes its canonical coordinate, and giving a value to it is an error.
+        takes its canonical coordinate, and giving a value to it is an error, unless
+        ``drop_inactive`` (an earlier study's trial, from a space where it applied): then the
+        value is ignored.
         """
         unknown = sorted(set(params) - set(self.names))
         if unknown:
@@ -368,7 +371,7 @@ class SearchSpace:
             v = self.variables[i]
             active[v.name] = all(active[p] and p in values and _listed(values[p], allowed) for p, allowed in v.when)
             if not active[v.name]:
-                if v.name in params:
+                if v.name in params and not drop_inactive:
                     why = next(f"{p}={values[p]!r}" if active[p] and p in values else f"'{p}' is inactive"
                                for p, allowed in v.when
                                if not (active[p] and p in values and _listed(values[p], allowed)))

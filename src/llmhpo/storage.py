@@ -188,18 +188,35 @@ abc.update_abstractmethods(PatientStorage)
 
 
 # ---------------------------------------------------------------- SQLite files
-def check_sqlite_file(path: Path) -> None:
+#: how a storage URL's path is read, for the errors about one
+PATHS_HINT = ("a path after sqlite:/// or journal:/// is relative to the TOML's folder; an absolute one takes "
+              "four slashes, sqlite:////abs/study.db")
+
+
+def file_path(url: str | None) -> Path | None:
+    """The file of a sqlite:/// or journal:// storage URL (as ``storage_url`` wrote it); None
+    for any other storage."""
+    if url is None or url == "sqlite:///:memory:":
+        return None
+    for prefix in ("sqlite:///", "journal://"):
+        if url.startswith(prefix):
+            rest = url[len(prefix):]
+            return Path("/" + rest.lstrip("/")) if rest.startswith("/") else Path(rest)
+    return None
+
+
+def check_sqlite_file(path: Path, key: str = "[study] storage") -> None:
     """Refuse a file that is not an Optuna SQLite storage before Optuna writes its tables
-    into it: an empty file, another kind of file, another program's database. (Only SQLite
-    opens the file: a plain open() and close() of it would drop every POSIX lock this process
-    holds on it, see ``open_storage``.)"""
+    into it: an empty file, another kind of file, another program's database; ``key``: the
+    setting the errors name. (Only SQLite opens the file: a plain open() and close() of it
+    would drop every POSIX lock this process holds on it, see ``open_storage``.)"""
     if not path.exists():
         return
     if path.is_dir():
         raise StudyError(f"storage path {path} is a folder; give a .db file, e.g. sqlite:///{path}/study.db")
     if path.stat().st_size == 0:
         raise StudyError(f"{path} is an empty file (0 bytes), not a study database; delete it, or choose "
-                         "another [study] storage")
+                         f"another {key}")
 
     def tables() -> set[str]:
         # read-write: a hot journal left by a killed driver is rolled back (SQLite's own recovery)
@@ -213,12 +230,12 @@ def check_sqlite_file(path: Path) -> None:
         found = retrying(tables, f"sqlite:///{path}")
     except sqlite3.DatabaseError as e:
         if (getattr(e, "sqlite_errorcode", 0) or 0) == 26 or "not a database" in str(e):  # SQLITE_NOTADB
-            raise StudyError(f"{path} is not a SQLite database; choose another [study] storage path") from e
-        raise StudyError(f"{path} cannot be read as a SQLite database ({e}); choose another [study] storage") from e
+            raise StudyError(f"{path} is not a SQLite database; choose another {key} path") from e
+        raise StudyError(f"{path} cannot be read as a SQLite database ({e}); choose another {key}") from e
     if found and not {"studies", "trials"} <= found:
         listed = ", ".join(sorted(found)[:4])
         raise StudyError(f"{path} is another program's database (tables {listed}), not an Optuna study storage; "
-                         "choose another [study] storage path")
+                         f"choose another {key} path")
 
 
 def _local_disk(path: Path) -> bool:
@@ -268,7 +285,8 @@ def _create_sqlite(path: Path) -> None:
     inode, so reopening the scratch file's inode under the new name would hide this
     process's writes from every other process, e.g. `llmhpo status`.)"""
     if not path.parent.is_dir():
-        raise StudyError(f"the folder of storage {path} does not exist; create it or fix [study] storage")
+        raise StudyError(f"the folder of storage {path} does not exist; create it or fix [study] storage "
+                         f"({PATHS_HINT})")
     scratch = path.with_name(f".{path.name}.{os.getpid()}.scratch")
     final = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
@@ -335,7 +353,7 @@ def open_storage(url: str | None) -> BaseStorage:
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len("journal://"):])
+        path = file_path(url)
         try:
             return PatientStorage(JournalStorage(JournalFileBackend(str(path))), url)
         except Exception as e:

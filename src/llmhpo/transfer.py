@@ -6,7 +6,8 @@ The sources are read-only inputs, read again at every start of a run: nothing of
 written into this study but one line saying which were used (``Study.note_warm_start``).
 Mapping: a parameter this space lacks is ignored; a variable of this space a source lacks
 takes its ``default`` (or the centre of its range, ``SearchSpace.encode(fill_defaults=True)``);
-a trial with a value outside this space (a range, a categorical choice) is skipped and
+a value of a variable inactive under the trial's other values (this space's ``when``; the
+source may have searched it unconditionally) is ignored; a trial with a value outside this space (a range, a categorical choice) is skipped and
 counted. Values are turned into "lower is better" with the source's own direction.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from llmhpo._tables import storage_url
 from llmhpo.config import Config
-from llmhpo.errors import ConfigError
+from llmhpo.errors import ConfigError, StudyError
 from llmhpo.optimizers._gp import standardise
 from llmhpo.space import Int, SearchSpace
 
@@ -126,11 +127,21 @@ def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source
 
     from llmhpo.storage import open_storage
 
+    from llmhpo.storage import PATHS_HINT, check_sqlite_file, file_path
+
     label = f"study '{name}' in {url}"
-    for prefix in ("sqlite:///", "journal:///"):
-        if url.startswith(prefix) and not Path(url[len(prefix):]).is_file():
-            raise ConfigError(f"[warm_start] from: {url[len(prefix):]} does not exist; give the path of an "
-                              "earlier study's storage (relative to the TOML's folder)")
+    path = file_path(url)
+    if path is not None:  # a file: read, never created (opening a journal that is not there makes one)
+        if path.is_dir():
+            raise ConfigError(f"[warm_start] from: {path} is a folder; give an earlier study's storage file")
+        if not path.is_file():
+            raise ConfigError(f"[warm_start] from: {path} does not exist; give the path of an earlier "
+                              f"study's storage ({PATHS_HINT}; from Python, relative to the working folder)")
+        if url.startswith("sqlite:///"):
+            try:
+                check_sqlite_file(path, "[warm_start] from")
+            except StudyError as e:
+                raise ConfigError(f"[warm_start] from: {e}") from None
     storage = open_storage(url)
     names = [s.study_name for s in storage.get_all_studies()]
     if name not in names:
@@ -156,7 +167,7 @@ def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source
     for t in trials:
         mine = {k: _native(space, k, v) for k, v in t.params.items() if k in space.names}
         try:
-            x = space.snap(space.encode(mine, fill_defaults=True))
+            x = space.snap(space.encode(mine, fill_defaults=True, drop_inactive=True))
         except ConfigError:  # a value outside this space's range or choices
             skipped += 1
             continue

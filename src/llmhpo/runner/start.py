@@ -143,12 +143,12 @@ def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | No
 def _storage_exists(url: str | None) -> bool:
     """Whether opening ``url`` finds something (a SQLite or journal file that is not there
     yet is not created before the preflight: a config that fails it leaves nothing behind)."""
+    from llmhpo.storage import file_path
+
     if url is None:
         return False
-    for prefix in ("sqlite:///", "journal://"):
-        if url.startswith(prefix):
-            return Path(url[len(prefix):]).exists()
-    return True
+    path = file_path(url)
+    return path.exists() if path is not None else url != "sqlite:///:memory:"
 
 
 def _refuse_if_driven(config: Config, storage: Any) -> None:
