@@ -124,7 +124,10 @@ def test_the_default_model_stays_out_of_the_stored_table(tmp_path):
     cfg = load_config(write(tmp_path, optimizer="bo"))
     assert (cfg.fidelity.model, cfg.fidelity.promote) == ("one_rung", "score")
     assert not {"model", "promote"} & set(cfg.to_dict()["fidelity"])
+    assert cfg.fidelity.caution() is None
     cfg = _all_rungs(tmp_path, "trials = 5")
+    assert "set only one of them" in cfg.fidelity.caution()  # the pair measured to fail is flagged
+    assert _all_rungs(tmp_path, "trials = 5", keys='model = "all_rungs"').fidelity.caution() is None
     assert Config.from_dict(cfg.to_dict(), base_dir=tmp_path).fidelity == cfg.fidelity
     assert cfg.to_dict()["fidelity"]["model"] == "all_rungs" and cfg.to_dict()["fidelity"]["promote"] == "model"
 
