@@ -261,7 +261,7 @@ def test_a_toml_prior_parses_round_trips_and_is_listed(tmp_path):
     ("{ mode = 1.0, spread = 1 }", "prior mode = 1 lies outside"),
     ("{ mode = 2e-4, spread = 0 }", "prior spread = 0 must be > 0"),
     ("{ mode = 2e-4, width = 1 }", "prior has an unknown key 'width'"),
-    ("{ mode = 2e-4 }", "prior spread = None must be a finite number"),
+    ("{ mode = 2e-4 }", "prior has no spread; give both"),
     ("{ weights = { a = 1 } }", "prior weights are for categorical variables"),
     ('"wide"', "prior = 'wide' must be a table"),
 ])
@@ -359,3 +359,13 @@ def test_every_optimiser_with_a_prior_stays_in_the_box_and_continues_identically
     c = make_optimizer(name, 2, np.random.default_rng(99), 20, options, prior=prior)
     c.load_state_dict(json.loads(json.dumps(a.state_dict())))
     np.testing.assert_allclose(drive(a, 2), drive(c, 2), rtol=0, atol=1e-12)
+
+
+def test_a_boolean_choice_takes_its_toml_key_and_a_prior_only_table_needs_a_preset(tmp_path):
+    v = Categorical("use_r", [True, False], prior=Prior(weights={"true": 0.9, "false": 0.1}))
+    assert _unit(v).dims[0].p == pytest.approx((0.9, 0.1))
+    p = tmp_path / "s.toml"
+    p.write_text('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n[objective]\ntype = "function"\n'
+                 'name = "branin"\n[space.x0]\nprior = { mode = 3.0, spread = 1.0 }\n')
+    with pytest.raises(ConfigError, match="variable 'x0' has no type; give type"):
+        load_config(p)

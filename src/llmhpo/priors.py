@@ -97,6 +97,9 @@ class Prior:
             raise ConfigError(f"{where} weights are for categorical variables; give mode and spread")
         for key in ("mode", "spread"):
             v = getattr(self, key)
+            if v is None:
+                raise ConfigError(f"{where} has no {key}; give both, e.g. prior = {{ mode = "
+                                  f"{var.low if self.mode is None else self.mode:g}, spread = {1 if var.log else 0.1:g} }}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"{where} {key} = {v!r} must be a finite number")
         if not var.low <= self.mode <= var.high:
@@ -161,10 +164,11 @@ class _Cells:
 
 def _choice(var, c: Any) -> Any:
     """The categorical's choice that weight key ``c`` names (TOML keys are strings: "16" names
-    16); None when none does."""
+    16, "true" names true); None when none does."""
     if c in var.choices:
         return c
-    return next((v for v in var.choices if str(v) == str(c)), None)
+    return next((v for v in var.choices
+                 if str(v) == str(c) or (isinstance(v, bool) and str(v).lower() == str(c).lower())), None)
 
 
 def _categorical(var) -> bool:

@@ -446,6 +446,9 @@ def variable_from_dict(item: Any) -> Variable:
         raise ConfigError(f"variable '{name}' must be a table such as {{type = \"float\", low = 0, high = 1}}")
     name = item.get("name", "?")
     kind = item.get("type")
+    if kind is None:
+        raise ConfigError(f"variable '{name}' has no type; give type = \"float\", \"int\" or \"categorical\" with "
+                          "its range or choices (a table of only prior or default changes a preset's variable)")
     if kind not in _KEYS:
         raise ConfigError(
             f"variable '{name}': unknown type {kind!r}{did_you_mean(kind, _KEYS)}; "

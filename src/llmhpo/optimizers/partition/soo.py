@@ -9,7 +9,9 @@ than every leaf expanded at a smaller depth in that sweep (``v_max``; we minimis
 is the lowest value). The depth limit ``h_max``: "sqrt" (the default), h_max(t) = sqrt(t)
 with t the number of node expansions so far, as in Munos' Algorithm 2 (t grows by one per
 expanded node) and Corollary 2; "none", no limit, as the report's own SOO ran; or a fixed
-integer.
+integer. A sweep looks no deeper than the limit while a leaf within it remains; once every
+box down to the limit is split (a fixed limit reached; Munos' tree would stop there), it
+looks at every depth rather than end the study.
 
 Parallel variant: the leaves of one sweep are chosen from the tree as it stands at the
 start of the sweep, so all their children are independent evaluations handed out by
