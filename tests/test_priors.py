@@ -365,7 +365,7 @@ def test_a_boolean_choice_takes_its_toml_key_and_a_prior_only_table_needs_a_pres
     v = Categorical("use_r", [True, False], prior=Prior(weights={"true": 0.9, "false": 0.1}))
     assert _unit(v).dims[0].p == pytest.approx((0.9, 0.1))
     p = tmp_path / "s.toml"
-    p.write_text('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n[objective]\ntype = "function"\n'
-                 'name = "branin"\n[space.x0]\nprior = { mode = 3.0, spread = 1.0 }\n')
+    p.write_text('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n'
+                 '[objective]\ntype = "function"\nname = "branin"\n[space.x0]\nprior = { mode = 3.0, spread = 1.0 }\n')
     with pytest.raises(ConfigError, match="variable 'x0' has no type; give type"):
         load_config(p)

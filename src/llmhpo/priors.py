@@ -98,8 +98,9 @@ class Prior:
         for key in ("mode", "spread"):
             v = getattr(self, key)
             if v is None:
-                raise ConfigError(f"{where} has no {key}; give both, e.g. prior = {{ mode = "
-                                  f"{var.low if self.mode is None else self.mode:g}, spread = {1 if var.log else 0.1:g} }}")
+                mode = var.low if self.mode is None else self.mode
+                raise ConfigError(f"{where} has no {key}; give both, e.g. prior = {{ mode = {mode:g}, "
+                                  f"spread = {1 if var.log else 0.1:g} }}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"{where} {key} = {v!r} must be a finite number")
         if not var.low <= self.mode <= var.high:
