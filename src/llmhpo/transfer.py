@@ -8,7 +8,8 @@ Mapping: a parameter this space lacks is ignored; a variable of this space a sou
 takes its ``default`` (or the centre of its range, ``SearchSpace.encode(fill_defaults=True)``);
 a value of a variable inactive under the trial's other values (this space's ``when``; the
 source may have searched it unconditionally) is ignored; a trial with a value outside this
-space (a range, a categorical choice) is skipped and counted. Values are turned into "lower is better" with the source's own direction.
+space (a range, a categorical choice) is skipped and counted. Values are turned into "lower
+is better" with the source's own direction.
 """
 
 from __future__ import annotations
