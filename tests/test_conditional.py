@@ -214,3 +214,24 @@ def test_a_benchmark_function_refuses_a_conditional_argument():
                      "b": {"type": "float", "low": 0, "high": 1, "when": {"a": 1}}}}
     with pytest.raises(ConfigError, match="b has a 'when', but function 'branin' takes all its arguments"):
         Config.from_dict(raw)
+
+
+def test_a_grid_covers_every_choice_and_asks_each_configuration_once(tmp_path):
+    """Levels 2 on a 3-choice categorical still visits all three; cells that differ only in an
+    inactive variable, or round to one integer, are skipped rather than moved off the grid."""
+    s = SearchSpace([
+        Categorical("scheduler", ("constant", "linear", "cosine")),
+        Float("warmup", 0.0, 0.2, when={"scheduler": ["linear", "cosine"]}),
+        Int("cycles", 1, 2),  # 5 levels asked: 2, its count of values
+        Float("lr", 1e-4, 1e-2, log=True),
+    ])
+    storage = f"sqlite:///{tmp_path}/g.db"
+    r = llmhpo.optimize(lambda scheduler, lr, cycles, warmup=0.0: lr + warmup, s, trials=40, optimizer="grid",
+                        optimizer_options={"levels": [2, 2, 5, 2]}, storage=storage, study_name="g", quiet=True,
+                        progress=False)
+    trials = _stored(storage, "g")
+    assert r.complete == len(trials) == 2 * (2 + 4 + 4)  # 2 cycles x (constant x 2 lr; linear, cosine x 2 x 2)
+    assert {t.params["cycles"] for t in trials} == {1, 2}
+    assert {t.params["scheduler"] for t in trials} == {"constant", "linear", "cosine"}
+    assert {round(t.params["warmup"], 9) for t in trials if "warmup" in t.params} == {0.05, 0.15}
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)

@@ -32,6 +32,22 @@ def test_optimizer_names_and_options():
         check_optimizer("bo", {"n_inti": 3})
 
 
+@pytest.mark.parametrize("name, options, message", [
+    ("soo", {"K": 1}, "K must be an integer >= 2"),
+    ("soo", {"h_max": "nope"}, "h_max must be"),
+    ("bamsoo", {"eta": -1}, "eta must be in"),
+    ("genetic", {"pop_size": 0}, "pop_size >= 2"),
+    ("bo", {"n_init": 0}, "n_init must be >= 1"),
+    ("lhs", {"size": 0}, "size must be an integer >= 1"),
+    ("direct", {"eps": -1}, "eps must be a number >= 0"),
+])
+def test_option_values_are_checked_with_the_config(name, options, message):
+    """The constructor's checks run when the config is read (check, and run before any study
+    is created or replaced), not first when the run builds its optimiser."""
+    with pytest.raises(ConfigError, match=rf"optimizer '{name}': bad options .*{message}"):
+        check_optimizer(name, options)
+
+
 def test_function_kind_and_scheduler_names():
     with pytest.raises(ConfigError, match=r"'hartman6' \(did you mean 'hartmann6'\?\); choose one of: .*branin"):
         get_function("hartman6")

@@ -27,6 +27,12 @@ def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
             lines.append(load(config).line())
         except LlmhpoError as e:
             errors.append(e)
+    try:  # the optimiser's options on the real space (per-dimension lists, a grid's levels)
+        from llmhpo.runner.loop import build_optimizer
+
+        build_optimizer(config)
+    except LlmhpoError as e:
+        errors.append(e)
     try:
         lines += config.kind.preflight(config.objective, config.space, config.runner.devices, config.fidelity,
                                        remote=runs_elsewhere(config))

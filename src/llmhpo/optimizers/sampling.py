@@ -24,9 +24,12 @@ class RandomSearch(Optimizer):
 class GridSearch(Optimizer):
     """The cell centres of a regular grid, visited in a seeded random order.
 
-    levels: points per dimension (an int, or one int per dimension). A random order means a
-    grid cut short by the budget still covers the whole box. Once every point is asked,
-    ``ask`` returns nothing. Priors are ignored: a grid covers the box evenly by design.
+    levels: points per dimension (an int, or one int per dimension); in a study a categorical
+    takes each of its choices and an integer at most its count of values
+    (``SearchSpace.optimizer_options``). A random order means a grid cut short by the budget
+    still covers the whole box. A cell whose configuration was asked already (rounded integers,
+    an inactive variable) is skipped; once every cell is, ``ask`` returns nothing. Priors are
+    ignored: a grid covers the box evenly by design.
     """
 
     name = "grid"
@@ -52,7 +55,10 @@ class GridSearch(Optimizer):
         while len(out) < n and self.index < len(self.order):
             cell = np.unravel_index(int(self.order[self.index]), self.levels)
             self.index += 1
-            out.append(((np.asarray(cell) + 0.5) / np.asarray(self.levels), {"grid_index": int(self.order[self.index - 1])}))
+            x = self.snap_point((np.asarray(cell) + 0.5) / np.asarray(self.levels))
+            if self.is_known(x, [p for p, _ in out]):  # a cell of a configuration already asked
+                continue  # (ints, choices, inactive variables): skipped, not moved off the grid
+            out.append((x, {"grid_index": int(self.order[self.index - 1])}))
         return out
 
 
@@ -69,6 +75,8 @@ class LatinHypercube(Optimizer):
 
     def __init__(self, dim, rng=None, budget=None, size: int | None = None):
         super().__init__(dim, rng, budget)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"size must be an integer >= 1 (points per block), got {size!r}")
         self.size = int(size or budget or 10 * dim)
         self.design = np.empty((0, dim))
         self.index = 0

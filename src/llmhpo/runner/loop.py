@@ -48,12 +48,12 @@ BASE_JOB = ("base",)  # the executor's key of the base-model job (trial jobs hav
 
 
 def build_optimizer(config: Config) -> Optimizer:
-    # one stream per component, spawned from the study seed (optimiser first)
+    # one stream per component, spawned from the study seed (optimiser first); snap: integer and
+    # categorical variables are proposed, modelled and de-duplicated as the configuration evaluated
     opt_seq = np.random.SeedSequence(config.study.seed).spawn(2)[0]
-    # snap: integer and categorical variables are proposed, modelled and de-duplicated as the
-    # configuration actually evaluated (rounded), never as the unrounded point
+    options = config.space.optimizer_options(config.optimizer, config.optimizer_options)
     return make_optimizer(config.optimizer, config.space.dim, np.random.default_rng(opt_seq),
-                          config.budget.trials, config.optimizer_options, snap=config.space.snap,
+                          config.budget.trials, options, snap=config.space.snap,
                           n_objectives=len(config.study.directions), prior=UnitPrior.from_space(config.space))
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from llmhpo.config import Config
 from llmhpo.errors import ConfigError
 from llmhpo.executors import make_executor, runs_inline, startup_note
-from llmhpo.runner.loop import Loop
+from llmhpo.runner.loop import Loop, build_optimizer
 from llmhpo.runner.output import RunSummary, output_mode, say, summary_of
 from llmhpo.runner.reevaluate import reevaluation_queue
 from llmhpo.runner.resume import resource_spent
@@ -82,6 +82,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     from llmhpo.transfer import load as load_transfer
 
     transfer = load_transfer(config)  # earlier studies ([warm_start] from): read before any compute
+    build_optimizer(config)  # its options on the real space: refused before a study is created or replaced
     t_start = time.time()
     note = startup_note(config.runner)
     if note is not None:  # it takes seconds: say why nothing happens

@@ -29,6 +29,8 @@ class DIRECT(SweepOptimizer):
 
     def __init__(self, dim, rng=None, budget=None, eps: float = 1e-4):
         super().__init__(dim, rng, budget)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
         self.eps = eps
         # each rect: {"c": centre (d,), "l": levels (d,) ints, "f": value or None}
         self.rects: list[dict] = []
