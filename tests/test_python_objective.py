@@ -11,6 +11,7 @@ import pytest
 import llmhpo
 from llmhpo import ConfigError, Float, TrialFailed
 from llmhpo.config import load_config
+from llmhpo.objectives.python import load_target
 
 SCRIPT = '''
 import os
@@ -209,6 +210,13 @@ def test_python_target_errors_name_the_fix(tmp_path):
         r = python(["-m", "llmhpo.cli", "check", "py.toml"], tmp_path)
         assert r.returncode == 2 and message in r.stderr, (target, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "obj" / "helpers.py").write_text("def triple(x):\n    return 3 * x\n")  # a neighbour it imports
+    (tmp_path / "obj" / "uses.py").write_text("from helpers import triple\n\n\ndef train(lr):\n"
+                                              "    return {'score': triple(lr)}\n")
+    (tmp_path / "py.toml").write_text(TOML.replace("obj/train.py", "obj/uses.py"))
+    assert load_target(load_config(tmp_path / "py.toml").objective)(lr=0.5) == {"score": 1.5}
+    r = python(["-m", "llmhpo", "check", "py.toml"], tmp_path)  # python -m llmhpo is the command too
+    assert r.returncode == 0, r.stderr
     (tmp_path / "py.toml").write_text(TOML.replace('target = "obj/train.py:train"', 'target = "train"'))
     with pytest.raises(ConfigError, match="must name a function"):
         load_config(tmp_path / "py.toml")

@@ -54,6 +54,9 @@ def load_target(spec: PythonSpec) -> Callable[..., Any]:
             module = str(Path(spec.path or ".", module).resolve())
             if not Path(module).is_file():
                 raise ObjectiveSetupError(f"[objective] target = {spec.target!r}: no such file {module}")
+            folder = str(Path(module).parent)  # its neighbours import as when it is run as a script
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
             name = f"llmhpo_user_{Path(module).stem}"
             mod = sys.modules.get(name)
             if mod is None:
