@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 
+from llmhpo.errors import ConfigError
 from llmhpo.objectives import recorded
 from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
 
@@ -73,3 +74,20 @@ def test_bench_and_multi_fidelity_curves_run_on_the_recorded_problem():
     x = list(get_function("lora_smollm2").x_opt)
     assert obj.curve_value(x, 16, 16) == pytest.approx(recorded.value(np.asarray(x)))
     assert obj.curve_value(x, 4, 16) == pytest.approx(recorded.value(np.asarray(x), 4))
+
+
+def test_a_space_beyond_the_recorded_box_is_refused_and_a_renamed_one_runs(tmp_path):
+    """Its arguments are unit coordinates: the paper space's native ranges would be read as
+    points far outside the data, so they are refused; names and narrower boxes are kept."""
+    from llmhpo.config import load_config
+
+    base = '[study]\nname = "r"\n[objective]\ntype = "function"\nname = "lora_smollm2"\n[optimizer]\nname = "random"\n' \
+           '[budget]\ntrials = 3\n'
+    names = ["learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "weight_decay"]
+    narrow = "".join(f'[space.{n}]\ntype = "float"\nlow = 0.1\nhigh = 0.9\n' for n in names)
+    (tmp_path / "ok.toml").write_text(base + narrow)
+    assert load_config(tmp_path / "ok.toml").space.names == names
+    wide = narrow.replace("low = 0.1\nhigh = 0.9", 'low = 1e-10\nhigh = 0.1\nlog = true', 1)
+    (tmp_path / "bad.toml").write_text(base + wide)
+    with pytest.raises(ConfigError, match=r"\[space\] learning_rate: .*own box \[0, 1\].*remove \[space\]"):
+        load_config(tmp_path / "bad.toml")

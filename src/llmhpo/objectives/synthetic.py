@@ -130,7 +130,8 @@ class FunctionKind(ObjectiveKind):
         return FunctionObjective(spec.name, spec.dim).space()
 
     def check_space(self, spec: FunctionSpec, space: SearchSpace) -> None:
-        d = get_function(spec.name, spec.dim).dim
+        f = get_function(spec.name, spec.dim)
+        d = f.dim
         conditional = [v.name for v in space if v.when]
         if conditional:  # its arguments are positional: every one needs a value
             raise ConfigError(f"[space] {conditional[0]} has a 'when', but function '{spec.name}' takes all its "
@@ -138,6 +139,11 @@ class FunctionKind(ObjectiveKind):
         if space.dim != d:
             raise ConfigError(f"[space] defines {space.dim} variables but function '{spec.name}' takes {d}; "
                               "define one per argument, in order, or remove [space] to use its own box")
+        for v, (lo, hi) in zip(space, f.bounds):  # a recorded landscape has no values outside its data
+            if f.fixed and (not isinstance(v, Float) or v.log or v.low < lo or v.high > hi):
+                raise ConfigError(f"[space] {v.name}: function '{spec.name}' takes its arguments on its own box "
+                                  f"[{lo:g}, {hi:g}] (a recorded landscape, not a formula); give a linear float "
+                                  "within it, or remove [space] to use its own box")
 
     def fidelity_resources(self, spec) -> tuple[str, ...]:
         return ("steps",)
