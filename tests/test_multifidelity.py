@@ -201,6 +201,26 @@ def test_a_larger_budget_resumes_the_study(tmp_path, monkeypatch, scheduler):
     check_study(tmp_path)
 
 
+def _curve(x, fidelity):
+    return {"loss": (x - 0.3) ** 2 + 1.0 / fidelity.value, "resource_trained": fidelity.value}
+
+
+def test_a_rerun_whose_left_budget_fits_no_job_says_the_budget_is_met(tmp_path, capsys):
+    """Hyperband's next bracket needs more than the 3 steps left: the rerun spends nothing and
+    says how to run more, as a rerun of a study with nothing left does."""
+    import llmhpo
+
+    kw = dict(resource=54, metric="loss", optimizer="random", progress=False, study_name="t",
+              fidelity={"min": 1, "max": 9, "scheduler": "hyperband"}, storage=f"sqlite:///{tmp_path}/t.db")
+    first = llmhpo.optimize(_curve, [llmhpo.Float("x", 0, 1)], **kw)
+    capsys.readouterr()
+    again = llmhpo.optimize(_curve, [llmhpo.Float("x", 0, 1)], **kw)
+    assert again.resource_spent == first.resource_spent < 54
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"has met its budget ({first.resource_spent:g} of 54 steps; no job fits in the" in out
+    assert "raise [budget] resource to run more" in out
+
+
 def test_overwrite_starts_afresh_without_the_old_checkpoints(tmp_path, monkeypatch):
     from dataclasses import replace
 

@@ -106,7 +106,11 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         if study.lease is not None:  # alive from here: base scoring can outlast the stale limit
             study.lease.start_heartbeat()
         score_base = config.kind.scores_base(config.objective) and study.base() is None
-        return Loop(config, study, executor, mode, t_start, log, transfer).run(score_base)
+        before = _used(config, study)
+        summary = Loop(config, study, executor, mode, t_start, log, transfer).run(score_base)
+        if summary.stopped == "budget" and _used(config, study) == before:  # nothing of what is left fits
+            say(mode, _met_budget(config, before))
+        return summary
     finally:
         executor.close()
         if tracker is not None:
@@ -119,7 +123,7 @@ def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | No
     counted as the run loops count it, and with nothing running, waiting or left to
     re-evaluate; None when a run has work to do, or the study is new or changed (then
     ``Study.open`` says what to do)."""
-    name, study = config.study.name, Study.peek(storage, config)
+    study = Study.peek(storage, config)
     if study is None:
         return None
     counts, records = study.counts(), study.records()
@@ -127,18 +131,35 @@ def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | No
         return None
     spent = None
     if config.fidelity is None:
-        used, budget, unit = counts["COMPLETE"] + counts["FAIL"], config.budget.trials, "trials"
-        if used < budget or (config.study.reevaluate and reevaluation_queue(config, records)):
+        used = counts["COMPLETE"] + counts["FAIL"]
+        if used < config.budget.trials or (config.study.reevaluate and reevaluation_queue(config, records)):
             return None
     else:  # met when not even a new configuration's first rung fits in what is left
         spent = used = resource_spent(records)
-        budget, unit = config.resource_budget(), config.fidelity.resource
-        if budget - used >= config.fidelity.rungs()[0] - 1e-9:
+        if config.resource_budget() - used >= config.fidelity.rungs()[0] - 1e-9:
             return None
-    how = "raise [budget] resource" if config.fidelity is not None and config.budget.resource is not None \
-        else "raise [budget] trials (or pass --trials N)"
     summary = summary_of(study, "budget", 0.0, counts["COMPLETE"], counts["FAIL"], None, spent)
-    return summary, f"study '{name}' has met its budget ({used:g} of {budget:g} {unit}); {how} to run more"
+    return summary, _met_budget(config, used)
+
+
+def _used(config: Config, study: Any) -> float:
+    """What the study has spent of its budget: resource units with [fidelity], else trials."""
+    if config.fidelity is not None:
+        return resource_spent(study.records())
+    counts = study.counts()
+    return counts["COMPLETE"] + counts["FAIL"]
+
+
+def _met_budget(config: Config, used: float) -> str:
+    """The line saying a study has met its budget, and how to run more."""
+    if config.fidelity is None:
+        budget, unit, how = config.budget.trials, "trials", "raise [budget] trials (or pass --trials N)"
+    else:
+        budget, unit = config.resource_budget(), config.fidelity.resource
+        how = "raise [budget] resource" if config.budget.resource is not None else \
+            "raise [budget] trials (or pass --trials N)"
+    left = f"; no job fits in the {budget - used:g} left" if used < budget - 1e-9 else ""
+    return f"study '{config.study.name}' has met its budget ({used:g} of {budget:g} {unit}{left}); {how} to run more"
 
 
 def _storage_exists(url: str | None) -> bool:
