@@ -271,3 +271,19 @@ def test_journal_paths_read_as_sqlite_paths(tmp_path):
                       ("sqlite:///s.db", tmp_path / "s.db"), ("s.db", tmp_path / "s.db")):
         assert file_path(storage_url(url, tmp_path)) == path, url
     assert file_path("postgresql://u@h/db") is None and file_path("sqlite:///:memory:") is None
+
+
+def test_check_says_that_data_has_no_effect_without_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmhpo.cli import app
+
+    earlier(tmp_path / "a.db", rows=ROWS)
+    (tmp_path / "s.toml").write_text(
+        '[study]\nname = "new"\n[budget]\ntrials = 2\n[optimizer]\nname = "soo"\n'
+        '[objective]\ntype = "function"\nname = "branin"\n'
+        '[space.lr]\ntype = "float"\nlow = 0.0001\nhigh = 0.1\nlog = true\n[space.x1]\ntype = "float"\nlow = 0.0\n'
+        'high = 15.0\n[warm_start]\nfrom = [{ storage = "a.db", study = "old" }]\nuse = "data"\n')
+    r = CliRunner().invoke(app, ["check", str(tmp_path / "s.toml")])
+    assert r.exit_code == 0, r.output
+    assert "no effect on optimizer 'soo'" in " ".join(r.output.split())

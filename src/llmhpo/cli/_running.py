@@ -101,6 +101,10 @@ def check(
         if any(v.prior is not None for v in cfg.space) and not OPTIMIZERS[cfg.optimizer].uses_prior:
             say(f"priors: {cfg.optimizer} does not use them (bo, the samplers but grid, the metaheuristics "
                 "and the optuna_* samplers do)")
+        if cfg.warm_from is not None and cfg.warm_from.use == "data" and not OPTIMIZERS[cfg.optimizer].takes_earlier:
+            from llmhpo.runner.resume import unused_data_note
+
+            say(f"note: {unused_data_note(cfg.optimizer)}")
         if cfg.fidelity is not None:
             fd = cfg.fidelity
             say(f"fidelity: {fd.resource} rungs " + ", ".join(fmt(v) for v in fd.rungs())

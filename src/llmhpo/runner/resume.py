@@ -88,9 +88,14 @@ def _transferred(config: Config, study: Study, optimizer: Optimizer, transfer: T
             if not optimizer.is_known(optimizer.snap_point(x)):
                 fresh.append(optimizer.register(x, {"transferred": label}))
     elif not optimizer.takes_earlier:
-        notes.append(f"[warm_start] use = \"data\" has no effect on optimizer '{config.optimizer}' (only bo models "
-                     "earlier trials); use = \"design\" evaluates the best of them first")
+        notes.append(unused_data_note(config.optimizer))
     return notes
+
+
+def unused_data_note(optimizer: str) -> str:
+    """The note for [warm_start] use = "data" with an optimiser that has no model of earlier trials."""
+    return (f"[warm_start] use = \"data\" has no effect on optimizer '{optimizer}' (only bo models earlier "
+            "trials); use = \"design\" evaluates the best of them first")
 
 
 def resource_spent(records: list[TrialRecord]) -> float:
