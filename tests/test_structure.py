@@ -32,6 +32,7 @@ LAYERS = {
     "runner": 5, "report": 5,
     "lab": 6, "api": 6, "demo": 6,
     "cli": 7,
+    "__main__": 8,
 }
 
 

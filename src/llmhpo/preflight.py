@@ -1,14 +1,29 @@
 """The checks before a study's first trial, shared by ``llmhpo check`` and ``run``: the
-storage ``run`` would open (looked at read-only: nothing is created) and everything the
-objective needs, with every problem reported at once."""
+storage ``run`` would open (looked at read-only: nothing is created), the optimiser's options
+on the real space, and everything the objective needs, with every problem reported at once."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
+
 from llmhpo.config import Config
 from llmhpo.errors import LlmhpoError, SetupProblems, StudyError
+from llmhpo.optimizers import Optimizer, make_optimizer
+from llmhpo.priors import UnitPrior
+
+
+def build_optimizer(config: Config) -> Optimizer:
+    """The study's optimiser, seeded from the study seed; a bad option value raises ConfigError."""
+    # one stream per component, spawned from the study seed (optimiser first); snap: integer and
+    # categorical variables are proposed, modelled and de-duplicated as the configuration evaluated
+    opt_seq = np.random.SeedSequence(config.study.seed).spawn(2)[0]
+    options = config.space.optimizer_options(config.optimizer, config.optimizer_options)
+    return make_optimizer(config.optimizer, config.space.dim, np.random.default_rng(opt_seq),
+                          config.budget.trials, options, snap=config.space.snap,
+                          n_objectives=len(config.study.directions), prior=UnitPrior.from_space(config.space))
 
 
 def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
@@ -28,8 +43,6 @@ def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
         except LlmhpoError as e:
             errors.append(e)
     try:  # the optimiser's options on the real space (per-dimension lists, a grid's levels)
-        from llmhpo.runner.loop import build_optimizer
-
         build_optimizer(config)
     except LlmhpoError as e:
         errors.append(e)

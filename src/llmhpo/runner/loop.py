@@ -31,8 +31,8 @@ from llmhpo.config import Config
 from llmhpo.errors import StudyError, TrialFailed
 from llmhpo.executors import Executor, Outcome
 from llmhpo.goals import evaluate, feasible, told
-from llmhpo.optimizers import Candidate, Optimizer, make_optimizer
-from llmhpo.priors import UnitPrior
+from llmhpo.optimizers import Candidate, Optimizer
+from llmhpo.preflight import build_optimizer
 from llmhpo.runner import checkpoints
 from llmhpo.runner.asker import Asker, lookahead
 from llmhpo._format import fmt
@@ -45,16 +45,6 @@ from llmhpo.study import Study
 from llmhpo.transfer import Transfer
 
 BASE_JOB = ("base",)  # the executor's key of the base-model job (trial jobs have int keys)
-
-
-def build_optimizer(config: Config) -> Optimizer:
-    # one stream per component, spawned from the study seed (optimiser first); snap: integer and
-    # categorical variables are proposed, modelled and de-duplicated as the configuration evaluated
-    opt_seq = np.random.SeedSequence(config.study.seed).spawn(2)[0]
-    options = config.space.optimizer_options(config.optimizer, config.optimizer_options)
-    return make_optimizer(config.optimizer, config.space.dim, np.random.default_rng(opt_seq),
-                          config.budget.trials, options, snap=config.space.snap,
-                          n_objectives=len(config.study.directions), prior=UnitPrior.from_space(config.space))
 
 
 @dataclass
