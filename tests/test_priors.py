@@ -369,3 +369,14 @@ def test_a_boolean_choice_takes_its_toml_key_and_a_prior_only_table_needs_a_pres
                  '[objective]\ntype = "function"\nname = "branin"\n[space.x0]\nprior = { mode = 3.0, spread = 1.0 }\n')
     with pytest.raises(ConfigError, match="variable 'x0' has no type; give type"):
         load_config(p)
+
+
+def test_check_lists_every_choice_of_a_prior_and_joins_conditions_with_and():
+    s = SearchSpace([Categorical("a", (True, False)), Int("r", 2, 8),
+                     Categorical("s", ("constant", "linear", "cosine"), prior=Prior(weights={"cosine": 0.6, "linear": 0.3})),
+                     Float("w", 0, 1, when={"a": [True], "r": [4, 8]})])
+    text = repr(s)
+    assert "(prior constant: 0.1, linear: 0.3, cosine: 0.6)" in text  # the unlisted choice's share too
+    assert "w: float in [0, 1] when a = True and r in [4, 8]" in text
+    with pytest.raises(ConfigError, match=r"^variable 'sched': prior weights = \[0.1, 0.6\] must be a table"):
+        Prior.from_dict("sched", {"weights": [0.1, 0.6]})

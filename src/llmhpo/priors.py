@@ -53,8 +53,8 @@ class Prior:
 
     def describe(self, var) -> str:
         """A few words for ``llmhpo check``, e.g. ``prior 0.0002 +- 0.5 decades``."""
-        if self.weights:
-            return "prior " + ", ".join(f"{c}: {w:g}" for c, w in self.weights)
+        if self.weights:  # every choice, the unlisted ones' shares included
+            return "prior " + ", ".join(f"{c}: {w:.3g}" for c, w in zip(var.choices, choice_probs(var)))
         unit = (" decade" if self.spread == 1 else " decades") if getattr(var, "log", False) else ""
         return f"prior {self.mode:g} +- {self.spread:g}{unit}"
 
@@ -76,7 +76,10 @@ class Prior:
         if extra:
             raise ConfigError(f"variable '{name}': prior has an unknown key '{extra[0]}'; "
                               "use mode and spread (or weights for a categorical)")
-        return cls(d.get("mode"), d.get("spread"), d.get("weights") or {})
+        try:
+            return cls(d.get("mode"), d.get("spread"), d.get("weights") or {})
+        except ConfigError as e:
+            raise ConfigError(f"variable '{name}': {e}") from None
 
     def check(self, var) -> None:
         """ConfigError when this prior does not fit the variable ``var`` (a space.Variable)."""
@@ -107,7 +110,7 @@ class Prior:
             raise ConfigError(f"{where} mode = {self.mode:g} lies outside [{var.low:g}, {var.high:g}]; "
                               "move it inside the range")
         if self.spread <= 0:
-            unit = " decades" if var.log else ""
+            unit = " in decades" if var.log else ""
             raise ConfigError(f"{where} spread = {self.spread:g} must be > 0 (a standard deviation{unit})")
 
 
@@ -182,15 +185,21 @@ def _unit_dimension(var) -> _Normal | _Cells:
     the mode and one spread over; an integer's cells are in it already."""
     pr = var.prior
     if _categorical(var):
-        listed = {_choice(var, c): float(w) for c, w in pr.weights}
-        rest = [c for c in var.choices if c not in listed]
-        total = sum(listed.values())
-        share = max(1.0 - total, _FLOOR * total) / len(rest) if rest else 0.0
-        p = [listed.get(c, share) for c in var.choices]
-        return _Cells(tuple(q / sum(p) for q in p))
+        return _Cells(choice_probs(var))
     mu = var.to_unit(pr.mode)
     one_spread = pr.mode * 10 ** pr.spread if var.log else pr.mode + pr.spread  # a spread in decades
     return _Normal(mu, var.to_unit(one_spread) - mu)
+
+
+def choice_probs(var) -> tuple[float, ...]:
+    """A categorical's prior probability of each of its choices, in order: the listed weights,
+    the unlisted choices sharing what is left of 1 (or a small floor), normalised."""
+    listed = {_choice(var, c): float(w) for c, w in var.prior.weights}
+    rest = [c for c in var.choices if c not in listed]
+    total = sum(listed.values())
+    share = max(1.0 - total, _FLOOR * total) / len(rest) if rest else 0.0
+    p = [listed.get(c, share) for c in var.choices]
+    return tuple(q / sum(p) for q in p)
 
 
 def mixed_log_pdf(lp, floor: float):

@@ -163,7 +163,8 @@ def _check_range(var, log_needs: str) -> None:
         raise ConfigError(
             f"variable '{var.name}': log=true needs {log_needs} (got low={var.low}); raise low or set log=false")
     if var.default is not None and not (var.low <= var.default <= var.high):
-        raise ConfigError(f"variable '{var.name}': default={var.default} lies outside [{var.low}, {var.high}]")
+        raise ConfigError(f"variable '{var.name}': default={var.default} lies outside [{var.low}, {var.high}]; "
+                          "move it inside the range or widen the range")
     _check_prior(var)
 
 
@@ -442,8 +443,8 @@ class SearchSpace:
 
     def __repr__(self) -> str:
         def when(v: Variable) -> str:
-            return "".join(f" when {p} in {list(values)}" if len(values) > 1 else f" when {p} = {values[0]!r}"
-                           for p, values in v.when)
+            return (" when " if v.when else "") + " and ".join(
+                f"{p} in {list(values)}" if len(values) > 1 else f"{p} = {values[0]!r}" for p, values in v.when)
 
         return "SearchSpace(" + ", ".join(
             f"{v.name}: {v.describe()}{when(v)}" + ("" if v.prior is None else f" ({v.prior.describe(v)})")
