@@ -287,3 +287,11 @@ def test_check_says_that_data_has_no_effect_without_a_model(tmp_path):
     r = CliRunner().invoke(app, ["check", str(tmp_path / "s.toml")])
     assert r.exit_code == 0, r.output
     assert "no effect on optimizer 'soo'" in " ".join(r.output.split())
+
+
+def test_both_forms_of_the_table_in_one_file_name_the_fix(tmp_path):
+    (tmp_path / "w.toml").write_text('[study]\nname = "w"\n[objective]\ntype = "function"\nname = "branin"\n'
+                                     '[optimizer]\nname = "bo"\n[budget]\ntrials = 3\n[[warm_start]]\nx0 = 1.0\n'
+                                     'x1 = 2.0\n[warm_start]\nfrom = ["a.db"]\n')
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*give the configurations as \[warm_start\] configs"):
+        load_config(tmp_path / "w.toml")

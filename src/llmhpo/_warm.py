@@ -39,6 +39,14 @@ class WarmFrom:
 
 
 
+def toml_hint(error: str) -> str:
+    """The fix for a TOML error this project's own tables invite: both forms of warm_start."""
+    if "('warm_start',)" in error:
+        return ("; [[warm_start]] and [warm_start] are two forms of one table: with [warm_start] from, "
+                "give the configurations as [warm_start] configs = [{ ... }]")
+    return ""
+
+
 def warm_start_table(ws: Any, space: SearchSpace, base_dir: Path) -> tuple[tuple[dict[str, Any], ...], WarmFrom | None]:
     """[[warm_start]] (configurations the optimiser is told first, each checked against the
     space) or the table [warm_start] (``from`` earlier studies, ``configs``, ``use``, ``max_trials``)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmhpo._tables import expect, no_unknown, parse_duration, runner_table, storage_url
-from llmhpo._warm import WarmFrom, warm_start_table
+from llmhpo._warm import WarmFrom, toml_hint, warm_start_table
 from llmhpo.errors import ConfigError, did_you_mean
 from llmhpo.goals import Constraint, Objective, parse_constraints, parse_objectives
 from llmhpo.objectives import ObjectiveKind, ParseContext, all_tables, get_kind
@@ -249,7 +249,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"'{path}' is not valid TOML: {e}") from e
+        raise ConfigError(f"'{path}' is not valid TOML: {e}{toml_hint(str(e))}") from e
     for table, values in (overrides or {}).items():
         if not isinstance(raw.get(table, {}), Mapping):
             continue  # reported by _parse

@@ -177,8 +177,9 @@ def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source
         numbers.append(t.number)
     if not y:
         why = f" ({skipped} outside this space)" if skipped else ""
-        raise ConfigError(f"[warm_start] from: {label} has no complete trial that fits this space{why}; "
-                          "remove it from [warm_start] from")
+        fix = "raise [warm_start] max_trials or remove it from [warm_start] from" if max_trials is not None \
+            else "remove it from [warm_start] from"
+        raise ConfigError(f"[warm_start] from: {label} has no complete trial that fits this space{why}; {fix}")
     return Source(label, np.asarray(X, dtype=float).reshape(len(X), space.dim), np.asarray(y), numbers, skipped)
 
 
