@@ -70,8 +70,8 @@ def test_refusals_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match=r"missing\.db does not exist"):
         load(config(tmp_path, {"from": ["missing.db"]}))
     earlier(tmp_path / "a.db", rows=ROWS)
-    with pytest.raises(ConfigError, match=r"no study 'new' in .*it holds: old"):
-        load(config(tmp_path, {"from": ["a.db"]}))  # without a name: this study's own
+    with pytest.raises(ConfigError, match=r"no study 'nope' in .*it holds: old"):
+        load(config(tmp_path, {"from": ["a.db"], "study": "nope"}))
     earlier(tmp_path / "b.db", rows=[({"depth": 3.0}, 1.0)])
     with pytest.raises(ConfigError, match="no variable in common"):
         load(config(tmp_path, {"from": ["b.db"], "study": "old"}))
@@ -295,3 +295,12 @@ def test_both_forms_of_the_table_in_one_file_name_the_fix(tmp_path):
                                      'x1 = 2.0\n[warm_start]\nfrom = ["a.db"]\n')
     with pytest.raises(ConfigError, match=r"not valid TOML: .*give the configurations as \[warm_start\] configs"):
         load_config(tmp_path / "w.toml")
+
+
+def test_an_unnamed_source_holding_one_study_reads_that_study(tmp_path):
+    earlier(tmp_path / "a.db", rows=ROWS)  # its one study is "old", this one "new"
+    src = load(config(tmp_path, {"from": ["a.db"]})).sources[0]
+    assert "study 'old'" in src.label and len(src.y) == 3
+    earlier(tmp_path / "a.db", name="other", rows=ROWS)  # two studies: the name must match or be given
+    with pytest.raises(ConfigError, match=r"no study 'new' in .*it holds: old, other"):
+        load(config(tmp_path, {"from": ["a.db"]}))

@@ -18,7 +18,7 @@ from llmhpo.space import SearchSpace
 class WarmFrom:
     """[warm_start] from: earlier studies whose complete trials guide this one (``llmhpo.transfer``).
 
-    sources: (storage URL as written, study name or None for this study's own name); relative
+    sources: (storage URL as written, study name or None: the only study there, else this one's name); relative
     paths are resolved against the config's ``base_dir`` when the sources are read, so a moved
     study keeps its hash. use: "data" (observations for model-based optimisers, outside the
     budget) or "design" (the best ones evaluated first, as this study's trials); left out in
@@ -72,7 +72,7 @@ def warm_start_table(ws: Any, space: SearchSpace, base_dir: Path) -> tuple[tuple
 
 def _warm_from(ws: Mapping[str, Any], base_dir: Path) -> WarmFrom | None:
     """[warm_start] from / study / use / max_trials (None without ``from``). A storage given as a
-    string holds the study named by ``study`` or, without it, one named as this study."""
+    string holds the study named by ``study`` or, without it, its only study (else one named as this)."""
     use = expect("warm_start", ws, "use", (str,), None)  # None: chosen by the optimiser (_parse)
     if use not in (None, "data", "design"):
         raise ConfigError(f"[warm_start] use = {use!r} must be \"data\" (the earlier trials inform the model) "

@@ -113,16 +113,16 @@ def load(config: Config) -> Transfer | None:
     out = Transfer(wf.use)
     for raw, name in wf.sources:
         url = storage_url(raw, Path(config.base_dir))
-        name = name or config.study.name
-        if url == config.study.storage and name == config.study.name:
+        if url == config.study.storage and (name or config.study.name) == config.study.name:
             raise ConfigError(f"[warm_start] from: {raw!r} is this study itself; name an earlier study "
                               "(from = [{ storage = ..., study = \"name\" }])")
         out.sources.append(_read(config, url, name, wf.max_trials))
     return out
 
 
-def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source:
-    """One source's complete trials mapped into ``config.space``."""
+def _read(config: Config, url: str, name: str | None, max_trials: int | None) -> Source:
+    """One source's complete trials mapped into ``config.space``; name None: the study named
+    as this one, or the only study the storage holds."""
     import optuna
     from optuna.trial import TrialState
 
@@ -130,7 +130,7 @@ def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source
 
     from llmhpo.storage import PATHS_HINT, check_sqlite_file, file_path
 
-    label = f"study '{name}' in {url}"
+    label = f"study '{name or config.study.name}' in {url}"
     path = file_path(url)
     if path is not None:  # a file: read, never created (opening a journal that is not there makes one)
         if path.is_dir():
@@ -145,6 +145,9 @@ def _read(config: Config, url: str, name: str, max_trials: int | None) -> Source
                 raise ConfigError(f"[warm_start] from: {e}") from None
     storage = open_storage(url)
     names = [s.study_name for s in storage.get_all_studies()]
+    if name is None:  # not named: this study's name, or the one study there is
+        name = names[0] if len(names) == 1 else config.study.name
+        label = f"study '{name}' in {url}"
     if name not in names:
         held = ", ".join(names) if names else "no study"
         raise ConfigError(f"[warm_start] from: no study '{name}' in {url} (it holds: {held}); "
