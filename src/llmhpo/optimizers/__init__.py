@@ -82,11 +82,10 @@ def optimizer_options(name: str) -> dict[str, Any]:
     return OPTIMIZERS[name].options()
 
 
-def check_optimizer(name: str, options: dict[str, Any] | None = None, probe: bool = True) -> None:
+def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
     """Raise ConfigError for an unknown optimiser, option or option value, before anything
     runs (a study is created, or an old one replaced by --overwrite). Imports the one
-    implementation, which must stay light. probe: given options, build one for a 2-dimensional
-    space (options given per dimension, lists, are checked when the space is known)."""
+    implementation, which must stay light (``Optimizer.check_values``)."""
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; "
                           f"choose one of: {', '.join(OPTIMIZERS)}")
@@ -100,8 +99,6 @@ def check_optimizer(name: str, options: dict[str, Any] | None = None, probe: boo
             )
     try:
         cls.check_values(dict(options or {}))
-        if probe and options and not any(isinstance(v, (list, tuple)) for v in options.values()):
-            cls(2, np.random.default_rng(0), None, **options)  # the constructor checks the rest
     except (TypeError, ValueError) as e:
         raise ConfigError(f"optimizer '{name}': bad options {options}: {e}") from e
 
@@ -115,7 +112,7 @@ def make_optimizer(name: str, dim: int, rng: np.random.Generator, budget: int | 
     duplicate check, so the model sees evaluated points and no configuration comes twice.
     prior: the variables' priors on [0, 1]^d (``llmhpo.priors.UnitPrior``, None: none), used
     where the optimiser's algorithm allows (docs/configuration.md, "Priors")."""
-    check_optimizer(name, options, probe=False)  # built just below, on its own space
+    check_optimizer(name, options)
     try:
         opt = OPTIMIZERS[name](dim, rng, budget, **(options or {}))
     except (TypeError, ValueError) as e:

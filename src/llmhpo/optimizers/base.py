@@ -120,9 +120,12 @@ class Optimizer:
 
     @classmethod
     def check_values(cls, options: Mapping[str, Any]) -> None:
-        """Raise TypeError or ValueError for a bad option value that can be found cheaply,
-        without a dimension and before anything runs. The names are checked already; the
-        constructor checks the rest. Default: nothing."""
+        """Raise TypeError or ValueError for a bad option value, without a dimension and before
+        anything runs; the names are checked already. Default: build one for a 2-dimensional
+        space (its constructor checks its options); options given per dimension (lists) are
+        checked when the space is known. A class whose constructor is heavy checks its own."""
+        if options and not any(isinstance(v, (list, tuple)) for v in options.values()):
+            cls(2, np.random.default_rng(0), None, **options)
 
     # ---------------------------------------------------------------- protocol
     def ask(self, n: int = 1) -> list[Candidate]:

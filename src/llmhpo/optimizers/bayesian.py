@@ -101,11 +101,9 @@ class BayesianOptimization(Optimizer):
                  local_starts: bool = True, failures: str = "impute", fit_maxiter: int = 50,
                  prior_beta: float = 10.0, prior_floor: float = 0.1):
         super().__init__(dim, rng, budget)
-        if n_init < 1:
-            raise ValueError(f"n_init must be >= 1, got {n_init}")
-        if num_restarts < 1 or raw_samples < 1:
-            raise ValueError(f"num_restarts and raw_samples must be >= 1, got {num_restarts}, {raw_samples}")
-        self.check_values({"kernel": kernel, "noise": noise, "failures": failures})
+        self.check_values({"n_init": n_init, "num_restarts": num_restarts, "raw_samples": raw_samples,
+                           "kernel": kernel, "noise": noise, "failures": failures, "prior_beta": prior_beta,
+                           "prior_floor": prior_floor})
         self.n_init, self.num_restarts, self.raw_samples = n_init, num_restarts, raw_samples
         self.kernel, self.noise, self.warp, self.local_starts = kernel, noise, bool(warp), bool(local_starts)
         self.failures, self.fit_maxiter = failures, fit_maxiter
@@ -161,7 +159,12 @@ class BayesianOptimization(Optimizer):
         return any(c is not None for c in self.cons)
 
     @classmethod
-    def check_values(cls, options):
+    def check_values(cls, options):  # its own: its constructor draws a design (scipy.stats)
+        if options.get("n_init", 1) < 1:
+            raise ValueError(f"n_init must be >= 1, got {options['n_init']}")
+        if options.get("num_restarts", 1) < 1 or options.get("raw_samples", 1) < 1:
+            raise ValueError(f"num_restarts and raw_samples must be >= 1, got {options.get('num_restarts', 10)}, "
+                             f"{options.get('raw_samples', 1024)}")
         allowed = {"kernel": ("matern", "rbf"), "noise": ("low", "botorch"), "failures": ("impute", "ignore")}
         for key, values in allowed.items():
             if key in options and options[key] not in values:

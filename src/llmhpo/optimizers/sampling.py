@@ -42,7 +42,7 @@ class GridSearch(Optimizer):
         super().__init__(dim, rng, budget)
         lv = [levels] * dim if isinstance(levels, int) else list(levels)
         if len(lv) != dim or any((not isinstance(v, int)) or v < 1 for v in lv):
-            raise ValueError(f"levels must be a positive int or {dim} positive ints, got {levels!r}")
+            raise ValueError(f"levels must be a positive int, or a list of one per variable ({dim}), got {levels!r}")
         total = int(np.prod(lv, dtype=float))
         if total > self.max_points:
             raise ValueError(f"a grid of {total} points is too large; lower levels (now {levels})")
