@@ -94,7 +94,7 @@ def describe(record: dict[str, Any]) -> str:
     the report show it."""
     parts = [f"{s['source']}: {s['trials']} trials" + (f" ({s['skipped']} outside this space, skipped)"
                                                        if s.get("skipped") else "") for s in record["sources"]]
-    return f"(use = \"{record['use']}\"): " + "; ".join(parts)
+    return "; ".join(parts) + f" (use = \"{record['use']}\")"
 
 
 def design_size(config: Config) -> int:
