@@ -205,6 +205,7 @@ def test_few_trials_no_importance_and_no_crash(tmp_path):
     out = write_report(Study.load(cfg.study.storage, "s"), tmp_path / "rep")
     assert not (tmp_path / "rep" / "importance.png").exists()
     assert "needs at least 5 complete trials" in out.read_text()
+    assert "Time split" not in out.read_text()  # a function times no phase: nothing to split
 
 
 # ---------------------------------------------------------------------- tables and documents
@@ -224,7 +225,7 @@ def test_html_is_self_contained_with_tables(ft, tmp_path):
     assert "| trial |" in md and all(f"]({p})" in md for p in pngs)
     top = md.split("### Top")[1].split("###")[0]
     assert len([line for line in top.splitlines() if line.startswith("| ")]) == 1 + min(10, len(ft.complete))
-    assert "| train | " in md and "| load | " in md and "| evaluate | " in md
+    assert "| train | " in md and "| load | " in md and "| evaluate | " in md and "Time split" in md
 
 
 @pytest.mark.slow  # three studies and their figures (9 s)

@@ -129,7 +129,8 @@ def _study_section(rep: Report, sd: StudyData) -> Section:
     ft = failure_table(sd)
     if ft is not None:
         tables.append(("Failures", ft, "Failed trials and why; interrupted trials run again when the study resumes."))
-    tables.append(("Time split", time_table(sd), "Where the trials' time went (load: model and data set-up)."))
+    if any(v > 0 for k, v in sd.phase_totals().items() if k != "other"):  # an objective that times its phases
+        tables.append(("Time split", time_table(sd), "Where the trials' time went (load: model and data set-up)."))
     title = sd.name if len(rep.studies) == 1 else f"Study {sd.name}"
     shown = facts(sd) if not several else front_facts(sd) + [
         ("objective", sd.objective) if k == "objective" else (k, v) for k, v in facts(sd) if not k.startswith("best ")]
