@@ -40,6 +40,13 @@ def config(tmp_path, warm, optimizer="bo", **extra):
     return Config.from_dict(raw, base_dir=tmp_path)
 
 
+def branin_toml(optimizer: str, first: str, warm: str) -> str:
+    """A study file over branin: its first variable's table ``first``, then x1, then ``warm``."""
+    return (f'[study]\nname = "new"\n[budget]\ntrials = 2\n[optimizer]\nname = "{optimizer}"\n'
+            '[objective]\ntype = "function"\nname = "branin"\n' + first
+            + '[space.x1]\ntype = "float"\nlow = 0.0\nhigh = 15.0\n' + warm)
+
+
 ROWS = [({"lr": 3e-3, "rank": 16.0, "dropout": 0.1}, 0.1),   # dropout: not in this space, ignored
         ({"lr": 1e-2}, 0.5),                                   # rank missing: its default, 8
         ({"lr": 0.5, "rank": 4.0}, 0.05),                      # lr outside 1e-4..1e-1: skipped
@@ -184,11 +191,9 @@ def test_data_with_an_optimizer_without_a_model_says_so(tmp_path, capsys):
 
 def test_a_toml_file_reads_sources_relative_to_its_folder(tmp_path):
     earlier(tmp_path / "a.db", rows=ROWS)
-    (tmp_path / "s.toml").write_text(
-        '[study]\nname = "new"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n'
-        '[objective]\ntype = "function"\nname = "branin"\n'
-        '[space.x0]\ntype = "float"\nlow = -5.0\nhigh = 10.0\n[space.x1]\ntype = "float"\nlow = 0.0\nhigh = 15.0\n'
-        '[warm_start]\nfrom = [{ storage = "a.db", study = "old" }]\nuse = "design"\n')
+    (tmp_path / "s.toml").write_text(branin_toml("random", '[space.x0]\ntype = "float"\nlow = -5.0\nhigh = 10.0\n',
+                                                 '[warm_start]\nfrom = [{ storage = "a.db", study = "old" }]\n'
+                                                 'use = "design"\n'))
     cfg = load_config(tmp_path / "s.toml")
     with pytest.raises(ConfigError, match="no variable in common"):
         load(cfg)
@@ -279,11 +284,9 @@ def test_check_says_that_data_has_no_effect_without_a_model(tmp_path):
     from llmhpo.cli import app
 
     earlier(tmp_path / "a.db", rows=ROWS)
-    (tmp_path / "s.toml").write_text(
-        '[study]\nname = "new"\n[budget]\ntrials = 2\n[optimizer]\nname = "soo"\n'
-        '[objective]\ntype = "function"\nname = "branin"\n'
-        '[space.lr]\ntype = "float"\nlow = 0.0001\nhigh = 0.1\nlog = true\n[space.x1]\ntype = "float"\nlow = 0.0\n'
-        'high = 15.0\n[warm_start]\nfrom = [{ storage = "a.db", study = "old" }]\nuse = "data"\n')
+    (tmp_path / "s.toml").write_text(branin_toml("soo", '[space.lr]\ntype = "float"\nlow = 0.0001\nhigh = 0.1\nlog = true\n',
+                                                 '[warm_start]\nfrom = [{ storage = "a.db", study = "old" }]\n'
+                                                 'use = "data"\n'))
     r = CliRunner().invoke(app, ["check", str(tmp_path / "s.toml")])
     assert r.exit_code == 0, r.output
     assert "no effect on optimizer 'soo'" in " ".join(r.output.split())
