@@ -11,7 +11,7 @@ import numpy as np
 
 from llmhpo.config import Config
 from llmhpo.errors import LlmhpoError, SetupProblems, StudyError
-from llmhpo.optimizers import Optimizer, make_optimizer
+from llmhpo.optimizers import OPTIMIZERS, Optimizer, make_optimizer
 from llmhpo.priors import UnitPrior
 
 
@@ -20,7 +20,7 @@ def build_optimizer(config: Config) -> Optimizer:
     # one stream per component, spawned from the study seed (optimiser first); snap: integer and
     # categorical variables are proposed, modelled and de-duplicated as the configuration evaluated
     opt_seq = np.random.SeedSequence(config.study.seed).spawn(2)[0]
-    options = config.space.optimizer_options(config.optimizer, config.optimizer_options)
+    options = OPTIMIZERS[config.optimizer].fit_options(config.optimizer_options, config.space)
     return make_optimizer(config.optimizer, config.space.dim, np.random.default_rng(opt_seq),
                           config.budget.trials, options, snap=config.space.snap,
                           n_objectives=len(config.study.directions), prior=UnitPrior.from_space(config.space))

@@ -329,23 +329,6 @@ class SearchSpace:
         act = self._activity(values)
         return {k: val for k, val in values.items() if act[k]}
 
-    def optimizer_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        """An optimiser's options fitted to this space: a grid's ``levels`` per variable, where
-        a categorical takes each of its choices and an integer at most its count of values
-        (so the grid covers every choice and asks no configuration twice)."""
-        options = dict(options)
-        if name != "grid":
-            return options
-        levels = options.get("levels", 5)
-        if isinstance(levels, int) and not isinstance(levels, bool):
-            levels = [levels] * self.dim
-        if not isinstance(levels, (list, tuple)) or len(levels) != self.dim:
-            return options  # the grid itself says what is wrong
-        fitted = [len(v.choices) if isinstance(v, Categorical)
-                  else min(k, v.high - v.low + 1) if isinstance(v, Int) and isinstance(k, int) else k
-                  for v, k in zip(self.variables, levels)]
-        return {**options, "levels": fitted}
-
     def snap(self, x: np.ndarray) -> np.ndarray:
         """x: (d,) point of [0, 1]^d -> the (d,) point of the configuration actually
         evaluated, ``encode(decode(x))``: integers and categoricals move to the centre of

@@ -130,7 +130,6 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None) ->
 
     from llmhpo.storage import PATHS_HINT, check_sqlite_file, file_path
 
-    label = f"study '{name or config.study.name}' in {url}"
     path = file_path(url)
     if path is not None:  # a file: read, never created (opening a journal that is not there makes one)
         if path.is_dir():
@@ -147,7 +146,7 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None) ->
     names = [s.study_name for s in storage.get_all_studies()]
     if name is None:  # not named: this study's name, or the one study there is
         name = names[0] if len(names) == 1 else config.study.name
-        label = f"study '{name}' in {url}"
+    label = f"study '{name}' in {url}"
     if name not in names:
         held = ", ".join(names) if names else "no study"
         raise ConfigError(f"[warm_start] from: no study '{name}' in {url} (it holds: {held}); "

@@ -127,6 +127,12 @@ class Optimizer:
         if options and not any(isinstance(v, (list, tuple)) for v in options.values()):
             cls(2, np.random.default_rng(0), None, **options)
 
+    @classmethod
+    def fit_options(cls, options: Mapping[str, Any], space) -> dict[str, Any]:
+        """The options for a study's search space (``llmhpo.space.SearchSpace``), which the
+        optimiser itself never sees. Default: as given."""
+        return dict(options)
+
     # ---------------------------------------------------------------- protocol
     def ask(self, n: int = 1) -> list[Candidate]:
         """Up to ``n`` new candidates; fewer, even none, when results must come in first."""

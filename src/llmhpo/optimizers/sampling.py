@@ -26,7 +26,7 @@ class GridSearch(Optimizer):
 
     levels: points per dimension (an int, or one int per dimension); in a study a categorical
     takes each of its choices and an integer at most its count of values
-    (``SearchSpace.optimizer_options``). A random order means a grid cut short by the budget
+    (``fit_options``). A random order means a grid cut short by the budget
     still covers the whole box. A cell whose configuration was asked already (rounded integers,
     an inactive variable) is skipped; once every cell is, ``ask`` returns nothing. Priors are
     ignored: a grid covers the box evenly by design.
@@ -49,6 +49,23 @@ class GridSearch(Optimizer):
         self.levels = lv
         self.order = self.rng.permutation(total) if shuffle else np.arange(total)
         self.index = 0
+
+    @classmethod
+    def fit_options(cls, options, space):
+        """``levels`` per variable: a categorical takes each of its choices and an integer at
+        most its count of values, so the grid covers every choice and asks no configuration twice."""
+        from llmhpo.space import Categorical, Int
+
+        options = dict(options)
+        levels = options.get("levels", cls.options()["levels"])
+        if isinstance(levels, int) and not isinstance(levels, bool):
+            levels = [levels] * space.dim
+        if not isinstance(levels, (list, tuple)) or len(levels) != space.dim:
+            return options  # the constructor says what is wrong
+        fitted = [len(v.choices) if isinstance(v, Categorical)
+                  else min(k, v.high - v.low + 1) if isinstance(v, Int) and isinstance(k, int) else k
+                  for v, k in zip(space, levels)]
+        return {**options, "levels": fitted}
 
     def _ask(self, n):
         out = []

@@ -79,10 +79,11 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         from llmhpo.preflight import preflight as check_all
 
         check_all(config)  # every problem at once, the storage's and the earlier studies' too
+    else:  # the preflight built it: its options on the real space, before a study is created or replaced
+        build_optimizer(config)
     from llmhpo.transfer import load as load_transfer
 
     transfer = load_transfer(config)  # earlier studies ([warm_start] from): read before any compute
-    build_optimizer(config)  # its options on the real space: refused before a study is created or replaced
     t_start = time.time()
     note = startup_note(config.runner)
     if note is not None:  # it takes seconds: say why nothing happens
@@ -129,15 +130,13 @@ def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | No
     counts, records = study.counts(), study.records()
     if counts["RUNNING"] or counts["WAITING"]:
         return None
-    spent = None
+    used = _used(config, study)
     if config.fidelity is None:
-        used = counts["COMPLETE"] + counts["FAIL"]
         if used < config.budget.trials or (config.study.reevaluate and reevaluation_queue(config, records)):
             return None
-    else:  # met when not even a new configuration's first rung fits in what is left
-        spent = used = resource_spent(records)
-        if config.resource_budget() - used >= config.fidelity.rungs()[0] - 1e-9:
-            return None
+    elif config.resource_budget() - used >= config.fidelity.rungs()[0] - 1e-9:
+        return None  # met when not even a new configuration's first rung fits in what is left
+    spent = used if config.fidelity is not None else None
     summary = summary_of(study, "budget", 0.0, counts["COMPLETE"], counts["FAIL"], None, spent)
     return summary, _met_budget(config, used)
 
