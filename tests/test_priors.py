@@ -2,6 +2,7 @@
 (sampling from them; piBO's weight that fades with evaluations), and their TOML keys."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -361,14 +362,35 @@ def test_every_optimiser_with_a_prior_stays_in_the_box_and_continues_identically
     np.testing.assert_allclose(drive(a, 2), drive(c, 2), rtol=0, atol=1e-12)
 
 
-def test_a_boolean_choice_takes_its_toml_key_and_a_prior_only_table_needs_a_preset(tmp_path):
+def test_a_boolean_choice_takes_its_toml_key_and_a_table_without_type_changes_the_own_space(tmp_path):
     v = Categorical("use_r", [True, False], prior=Prior(weights={"true": 0.9, "false": 0.1}))
     assert _unit(v).dims[0].p == pytest.approx((0.9, 0.1))
     p = tmp_path / "s.toml"
-    p.write_text('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n'
-                 '[objective]\ntype = "function"\nname = "branin"\n[space.x0]\nprior = { mode = 3.0, spread = 1.0 }\n')
-    with pytest.raises(ConfigError, match="variable 'x0' has no type; give type"):
+    head = ('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "random"\n'
+            '[objective]\ntype = "function"\nname = "branin"\n')
+    p.write_text(head + '[space.x0]\nprior = { mode = 3.0, spread = 1.0 }\ndefault = 2.0\n')
+    space = load_config(p).space
+    assert space["x0"].prior == Prior(3.0, 1.0) and space["x0"].default == 2.0 and space["x1"].prior is None
+    assert (space["x0"].low, space["x0"].high) == (-5.0, 10.0)  # branin's own box
+    p.write_text(head + '[space.x3]\nprior = { mode = 3.0, spread = 1.0 }\n')
+    with pytest.raises(ConfigError, match=r"function branin's own space has no variable 'x3' \(x0, x1\)"):
         load_config(p)
+    p.write_text(head + '[space]\nprior = "builtin"\n')
+    with pytest.raises(ConfigError, match="function branin's own space has no built-in prior"):
+        load_config(p)
+
+
+def test_the_recorded_benchmark_takes_the_builtin_lora_prior_on_its_unit_coordinates(tmp_path):
+    from llmhpo.objectives.finetune.presets import paper_space
+
+    p = tmp_path / "s.toml"
+    p.write_text('[study]\nname = "s"\n[budget]\ntrials = 2\n[optimizer]\nname = "bo"\n'
+                 '[objective]\ntype = "function"\nname = "lora_smollm2"\n[space]\nprior = "builtin"\n')
+    ours, paper = UnitPrior.from_space(load_config(p).space), UnitPrior.from_space(paper_space())
+    X = np.random.default_rng(0).random((64, 5))
+    np.testing.assert_allclose(ours.log_pdf(X), paper.log_pdf(X), atol=1e-9)
+    p.write_text(p.read_text().replace('[space]\nprior = "builtin"\n', ""))
+    assert UnitPrior.from_space(load_config(p).space) is None  # off unless asked for
 
 
 def test_check_lists_every_choice_of_a_prior_and_joins_conditions_with_and():
@@ -380,3 +402,37 @@ def test_check_lists_every_choice_of_a_prior_and_joins_conditions_with_and():
     assert "w: float in [0, 1] when a = True and r in [4, 8]" in text
     with pytest.raises(ConfigError, match=r"^variable 'sched': prior weights = \[0.1, 0.6\] must be a table"):
         Prior.from_dict("sched", {"weights": [0.1, 0.6]})
+
+
+def test_bad_weights_and_spreads_are_refused_and_numeric_choices_take_toml_keys():
+    v = Categorical("s", ("constant", "linear", "cosine"))
+    with pytest.raises(ConfigError, match="weight of 'cosine' = inf must be a finite number >= 0"):
+        replace(v, prior=Prior(weights={"cosine": float("inf")}))
+    only_zero = replace(v, prior=Prior(weights={"linear": 0}))  # the unlisted share what is left of 1
+    assert _unit(only_zero).dims[0].p == pytest.approx((0.5, 0.0, 0.5))
+    with pytest.raises(ConfigError, match="over 100 times the range's width"):
+        Float("lr", 1e-6, 1e-2, log=True, prior=Prior(1e-4, 1000))
+    with pytest.raises(ConfigError, match="over 100 times the range's width"):
+        Float("d", 0, 0.5, prior=Prior(0.1, 1e17))
+    lr = Categorical("lr", (1e-4, 2e-4), prior=Prior(weights={"2e-4": 0.7}))
+    assert _unit(lr).dims[0].p == pytest.approx((0.3, 0.7))
+    with pytest.raises(ConfigError, match=r'prior = \{ weights = \{ "0.0001" = 0.6 \} \}'):
+        Categorical("lr", (1e-4, 2e-4), prior=Prior(1e-4, 0.1))
+
+
+def test_a_conditional_variables_prior_is_judged_on_the_results_where_it_is_active():
+    """warmup exists only with sched = linear: the constant trials, whatever their score,
+    say nothing for or against its prior."""
+    space = SearchSpace([Categorical("sched", ("constant", "linear")),
+                         Float("warmup", 0, 0.2, prior=Prior(0.19, 0.01), when={"sched": ["linear"]})])
+    up = UnitPrior.from_space(space)
+
+    def point(sched, w):
+        return space.snap(np.array([0.25 if sched == "constant" else 0.75, w / 0.2]))
+
+    X = np.array([point("constant", 0)] * 6 + [point("linear", w) for w in (0.19, 0.185, 0.02, 0.05)])
+    # the constant trials are the best; among the linear ones those near 0.19 are
+    y = np.array([0.1, 0.1, 0.11, 0.12, 0.12, 0.13, 0.5, 0.5, 0.9, 0.9])
+    assert up.supported(X, y) is up
+    y_wrong = np.array([0.1, 0.1, 0.11, 0.12, 0.12, 0.13, 0.9, 0.9, 0.5, 0.5])  # the linear best lie away from it
+    assert up.supported(X, y_wrong) is None

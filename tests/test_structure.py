@@ -24,7 +24,7 @@ LAYERS = {
     "errors": 0, "_json": 0, "_version": 0, "_format": 0, "_metrics": 0, "_progress": 0, "pareto": 0,
     "priors": 0.5,
     "goals": 1,
-    "space": 1, "storage": 1, "_tables": 1, "_warm": 2,
+    "space": 1, "storage": 1, "_tables": 1, "_warm": 2, "_space_tables": 2,
     "optimizers": 2, "objectives": 2, "executors": 2, "schedulers": 2, "lease": 2,
     "config": 3,
     "study": 4, "tracking": 4, "live": 4, "transfer": 4,

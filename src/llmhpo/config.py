@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from llmhpo._space_tables import build_space
 from llmhpo._tables import expect, no_unknown, parse_duration, runner_table, storage_url
 from llmhpo._warm import WarmFrom, toml_hint, warm_start_table
 from llmhpo.errors import ConfigError, did_you_mean
@@ -25,7 +26,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-from llmhpo.space import SearchSpace, variable_from_dict
+from llmhpo.space import SearchSpace
 
 _SECTIONS = {"study", "budget", "runner", "optimizer", "objective", "space", "warm_start", "fidelity", "logging",
              "constraint"}
@@ -300,7 +301,7 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
     spec = kind.parse(obj, {t: dict(raw[t]) for t in kind.tables if t in raw}, ParseContext(base_dir, study.name))
 
     # [space]
-    space = _build_space(dict(raw.get("space", {})), kind, spec)
+    space = build_space(dict(raw.get("space", {})), kind, spec)
     kind.check_space(spec, space)
 
     ws, warm_from = warm_start_table(raw.get("warm_start", []), space, base_dir)
@@ -465,36 +466,3 @@ def _logging(lg: Mapping[str, Any], base_dir: Path) -> LoggingConfig:
         raise ConfigError(f"[logging] wandb = {wandb!r} must be true (offline), \"offline\" or \"online\"")
     experiment = expect("logging", lg, "experiment", (str,), None)
     return LoggingConfig(mlflow, tensorboard, wandb, experiment)
-
-
-def _build_space(sp: dict[str, Any], kind: ObjectiveKind, spec) -> SearchSpace:
-    """[space]: a preset (or the kind's default space) and the variables given; ``prior =
-    "none"`` drops the priors a preset comes with, and a table with only ``prior`` sets one on a
-    preset's variable."""
-    builtin = sp.pop("prior", "builtin")
-    if builtin not in ("builtin", "none"):
-        raise ConfigError(f"[space] prior = {builtin!r} must be \"builtin\" (a preset's own prior) or \"none\"; "
-                          "a variable's prior goes in its table: [space.<name>] prior = { mode = ..., spread = ... }")
-    base: list = []
-    if "preset" in sp:
-        p = sp.pop("preset")
-        if not isinstance(p, str):
-            raise ConfigError(f"[space] preset = {p!r} must be a string such as \"paper\"")
-        base = list(kind.preset(spec, p).variables)
-    elif not sp:
-        default = kind.default_space(spec)
-        if default is None:
-            raise ConfigError(f"[space] is missing: a {kind.name} objective needs its search space, e.g. "
-                              "[space.learning_rate] type = \"float\" low = 1e-5 high = 1e-1 log = true")
-        base = list(default.variables)
-    if builtin == "none":
-        base = [replace(v, prior=None) for v in base]
-    variables = {v.name: v for v in base}
-    for name, spec_ in sp.items():
-        if not isinstance(spec_, Mapping):
-            raise ConfigError(f"[space] {name} must be a table such as [space.{name}] type = \"float\" low = 0 high = 1")
-        if name in variables and set(spec_) == {"prior"}:  # the preset's variable, with the user's prior
-            variables[name] = replace(variables[name], prior=spec_["prior"])
-            continue
-        variables[name] = variable_from_dict(dict(spec_, name=name))  # its conditions are checked with the space
-    return SearchSpace(list(variables.values()))

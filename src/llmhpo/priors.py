@@ -29,6 +29,8 @@ from llmhpo.errors import ConfigError
 
 #: the weight of a choice a categorical prior does not list, when the listed ones take it all
 _FLOOR = 0.01
+#: the widest spread a prior may have, in widths of its variable's range (wider is flat)
+_WIDEST = 100
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,13 @@ class Prior:
         if _categorical(var):
             if self.mode is not None or self.spread is not None or not self.weights:
                 raise ConfigError(f"{where} of a categorical gives weights, e.g. prior = "
-                                  f"{{ weights = {{ {var.choices[0]!r} = 0.6 }} }}")
+                                  f"{{ weights = {{ {_toml_key(var.choices[0])} = 0.6 }} }}")
             for c, w in self.weights:
                 if _choice(var, c) is None:
                     raise ConfigError(f"{where} weights name {c!r}, which is not one of {list(var.choices)}")
-                if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w:
-                    raise ConfigError(f"{where} weight of {c!r} = {w!r} must be a number >= 0")
-            if sum(w for _, w in self.weights) <= 0:
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+                    raise ConfigError(f"{where} weight of {c!r} = {w!r} must be a finite number >= 0")
+            if sum(w for _, w in self.weights) <= 0 and len(self.weights) >= len(var.choices):
                 raise ConfigError(f"{where} weights are all 0; give at least one choice a positive weight")
             return
         if self.weights:
@@ -109,9 +111,13 @@ class Prior:
         if not var.low <= self.mode <= var.high:
             raise ConfigError(f"{where} mode = {self.mode:g} lies outside [{var.low:g}, {var.high:g}]; "
                               "move it inside the range")
+        unit = " in decades" if var.log else ""
         if self.spread <= 0:
-            unit = " in decades" if var.log else ""
             raise ConfigError(f"{where} spread = {self.spread:g} must be > 0 (a standard deviation{unit})")
+        width = math.log10(var.high / var.low) if var.log else var.high - var.low
+        if self.spread > _WIDEST * width:
+            raise ConfigError(f"{where} spread = {self.spread:g} is over {_WIDEST} times the range's width "
+                              f"({width:g}{unit}): so wide a prior is flat; leave the prior out")
 
 
 @dataclass(frozen=True)
@@ -168,18 +174,32 @@ class _Cells:
 
 def _choice(var, c: Any) -> Any:
     """The categorical's choice that weight key ``c`` names (TOML keys are strings: "16" names
-    16, "true" names true); None when none does."""
+    16, "2e-4" names 0.0002, "true" names true); None when none does."""
     if c in var.choices:
         return c
     return next((v for v in var.choices
-                 if str(v) == str(c) or (isinstance(v, bool) and str(v).lower() == str(c).lower())), None)
+                 if str(v) == str(c) or (isinstance(v, bool) and str(v).lower() == str(c).lower())
+                 or (not isinstance(v, (bool, str)) and _number(c) == v)), None)
+
+
+def _number(c: Any) -> float | None:
+    """Key ``c`` read as a number (None when it is not one)."""
+    try:
+        return None if isinstance(c, bool) else float(c)
+    except (TypeError, ValueError):
+        return None
+
+
+def _toml_key(choice: Any) -> str:
+    """A choice as a quoted TOML key, the form a weights table names it by."""
+    return '"' + (str(choice).lower() if isinstance(choice, bool) else str(choice)) + '"'
 
 
 def _categorical(var) -> bool:
     return getattr(var, "choices", None) is not None
 
 
-def _unit_dimension(var) -> _Normal | _Cells:
+def unit_dimension(var) -> _Normal | _Cells:
     """The prior of one variable (which has one) in its unit coordinate: the variable's own
     ``to_unit`` is linear in the value (in its logarithm for a log variable), so it carries
     the mode and one spread over; an integer's cells are in it already."""
@@ -217,14 +237,27 @@ def mixed_log_pdf(lp, floor: float):
 class UnitPrior:
     """The variables' priors over [0, 1]^d: ``dims[j]`` is dimension j's, None: uniform."""
 
-    def __init__(self, dims: list[_Normal | _Cells | None]):
+    def __init__(self, dims: list[_Normal | _Cells | None], active=None):
         self.dims = list(dims)
+        #: X (n, d) -> (n, d) bool, which variables each point's configuration has (conditional
+        #: spaces: an inactive variable's coordinate is a stand-in, no evidence about its prior);
+        #: None: all of them
+        self.active = active
 
     @classmethod
     def from_space(cls, space) -> "UnitPrior | None":
         """The priors of a ``llmhpo.space.SearchSpace`` on the unit cube; None when no variable has one."""
-        dims = [None if getattr(v, "prior", None) is None else _unit_dimension(v) for v in space.variables]
-        return cls(dims) if any(d is not None for d in dims) else None
+        dims = [None if getattr(v, "prior", None) is None else unit_dimension(v) for v in space.variables]
+        if not any(d is not None for d in dims):
+            return None
+        if not getattr(space, "conditional", False):
+            return cls(dims)
+
+        def active(X: np.ndarray) -> np.ndarray:
+            return np.array([[v.name in p for v in space.variables] for p in map(space.decode, X)],
+                            dtype=bool).reshape(len(X), len(dims))
+
+        return cls(dims, active)
 
     @property
     def dim(self) -> int:
@@ -253,11 +286,11 @@ class UnitPrior:
     def without(self, drop) -> "UnitPrior | None":
         """The prior with dimensions ``drop`` (indices) made uniform; None when none is left."""
         dims = [None if j in set(drop) else d for j, d in enumerate(self.dims)]
-        return UnitPrior(dims) if any(d is not None for d in dims) else None
+        return UnitPrior(dims, self.active) if any(d is not None for d in dims) else None
 
     def contradicted(self, X, best, floor: float = 0.1) -> list[int]:
         """The dimensions whose prior the best results so far contradict. X: (n, d) points
-        evaluated, ``best``: (n,) bool, the best of them. Dimension j is contradicted when the
+        evaluated, ``best``: (n,) bool, the best of them (or (n, d): per dimension). Dimension j is contradicted when the
         best points are, on average, less likely under its prior than under the uniform: the
         mean over them of log((1 - floor) pi_j(x_j) + floor) is below 0 (the uniform density
         on [0, 1] is 1). The likelihood of the best configurations under the prior against
@@ -265,25 +298,28 @@ class UnitPrior:
         here it decides, per variable, whether the prior still guides the search. A belief the
         search has not tested yet is not contradicted: a dimension counts only once two of the
         points lie where its prior is denser than the uniform (a narrow prior is not refuted by
-        a uniform start that missed it)."""
+        a uniform start that missed it). In a conditional space only the points where a variable
+        is active count for or against its prior."""
         X = np.asarray(X, dtype=float).reshape(-1, self.dim)
-        best = np.asarray(best, dtype=bool)
-        if not best.any():
-            return []
+        best = np.broadcast_to(np.asarray(best, dtype=bool).reshape(len(X), -1), X.shape)
+        active = np.ones(X.shape, dtype=bool) if self.active is None or not len(X) else self.active(X)
         out = []
         for j, d in enumerate(self.dims):
-            if d is None:
+            chosen = best[:, j] & active[:, j]
+            if d is None or not chosen.any():
                 continue
-            if int((np.asarray(d.log_pdf(X[:, j]), dtype=float) > 0).sum()) < 2:
+            if int((np.asarray(d.log_pdf(X[active[:, j], j]), dtype=float) > 0).sum()) < 2:
                 continue  # its region not tried yet
-            if float(mixed_log_pdf(np.asarray(d.log_pdf(X[best, j]), dtype=float), floor).mean()) < 0:
+            lp = np.asarray(d.log_pdf(X[chosen, j]), dtype=float)
+            if float(mixed_log_pdf(lp, floor).mean()) < 0:
                 out.append(j)
         return out
 
     def supported(self, X, y, floor: float = 0.1) -> "UnitPrior | None":
         """The prior on the variables that the best results so far do not contradict
         (``contradicted``): X (n, d) points evaluated, y (n,) their values (minimised); the best
-        are the best fifth (at least one) of those better than the median. A wrong belief about
+        are the best fifth (at least one) of those better than the median (in a conditional
+        space, per variable, of the results where it is active). A wrong belief about
         one variable stops weighing once the search has found better values away from it, a
         right one on another keeps guiding. When every value ties, the prior is set aside once
         its region has been tried (two results where it is denser than the uniform): a flat
@@ -294,10 +330,22 @@ class UnitPrior:
         if len(y) < 2:
             return self
         X = np.asarray(X, dtype=float).reshape(len(y), self.dim)
-        best = np.zeros(len(y), dtype=bool)
-        best[np.argsort(y, kind="stable")[: -(-len(y) // 5)]] = True
-        best &= y < np.median(y)
+        best = _best(y, np.ones(len(y), dtype=bool))
         if not best.any():
             return None if int((np.asarray(self.log_pdf(X)) > 0).sum()) >= 2 else self
+        if self.active is not None:  # a variable's best: among the results that have it
+            act = self.active(X)
+            best = np.column_stack([_best(y, act[:, j]) for j in range(self.dim)])
         drop = self.contradicted(X, best, floor)
         return self.without(drop) if drop else self
+
+
+def _best(y: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """(n,) bool: the best fifth (at least one) of the values ``among`` selects that are
+    better (lower) than their median."""
+    out = np.zeros(len(y), dtype=bool)
+    idx = np.flatnonzero(among)
+    if len(idx):
+        top = idx[np.argsort(y[idx], kind="stable")[: -(-len(idx) // 5)]]
+        out[top] = y[top] < np.median(y[idx])
+    return out

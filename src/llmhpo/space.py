@@ -449,7 +449,8 @@ def variable_from_dict(item: Any) -> Variable:
     kind = item.get("type")
     if kind is None:
         raise ConfigError(f"variable '{name}' has no type; give type = \"float\", \"int\" or \"categorical\" with "
-                          "its range or choices (a table of only prior or default changes a preset's variable)")
+                          "its range or choices (a table of only prior, default or when changes a variable of a "
+                          "preset or of the objective's own space)")
     if kind not in _KEYS:
         raise ConfigError(
             f"variable '{name}': unknown type {kind!r}{did_you_mean(kind, _KEYS)}; "

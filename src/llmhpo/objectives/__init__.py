@@ -94,6 +94,11 @@ class ObjectiveKind:
         """The SearchSpace used when the config has no ``[space]``; None when one is required."""
         return None
 
+    def builtin_priors(self, spec) -> dict[str, Any]:
+        """name -> ``llmhpo.priors.Prior``: what ``[space] prior = "builtin"`` puts on the
+        variables of this kind's own space that have none. Default: nothing."""
+        return {}
+
     def preset(self, spec, name: str):
         """The SearchSpace that ``[space] preset = name`` names. Default: this kind has none."""
         raise ConfigError(f"[space] preset = {name!r}: a {self.name} objective has no presets; "

@@ -167,3 +167,13 @@ def optimum() -> np.ndarray:
     """The recorded configuration (unit point) the surrogate rates best."""
     units = np.unique(load()["unit"], axis=0)
     return units[np.argmax(predict(units))]
+
+
+def unit_priors() -> dict[str, "Prior"]:
+    """The built-in LoRA prior (``finetune.presets.LORA_PRIOR``) on the bench function's unit
+    coordinates x0..x4: each variable's unit coordinate is linear in its value (its logarithm
+    for a log variable), so a normal there is a normal here, and the same density on the cube."""
+    from llmhpo.objectives.finetune.presets import paper_space
+    from llmhpo.priors import Prior, unit_dimension
+
+    return {f"x{i}": Prior(d.mu, d.sd) for i, d in enumerate(map(unit_dimension, paper_space(prior=True)))}

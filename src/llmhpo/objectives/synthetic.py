@@ -129,6 +129,13 @@ class FunctionKind(ObjectiveKind):
     def default_space(self, spec: FunctionSpec) -> SearchSpace:
         return FunctionObjective(spec.name, spec.dim).space()
 
+    def builtin_priors(self, spec: FunctionSpec) -> dict[str, Any]:
+        if spec.name != "lora_smollm2":
+            return {}
+        from llmhpo.objectives.recorded import unit_priors
+
+        return unit_priors()
+
     def check_space(self, spec: FunctionSpec, space: SearchSpace) -> None:
         f = get_function(spec.name, spec.dim)
         d = f.dim

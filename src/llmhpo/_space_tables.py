@@ -1,0 +1,72 @@
+"""``[space]`` as TOML gives it -> a ``SearchSpace``: a preset, or the objective kind's own
+space, and the variables the tables add or change.
+
+A table with a ``type`` defines a variable (``space.variable_from_dict``); one without,
+holding only ``prior``, ``default`` and ``when``, changes that key of a variable the preset
+(or the kind's own space) has. ``[space] prior = "none"`` drops the priors a preset comes
+with; ``"builtin"`` (the default) keeps them, and said explicitly asks for the kind's built-in
+prior where its space has none of its own (``ObjectiveKind.builtin_priors``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+from llmhpo.errors import ConfigError, did_you_mean
+from llmhpo.space import SearchSpace, variable_from_dict
+
+#: the keys a table may change on a variable it does not define
+CHANGES = ("prior", "default", "when")
+
+
+def build_space(sp: dict[str, Any], kind, spec) -> SearchSpace:
+    """[space] (a dict, consumed) for an objective ``kind`` with its ``spec``."""
+    asked = sp.pop("prior", None)
+    builtin = "builtin" if asked is None else asked
+    if builtin not in ("builtin", "none"):
+        raise ConfigError(f"[space] prior = {builtin!r} must be \"builtin\" (a preset's own prior) or \"none\"; "
+                          "a variable's prior goes in its table: [space.<name>] prior = { mode = ..., spread = ... }")
+    base, source = _base(sp, kind, spec)
+    if builtin == "none":
+        base = [replace(v, prior=None) for v in base]
+    elif asked == "builtin":
+        own = kind.builtin_priors(spec)
+        base = [replace(v, prior=own[v.name]) if v.prior is None and v.name in own else v for v in base]
+        if not any(v.prior is not None for v in base):
+            raise ConfigError(f"[space] prior = \"builtin\": {source or 'a space of your own'} has no built-in "
+                              "prior; give a variable's own: [space.<name>] prior = { mode = ..., spread = ... }")
+    variables = {v.name: v for v in base}
+    for name, table in sp.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[space] {name} must be a table such as [space.{name}] type = \"float\" low = 0 high = 1")
+        if "type" not in table and table and set(table) <= set(CHANGES):
+            if name not in variables:
+                known = f" ({', '.join(variables)}){did_you_mean(name, variables)}" if variables else ""
+                raise ConfigError(f"[space.{name}] changes {', '.join(table)} of a variable, but "
+                                  f"{source or 'no preset'} has no variable '{name}'{known}; "
+                                  "give type = ... and its range to add it")
+            variables[name] = replace(variables[name], **table)
+            continue
+        variables[name] = variable_from_dict(dict(table, name=name))  # its conditions are checked with the space
+    return SearchSpace(list(variables.values()))
+
+
+def _base(sp: Mapping[str, Any], kind, spec) -> tuple[list, str]:
+    """The variables the tables start from, and what they are ("preset 'paper'", "function
+    lora_smollm2's own space"; "" when none): a preset, or the kind's own space when no table
+    defines a variable (every table only changes one)."""
+    if "preset" in sp:
+        p = sp.pop("preset")
+        if not isinstance(p, str):
+            raise ConfigError(f"[space] preset = {p!r} must be a string such as \"paper\"")
+        return list(kind.preset(spec, p).variables), f"preset '{p}'"
+    if any(isinstance(t, Mapping) and "type" in t for t in sp.values()):
+        return [], ""
+    default = kind.default_space(spec)
+    if default is None:
+        if not sp:
+            raise ConfigError(f"[space] is missing: a {kind.name} objective needs its search space, e.g. "
+                              "[space.learning_rate] type = \"float\" low = 1e-5 high = 1e-1 log = true")
+        return [], ""
+    return list(default.variables), f"{kind.describe(spec)}'s own space"
