@@ -40,6 +40,14 @@ def test_optimizer_names_and_options():
     ("bo", {"n_init": 0}, "n_init must be >= 1"),
     ("lhs", {"size": 0}, "size must be an integer >= 1"),
     ("direct", {"eps": -1}, "eps must be a number >= 0"),
+    ("genetic", {"pop_size": 2.5}, "pop_size must be a whole number, got 2.5"),
+    ("genetic", {"mutation_rate": 2}, r"mutation_rate is a probability in \[0, 1\]"),
+    ("local_search", {"kick": -1}, "kick >= 0"),
+    ("bo", {"warp": "false"}, "warp must be true or false, got 'false'"),
+    ("bo", {"n_init": "10"}, "n_init must be a whole number, got '10'"),
+    ("grid", {"shuffle": "no"}, "shuffle must be true or false"),
+    ("grid", {"levels": "5"}, r"levels must be a whole number \(or a list, one per variable\)"),
+    ("annealing", {"T0": "1"}, "T0 must be a number, got '1'"),
 ])
 def test_option_values_are_checked_with_the_config(name, options, message):
     """The constructor's checks run when the config is read (check, and run before any study

@@ -98,6 +98,7 @@ def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
                 f"its options are: {', '.join(allowed) or 'none'}"
             )
     try:
+        cls.check_types(dict(options or {}))
         cls.check_values(dict(options or {}))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"optimizer '{name}': bad options {options}: {e}") from e

@@ -119,6 +119,26 @@ class Optimizer:
                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     @classmethod
+    def check_types(cls, options: Mapping[str, Any]) -> None:
+        """TypeError for an option whose value is not of its default's kind: true/false for a
+        flag (the string "false" is not false), a whole number for a count, a number for a
+        real, a string for a name (options taking one value per dimension also take a list;
+        options without a default are not checked here)."""
+        defaults, params = cls.options(), inspect.signature(cls.__init__).parameters
+        for key, value in options.items():
+            default, lists = defaults[key], key in params and "list" in str(params[key].annotation)
+            if default is None or (lists and isinstance(value, (list, tuple))):
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want, ok = {bool: ("true or false", isinstance(value, bool)),
+                        int: ("a whole number", number and isinstance(value, int)),
+                        float: ("a number", number),
+                        str: ("a string", isinstance(value, str))}.get(type(default), ("", True))
+            if not ok:
+                raise TypeError(f"{key} must be {want}{' (or a list, one per variable)' if lists else ''}, "
+                                f"got {value!r}")
+
+    @classmethod
     def check_values(cls, options: Mapping[str, Any]) -> None:
         """Raise TypeError or ValueError for a bad option value, without a dimension and before
         anything runs; the names are checked already. Default: build one for a 2-dimensional

@@ -21,6 +21,10 @@ class GeneticAlgorithm(Optimizer):
         super().__init__(dim, rng, budget)
         if pop_size < 2 or tournament < 1:
             raise ValueError("need pop_size >= 2 and tournament >= 1")
+        if mutation_rate is not None and not 0 <= mutation_rate <= 1:
+            raise ValueError(f"mutation_rate is a probability in [0, 1], got {mutation_rate!r}")
+        if not (alpha >= 0 and mutation_scale > 0):
+            raise ValueError(f"need alpha >= 0 and mutation_scale > 0, got {alpha!r} and {mutation_scale!r}")
         self.mu, self.k, self.alpha = pop_size, tournament, alpha
         self.p_mut = 1.0 / dim if mutation_rate is None else mutation_rate
         self.sigma = mutation_scale

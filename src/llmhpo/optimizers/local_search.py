@@ -19,6 +19,9 @@ class IteratedLocalSearch(Optimizer):
 
     def __init__(self, dim, rng=None, budget=None, step: float = 0.2, step_min: float = 1e-3, kick: float = 0.3):
         super().__init__(dim, rng, budget)
+        if not (0 < step_min <= step and kick >= 0):
+            raise ValueError(f"need 0 < step_min <= step and kick >= 0, got step={step!r}, step_min={step_min!r}, "
+                             f"kick={kick!r}")
         self.step0, self.step_min, self.kick = step, step_min, kick
         self.centre: np.ndarray | None = None
         self.f_centre: float | None = None
