@@ -349,3 +349,19 @@ def test_constraint_relative_to_the_base_model_score(tmp_path, monkeypatch, runn
     assert feasible and summary.best_value == max(r.value for r in feasible)
     if base_seconds:  # the first trial, done at once beside the base model's scoring, waited for its score
         assert done[0].end - done[0].start >= base_seconds - 0.5
+
+
+def test_a_python_objective_of_several_objectives_from_toml_reads_its_dict_without_a_metric(tmp_path):
+    """[study] objectives names the dict's keys: the objective's own value is the first's,
+    as optimize(metrics=...) sets it (before, every trial failed asking for metric)."""
+    (tmp_path / "f.py").write_text("def f(x):\n    return {'a': (x - 0.3) ** 2, 'b': (x - 0.7) ** 2}\n")
+    (tmp_path / "s.toml").write_text(
+        '[study]\nname = "s"\nstorage = "sqlite:///s.db"\nobjectives = [{ metric = "a", direction = "minimize" }, '
+        '{ metric = "b", direction = "minimize" }]\n[budget]\ntrials = 3\n[optimizer]\nname = "random"\n'
+        '[objective]\ntype = "python"\ntarget = "f.py:f"\n[space.x]\ntype = "float"\nlow = 0\nhigh = 1\n')
+    cfg = load_config(tmp_path / "s.toml")
+    assert cfg.objective.metric == "a"
+    run(cfg, quiet=True)
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert all(t.values == [(t.params["x"] - 0.3) ** 2, (t.params["x"] - 0.7) ** 2] for t in trials)

@@ -299,6 +299,8 @@ def _parse(raw: Mapping[str, Any], default_name: str, base_dir: Path) -> Config:
         if table in raw and owner != kind.name:
             raise ConfigError(f"[{table}] is only used with [objective] type = \"{owner}\"; remove it")
     spec = kind.parse(obj, {t: dict(raw[t]) for t in kind.tables if t in raw}, ParseContext(base_dir, study.name))
+    if study.objectives:
+        spec = kind.for_objectives(spec, [o.metric for o in study.objectives])
 
     # [space]
     space = build_space(dict(raw.get("space", {})), kind, spec)

@@ -94,6 +94,11 @@ class ObjectiveKind:
         """The SearchSpace used when the config has no ``[space]``; None when one is required."""
         return None
 
+    def for_objectives(self, spec, metrics: list[str]):
+        """The spec of a study whose ``[study] objectives`` are ``metrics`` (the keys of the
+        result's metrics, in order). Default: unchanged."""
+        return spec
+
     def builtin_priors(self, spec) -> dict[str, Any]:
         """name -> ``llmhpo.priors.Prior``: what ``[space] prior = "builtin"`` puts on the
         variables of this kind's own space that have none. Default: nothing."""

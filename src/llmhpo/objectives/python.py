@@ -18,7 +18,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -178,6 +178,11 @@ class PythonKind(ObjectiveKind):
         if metric is not None and not isinstance(metric, str):
             raise ConfigError(f"[objective] metric = {metric!r} must be a string (the key of the returned dict)")
         return PythonSpec(target, metric, str(ctx.base_dir.resolve()))
+
+    def for_objectives(self, spec: PythonSpec, metrics: list[str]) -> PythonSpec:
+        """A dict's value is read from the first objective's key unless ``metric`` names one
+        (as ``optimize(metrics=...)`` does): several objectives are keys of one dict."""
+        return spec if spec.metric is not None else replace(spec, metric=metrics[0])
 
     def preflight(self, spec: PythonSpec, space, devices=(), fidelity=None, remote=False) -> list[str]:
         fn = load_target(spec)
