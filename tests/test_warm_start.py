@@ -307,3 +307,62 @@ def test_an_unnamed_source_holding_one_study_reads_that_study(tmp_path):
     earlier(tmp_path / "a.db", name="other", rows=ROWS)  # two studies: the name must match or be given
     with pytest.raises(ConfigError, match=r"no study 'new' in .*it holds: old, other"):
         load(config(tmp_path, {"from": ["a.db"]}))
+
+
+def test_python_takes_one_storage_a_path_or_storage_study_pairs(tmp_path):
+    from llmhpo.api import _warm_table
+
+    earlier(tmp_path / "a.db", rows=ROWS)
+    assert _warm_table((), str(tmp_path / "a.db")) == {"from": [str(tmp_path / "a.db")]}
+    assert _warm_table((), tmp_path / "a.db") == {"from": [str(tmp_path / "a.db")]}
+    assert _warm_table((), [(tmp_path / "a.db", "old")]) == {"from": [{"storage": str(tmp_path / "a.db"),
+                                                                      "study": "old"}]}
+    with pytest.raises(ConfigError, match="warm_start_from: 3 is not an earlier study"):
+        _warm_table((), [3])
+    summary = llmhpo.optimize(f, SPACE, trials=2, optimizer="random", quiet=True, warm_start_from=tmp_path / "a.db")
+    assert summary.complete == 2
+
+
+def test_a_source_is_read_without_a_byte_of_it_changing(tmp_path):
+    """A plain Optuna SQLite file stays in its journal mode: no WAL switch, no -wal file."""
+    import hashlib
+
+    earlier(tmp_path / "a.db", rows=ROWS)
+    before = hashlib.sha256((tmp_path / "a.db").read_bytes()).hexdigest()
+    load(config(tmp_path, {"from": ["a.db"]}))
+    assert hashlib.sha256((tmp_path / "a.db").read_bytes()).hexdigest() == before
+    assert not (tmp_path / "a.db-wal").exists()
+
+
+def test_a_float_source_maps_onto_an_integer_and_a_source_without_finite_trials_says_so(tmp_path):
+    earlier(tmp_path / "a.db", rows=[({"lr": 1e-3, "rank": 11.37}, 0.2), ({"lr": 1e-3, "rank": 31.6}, 0.1)])
+    src = load(config(tmp_path, {"from": ["a.db"]})).sources[0]
+    assert len(src.y) == 2 and src.skipped == 0  # ranks 11 and 32
+    study = earlier(tmp_path / "b.db")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=optuna.trial.TrialState.FAIL))
+    with pytest.raises(ConfigError, match="has no complete trial with a finite value; remove it"):
+        load(config(tmp_path, {"from": ["b.db"]}))
+
+
+def test_the_only_study_of_this_studys_own_storage_is_an_earlier_one(tmp_path):
+    earlier(tmp_path / "shared.db", rows=ROWS)  # holds "old" only; this study is "new", in the same file
+    cfg = config(tmp_path, {"from": ["shared.db"]})
+    cfg = Config.from_dict({**cfg.to_dict(), "study": {"name": "new", "storage": "shared.db"}}, base_dir=tmp_path)
+    assert "study 'old'" in load(cfg).sources[0].label
+    cfg = Config.from_dict({**cfg.to_dict(), "study": {"name": "old", "storage": "shared.db"}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="is this study itself"):
+        load(cfg)
+
+
+def test_a_study_resumes_without_a_source_gone_since_it_began(tmp_path, capsys):
+    earlier(tmp_path / "a.db", rows=ROWS)
+    db = f"sqlite:///{tmp_path / 'new.db'}"
+    common = dict(optimizer="random", storage=db, study_name="new",
+                  warm_start_from={"from": [str(tmp_path / "a.db")], "use": "design"})
+    llmhpo.optimize(f, SPACE, trials=2, quiet=True, **common)
+    (tmp_path / "a.db").unlink()
+    llmhpo.optimize(f, SPACE, trials=4, **common)
+    assert f"{tmp_path / 'a.db'}: gone since the study began (it resumed without its trials)" in capsys.readouterr().out
+    assert len(Study.load(db, "new").records()) == 4
+    with pytest.raises(ConfigError, match="does not exist"):  # a new study still needs its sources
+        llmhpo.optimize(f, SPACE, trials=2, quiet=True, **dict(common, study_name="other"))

@@ -3,6 +3,7 @@ Optuna, with any of llmhpo's optimisers, stored and resumable, in parallel proce
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import sys
@@ -32,7 +33,7 @@ def optimize(
     study_name: str | None = None,
     seed: int = 0,
     wall_time: float | str | None = None,
-    warm_start: Iterable[Mapping[str, Any]] = (), warm_start_from: Sequence[str | Mapping] | Mapping | None = None,
+    warm_start: Iterable[Mapping[str, Any]] = (), warm_start_from: Any = None,
     max_repeated_failures: int = 3,
     runner: Mapping[str, Any] | None = None,
     fidelity: Mapping[str, Any] | None = None,
@@ -55,8 +56,9 @@ def optimize(
         by calling again with the same arguments; None keeps the study in memory.
     metrics, directions: several objectives (keys of the returned dict), in place of metric and
         direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
-    warm_start_from: earlier studies ([warm_start] from): storage URLs or ``{"storage", "study"}``
-        dicts, or the table, e.g. ``{"from": ["sqlite:///a.db"], "study": "a", "use": "design"}``.
+    warm_start_from: earlier studies ([warm_start] from): a storage URL or path, or a list of
+        them, of ``{"storage", "study"}`` mappings or of (storage, study) pairs; or the table, e.g.
+        ``{"from": ["sqlite:///a.db"], "study": "a", "use": "design"}``.
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
@@ -103,9 +105,23 @@ def _warm_table(warm_start: Iterable[Mapping[str, Any]], sources: Any) -> list |
     listed = [dict(w) for w in warm_start]
     if sources is None:
         return listed
-    table = dict(sources) if isinstance(sources, Mapping) else {"from": [s if isinstance(s, str) else dict(s)
-                                                                         for s in sources]}
+    if isinstance(sources, (str, os.PathLike)):  # one storage
+        sources = [sources]
+    table = dict(sources) if isinstance(sources, Mapping) else {"from": [_source(s) for s in sources]}
     return {**table, **({"configs": listed} if listed else {})}
+
+
+def _source(s: Any) -> Any:
+    """One earlier study as ``[warm_start] from`` lists it: a storage (str or path), a
+    ``{"storage", "study"}`` mapping, or a (storage, study) pair."""
+    if isinstance(s, (str, os.PathLike)):
+        return os.fspath(s)
+    if isinstance(s, Mapping):
+        return dict(s)
+    if isinstance(s, tuple) and len(s) == 2:
+        return {"storage": os.fspath(s[0]), "study": s[1]}
+    raise ConfigError(f"warm_start_from: {s!r} is not an earlier study; give a storage (\"sqlite:///earlier.db\" "
+                      "or a path), a {\"storage\": ..., \"study\": ...} mapping or a (storage, study) pair")
 
 
 def _goal(direction: str, metric: str | None, metrics: Sequence[str] | None,

@@ -337,7 +337,7 @@ def _rdb(url: str, path: Path | None) -> BaseStorage:
     return storage
 
 
-def open_storage(url: str | None) -> BaseStorage:
+def open_storage(url: str | None, read_only: bool = False) -> BaseStorage:
     """An Optuna storage from its URL: sqlite:///file.db, postgresql://..., mysql://...,
     journal:///path/file.log (Optuna's journal file, for a shared disk without a database
     server), or None for memory. Every call to it waits out a busy database
@@ -347,7 +347,10 @@ def open_storage(url: str | None) -> BaseStorage:
     and closing any descriptor of the file drops them all, for every SQLite connection of the
     process. A driver without its locks looks gone to the next process that closes the file
     (`llmhpo status`), which then checkpoints and deletes the WAL under it; the driver's
-    later writes went to the deleted WAL, seen by no other process."""
+    later writes went to the deleted WAL, seen by no other process.
+
+    read_only: an earlier study's storage that is only read (``[warm_start] from``): a SQLite
+    file is neither created nor switched to WAL mode (its bytes stay as they were)."""
     if url is None:
         return optuna.storages.InMemoryStorage()
     if url.startswith("journal://"):
@@ -362,11 +365,11 @@ def open_storage(url: str | None) -> BaseStorage:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         path = Path(url[len("sqlite:///"):])
         check_sqlite_file(path)
-        if not path.exists():
+        if not path.exists() and not read_only:
             _create_sqlite(path)
     for attempt in range(5):
         try:
-            return PatientStorage(retrying(lambda: _rdb(url, path), shown(url)), shown(url))
+            return PatientStorage(retrying(lambda: _rdb(url, None if read_only else path), shown(url)), shown(url))
         except StudyError:
             raise
         except Exception as e:  # a wrong URL or a missing driver; or another process creating the tables

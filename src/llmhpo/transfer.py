@@ -52,6 +52,8 @@ class Transfer:
 
     use: str
     sources: list[Source] = field(default_factory=list)
+    #: sources whose file is gone since the study began: a resume goes on without them
+    gone: list[str] = field(default_factory=list)
 
     def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(X (n, d), y (n,)) per source: the optimiser's prior data (``Optimizer.set_earlier``)."""
@@ -86,7 +88,8 @@ class Transfer:
 
     def record(self) -> dict[str, Any]:
         """What the study keeps of it (a study user attribute)."""
-        return {"use": self.use, "sources": [s.summary() for s in self.sources]}
+        return {"use": self.use, "sources": [s.summary() for s in self.sources],
+                **({"gone": list(self.gone)} if self.gone else {})}
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -94,7 +97,8 @@ def describe(record: dict[str, Any]) -> str:
     the report show it."""
     parts = [f"{s['source']}: {s['trials']} trials" + (f" ({s['skipped']} outside this space, skipped)"
                                                        if s.get("skipped") else "") for s in record["sources"]]
-    return "; ".join(parts) + f" (use = \"{record['use']}\")"
+    gone = [f"{g}: gone since the study began (it resumed without its trials)" for g in record.get("gone", [])]
+    return "; ".join(parts + gone) + f" (use = \"{record['use']}\")"
 
 
 def design_size(config: Config) -> int:
@@ -106,46 +110,70 @@ def load(config: Config) -> Transfer | None:
     """Read every source of ``config.warm_from`` (None without one). Raises ConfigError, one
     line each, before any compute: a storage that does not exist, a study it does not hold
     (naming those it holds), a study of several objectives, no variable in common with this
-    space, or no complete trial that fits it."""
+    space, or no complete trial that fits it. A source whose file is gone when a stored study
+    resumes is skipped and named (``Transfer.gone``): the study goes on without its trials."""
     wf = config.warm_from
     if wf is None:
         return None
     out = Transfer(wf.use)
     for raw, name in wf.sources:
-        url = storage_url(raw, Path(config.base_dir))
-        if url == config.study.storage and (name or config.study.name) == config.study.name:
-            raise ConfigError(f"[warm_start] from: {raw!r} is this study itself; name an earlier study "
-                              "(from = [{ storage = ..., study = \"name\" }])")
-        out.sources.append(_read(config, url, name, wf.max_trials))
+        try:
+            out.sources.append(_read(config, storage_url(raw, Path(config.base_dir)), name, wf.max_trials, raw))
+        except _Gone:
+            if not _resumes(config):
+                raise
+            out.gone.append(str(raw))
     return out
 
 
-def _read(config: Config, url: str, name: str | None, max_trials: int | None) -> Source:
+class _Gone(ConfigError):
+    """A source's file is not there."""
+
+
+def _resumes(config: Config) -> bool:
+    """Whether the run resumes a stored study (then a source gone since it began is skipped)."""
+    from llmhpo.storage import file_path, open_storage
+
+    path = file_path(config.study.storage)
+    if config.study.storage is None or (path is not None and not path.is_file()):
+        return False
+    storage = open_storage(config.study.storage, read_only=True)
+    return config.study.name in [s.study_name for s in storage.get_all_studies()]
+
+
+def _read(config: Config, url: str, name: str | None, max_trials: int | None, raw: Any = None) -> Source:
     """One source's complete trials mapped into ``config.space``; name None: the study named
-    as this one, or the only study the storage holds."""
+    as this one, or the only study the storage holds. Opened read-only: nothing of the
+    source's file changes."""
     import optuna
     from optuna.trial import TrialState
 
-    from llmhpo.storage import open_storage
-
-    from llmhpo.storage import PATHS_HINT, check_sqlite_file, file_path
+    from llmhpo.storage import PATHS_HINT, check_sqlite_file, file_path, open_storage
 
     path = file_path(url)
     if path is not None:  # a file: read, never created (opening a journal that is not there makes one)
         if path.is_dir():
             raise ConfigError(f"[warm_start] from: {path} is a folder; give an earlier study's storage file")
         if not path.is_file():
-            raise ConfigError(f"[warm_start] from: {path} does not exist; give the path of an earlier "
-                              f"study's storage ({PATHS_HINT}; from Python, relative to the working folder)")
+            raise _Gone(f"[warm_start] from: {path} does not exist; give the path of an earlier "
+                        f"study's storage ({PATHS_HINT}; from Python, relative to the working folder)")
         if url.startswith("sqlite:///"):
             try:
                 check_sqlite_file(path, "[warm_start] from")
             except StudyError as e:
-                raise ConfigError(f"[warm_start] from: {e}") from None
-    storage = open_storage(url)
+                journal = " (an Optuna journal file? write journal:///PATH)" \
+                    if "SQLite" in str(e) and path.suffix in (".log", ".jsonl", ".journal") else ""
+                raise ConfigError(f"[warm_start] from: {e}{journal}") from None
+    try:
+        storage = open_storage(url, read_only=True)
+    except StudyError as e:
+        raise ConfigError(f"[warm_start] from: {e}") from None
     names = [s.study_name for s in storage.get_all_studies()]
     if name is None:  # not named: this study's name, or the one study there is
         name = names[0] if len(names) == 1 else config.study.name
+    if url == config.study.storage and name == config.study.name:
+        raise ConfigError(f"[warm_start] from: {raw or url!r} is this study itself; name an earlier study "
+                          "(from = [{ storage = ..., study = \"name\" }])")
     label = f"study '{name}' in {url}"
     if name not in names:
         held = ", ".join(names) if names else "no study"
@@ -181,13 +209,16 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None) ->
         why = f" ({skipped} outside this space)" if skipped else ""
         fix = "raise [warm_start] max_trials or remove it from [warm_start] from" if max_trials is not None \
             else "remove it from [warm_start] from"
-        raise ConfigError(f"[warm_start] from: {label} has no complete trial that fits this space{why}; {fix}")
+        what = "no complete trial that fits this space" if trials else "no complete trial with a finite value"
+        raise ConfigError(f"[warm_start] from: {label} has {what}{why}; {fix}")
     return Source(label, np.asarray(X, dtype=float).reshape(len(X), space.dim), np.asarray(y), numbers, skipped)
 
 
 def _native(space: SearchSpace, name: str, value: Any) -> Any:
-    """A source's value as this space's variable takes it: a whole float for an integer (a
-    source that searched the variable as a float)."""
-    if isinstance(space.variables[space.names.index(name)], Int) and isinstance(value, float) and value.is_integer():
-        return int(value)
+    """A source's value as this space's variable takes it: a float rounded to the nearest
+    integer for an integer variable (a source that searched it as a float; the range is
+    checked on the rounded value)."""
+    if isinstance(space.variables[space.names.index(name)], Int) and isinstance(value, float) \
+            and np.isfinite(value):
+        return int(round(value))
     return value
