@@ -104,3 +104,12 @@ def test_cli_bench_prints_why_vs_random_is_empty():
                                  "--seeds", "2"])
     assert r.exit_code == 0, r.output
     assert "vs random: needs at least 5 seeds for a paired test (ran 2)" in " ".join(r.output.split())
+
+
+def test_cli_bench_dim_applies_to_functions_of_any_dimension_and_says_when_random_did_not_run():
+    r = CliRunner().invoke(app, ["bench", "--optimizers", "lhs", "--functions", "branin,ackley", "--dim", "3",
+                                 "--budget", "3", "--seeds", "1"])
+    assert r.exit_code == 0, r.output
+    assert "- (no random run)" in r.output and "1 shifted seed" in r.output
+    bad = CliRunner().invoke(app, ["bench", "--optimizers", "lhs", "--functions", "branin", "--dim", "3"])
+    assert bad.exit_code == 2 and "none of branin is defined in any dimension; drop --dim" in bad.output

@@ -91,3 +91,23 @@ def test_a_space_beyond_the_recorded_box_is_refused_and_a_renamed_one_runs(tmp_p
     (tmp_path / "bad.toml").write_text(base + wide)
     with pytest.raises(ConfigError, match=r"\[space\] learning_rate: .*own box \[0, 1\].*remove \[space\]"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_rungs_below_a_quarter_of_max_are_refused_where_the_recording_has_none(tmp_path):
+    """Its learning curve holds steps 4, 8, 16 scaled onto [max / 4, max]: lower rungs would all
+    score as max / 4, so a study or a bench that asks for them stops before any trial."""
+    from typer.testing import CliRunner
+
+    from llmhpo.cli import app
+    from llmhpo.config import load_config
+
+    base = '[study]\nname = "r"\n[objective]\ntype = "function"\nname = "lora_smollm2"\n[optimizer]\nname = "random"\n' \
+           '[budget]\nresource = 100\n[fidelity]\n'
+    (tmp_path / "s.toml").write_text(base + "min = 1\nmax = 27\n")
+    with pytest.raises(ConfigError, match=r"\[fidelity\] min = 1: .*below max / 4 = 6.75 scores the same"):
+        load_config(tmp_path / "s.toml")
+    (tmp_path / "s.toml").write_text(base + "min = 4\nmax = 16\neta = 2\n")
+    assert load_config(tmp_path / "s.toml").fidelity.min == 4
+    r = CliRunner().invoke(app, ["bench", "--scheduler", "asha", "--optimizers", "random", "--functions",
+                                 "lora_smollm2", "--budget", "3", "--seeds", "1"])
+    assert r.exit_code == 2 and "--fidelity MIN = 1: function 'lora_smollm2'" in " ".join(r.output.split())

@@ -406,6 +406,7 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
         raise ConfigError(f"[fidelity] eta = {eta} must be at least 2")
     if not 0 < r_min < r_max:
         raise ConfigError(f"[fidelity] min = {r_min} and max = {r_max} need 0 < min < max")
+    kind.check_fidelity(spec, r_min, r_max)
     if r_max / r_min < eta:
         raise ConfigError(f"[fidelity] max / min = {r_max / r_min:g} is below eta = {eta}: there would be one rung; "
                           f"lower min to at most {r_max / eta:g} or lower eta")

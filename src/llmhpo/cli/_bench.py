@@ -20,9 +20,11 @@ def bench(
                                    "under another label (ablations: 'bo,bo_rbf=bo' with --option bo_rbf.kernel=rbf)."),
     functions: str = typer.Option("branin,hartmann6,himmelblau", help="Comma-separated functions, or 'all'."),
     budget: int = typer.Option(50, help="Evaluations per run."),
-    seeds: int = typer.Option(10, help="Repeats (seeds 0..S-1): each seed shifts the function's optimum."),
+    seeds: int = typer.Option(10, help="Repeats (seeds 0..S-1): each seed shifts the function's optimum (not "
+                              "lora_smollm2's: a recorded landscape; seeds vary the optimiser)."),
     workers: int = typer.Option(1, help="Parallel processes."),
-    dim: Optional[int] = typer.Option(None, help="Dimension for functions defined in any dimension."),
+    dim: Optional[int] = typer.Option(None, help="Dimension for functions defined in any dimension (the others "
+                                      "keep their own)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every run's history and the summary as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Also print the tables as Markdown."),
     batch: int = typer.Option(1, "--batch", help="Points asked at a time (q); evaluations are counted one by one."),
@@ -45,7 +47,7 @@ def bench(
     a known final optimum: the resource each method needs to reach the regret that full-fidelity
     random search reaches with its whole budget."""
     from llmhpo.lab.bench import BUDGETS, plot_convergence, run_bench, runs_to_json, summarise
-    from llmhpo.objectives.functions import FUNCTION_NAMES, get_function
+    from llmhpo.objectives.functions import FUNCTION_NAMES, any_dimension, get_function, recorded
 
     if scheduler is not None:
         return _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out, markdown, scheduler,
@@ -55,6 +57,10 @@ def bench(
         fns = FUNCTION_NAMES if functions == "all" else [f.strip() for f in functions.split(",") if f.strip()]
         for f in fns:
             get_function(f, None)
+        if dim is not None and not any(any_dimension(f) for f in fns):
+            raise ConfigError(f"--dim {dim}: none of {', '.join(fns)} is defined in any dimension; drop --dim")
+        if dim is not None:
+            get_function(next(f for f in fns if any_dimension(f)), dim)  # a bad dim, now
         if budget < 1 or seeds < 1 or workers < 1 or batch < 1:
             raise ConfigError("--budget, --seeds, --workers and --batch must be at least 1")
     except LlmhpoError as e:
@@ -68,7 +74,8 @@ def bench(
     budgets = [b for b in BUDGETS if b < budget] + [budget]
     summaries = {b: summarise(rows, b) for b in budgets}
     summary = summaries[budget]
-    totals = _print_tables(summaries, budget, batch, seeds, markdown)
+    seeds_are = f"{seeds} {'shifted ' if not any(map(recorded, fns)) else ''}seed{'s' if seeds > 1 else ''}"
+    totals = _print_tables(summaries, budget, batch, seeds_are, markdown)
     if plots:
         for path in plot_convergence(rows, plots):
             err.print(f"wrote {path}")
@@ -112,7 +119,7 @@ def _specs(optimizers: str, option: list[str]) -> list:
     return specs
 
 
-def _print_tables(summaries: dict[int, list[dict]], budget: int, batch: int, seeds: int, markdown: bool) -> list:
+def _print_tables(summaries: dict[int, list[dict]], budget: int, batch: int, seeds: str, markdown: bool) -> list:
     """The regret table at the full budget and the ranks over all functions (with --markdown,
     both at every budget); returns the overall ranks at the full budget."""
     from llmhpo.lab.bench import markdown_table, overall, overall_markdown, vs_random_cell, vs_random_note
@@ -120,7 +127,7 @@ def _print_tables(summaries: dict[int, list[dict]], budget: int, batch: int, see
     summary = summaries[budget]
     # the 95% CI and the mean are in --markdown and --json: an 80-column terminal keeps one line per row
     table = Table("function", "optimizer", title=f"best regret after {budget} evaluations (batch {batch}), "
-                                                f"{seeds} shifted seeds")
+                                                f"{seeds}")
     for header in ("median regret", "mean rank", "vs random", "s/run"):
         table.add_column(header, no_wrap=True, justify="right")
     for s in summary:
@@ -131,8 +138,10 @@ def _print_tables(summaries: dict[int, list[dict]], budget: int, batch: int, see
         console.print(note, highlight=False)
     totals = overall(summary)
     table = Table("optimizer", "mean rank", "beats random on", "s/run", title="over all functions")
+    with_random = any(s["optimizer"] == "random" for s in summary)
     for r in totals:
-        table.add_row(r["optimizer"], f"{r['mean_rank']:.2f}", f"{r['better_than_random']}/{r['functions']}",
+        table.add_row(r["optimizer"], f"{r['mean_rank']:.2f}",
+                      f"{r['better_than_random']}/{r['functions']}" if with_random else "- (no random run)",
                       f"{r['mean_seconds']:.1f}")
     console.print(table)
     if markdown:
@@ -149,7 +158,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
     import dataclasses
 
     from llmhpo.lab.bench import MF_OPTIONS, mf_markdown, run_mf_bench, summarise_mf
-    from llmhpo.objectives.functions import get_function
+    from llmhpo.objectives.functions import check_rungs, get_function
     from llmhpo.objectives.synthetic import FunctionObjective
     from llmhpo.optimizers import check_optimizer
     from llmhpo.schedulers import SCHEDULERS
@@ -181,6 +190,7 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
             raise ConfigError(f"--fidelity {fidelity!r} needs 0 < MIN < MAX and ETA >= 2")
         for f in fns:
             get_function(f, None)
+            check_rungs(f, r_min, r_max, "--fidelity MIN")
         if budget < 1 or seeds < 1 or workers < 1 or noise < 0:
             raise ConfigError("--budget, --seeds and --workers must be at least 1, --noise at least 0")
     except LlmhpoError as e:

@@ -31,7 +31,7 @@ import numpy as np
 
 from llmhpo._format import fmt
 from llmhpo.config import Budget, Config, RunnerConfig, StudyConfig
-from llmhpo.objectives.functions import get_function
+from llmhpo.objectives.functions import any_dimension, get_function
 
 
 #: the budgets a summary reports, among those a run reaches
@@ -86,7 +86,7 @@ def run_one(function: str, spec: Spec, budget: int, seed: int, batch: int = 1, d
     from llmhpo.optimizers import make_optimizer
 
     torch.set_num_threads(1)
-    f = get_function(function, dim).shifted(seed)
+    f = get_function(function, dim if any_dimension(function) else None).shifted(seed)
     opt = make_optimizer(spec.optimizer, f.dim, np.random.default_rng(seed), budget, spec.options)
     values: list[float | None] = []
     asks: list[float] = []

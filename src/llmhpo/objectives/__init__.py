@@ -129,6 +129,9 @@ class ObjectiveKind:
         ``("*",)`` for any name; empty when it cannot be run at several fidelities."""
         return ()
 
+    def check_fidelity(self, spec, r_min: float, r_max: float) -> None:
+        """ConfigError when the objective cannot tell rungs r_min .. r_max apart. Default: it can."""
+
     def integer_resource(self, spec, resource: str) -> bool:
         """Whether ``resource`` counts whole units (steps), so that rungs are whole numbers;
         False for a resource that may stop part-way (epochs of data)."""

@@ -192,6 +192,26 @@ FUNCTION_NAMES = [n for n, (make, _, d) in _FUNCTIONS.items() if not make(d).met
 _FUNCTIONS.update(_RECORDED)
 
 
+def any_dimension(name: str) -> bool:
+    """Whether function ``name`` (a known one) is defined in any dimension (takes ``dim``)."""
+    return _FUNCTIONS[name.replace("-", "_")][1] is None
+
+
+def recorded(name: str) -> bool:
+    """Whether function ``name`` is a recorded landscape (``Function.fixed``: seeds do not move it)."""
+    return name.replace("-", "_") in _RECORDED
+
+
+def check_rungs(name: str, r_min: float, r_max: float, where: str = "[fidelity] min") -> None:
+    """ConfigError when a recorded landscape's learning curve cannot tell rungs apart: it holds
+    the recorded schedule (steps 4, 8, 16) scaled onto [max / 4, max], so every rung below
+    max / 4 would score as the rung at max / 4."""
+    if recorded(name) and r_min < r_max / 4 - 1e-9:
+        raise ConfigError(f"{where} = {r_min:g}: function '{name}' is recorded at 1/4, 1/2 and all of max "
+                          f"(steps 4, 8, 16 of 16), so every rung below max / 4 = {r_max / 4:g} scores the same; "
+                          "raise min to at least max / 4 (e.g. min = 4, max = 16, eta = 2)")
+
+
 def get_function(name: str, dim: int | None = None) -> Function:
     """A benchmark function by name; ``dim`` for those defined in any dimension."""
     key = name.replace("-", "_")

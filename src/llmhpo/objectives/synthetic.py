@@ -31,7 +31,7 @@ import numpy as np
 
 from llmhpo.errors import ConfigError, TrialFailed, did_you_mean
 from llmhpo.objectives import Fidelity, ObjectiveKind, ParseContext, Result
-from llmhpo.objectives.functions import get_function
+from llmhpo.objectives.functions import check_rungs, get_function
 from llmhpo.space import Float, SearchSpace
 
 
@@ -154,6 +154,9 @@ class FunctionKind(ObjectiveKind):
 
     def fidelity_resources(self, spec) -> tuple[str, ...]:
         return ("steps",)
+
+    def check_fidelity(self, spec: FunctionSpec, r_min: float, r_max: float) -> None:
+        check_rungs(spec.name, r_min, r_max)
 
     def factory(self, spec: FunctionSpec):
         return functools.partial(FunctionObjective, spec.name, spec.dim, spec.noise)
