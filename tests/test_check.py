@@ -234,9 +234,9 @@ def test_memory_against_the_gpus_cuda_reports(monkeypatch):
     assert check_memory(cfg, (80,))[1] == []  # --gpu-memory replaces the GPUs found
 
 
-def test_check_says_when_the_optimiser_ignores_the_priors(tmp_path):
-    """A prior on a variable of an SOO study: check says SOO does not use it (and says
-    nothing of the kind for bo)."""
+def test_check_and_run_say_when_the_optimiser_ignores_the_priors(tmp_path, capsys):
+    """A prior on a variable of an SOO study: check and the run's start say SOO does not use
+    it (and say nothing of the kind for bo)."""
     body = """[study]\nname = "p"\n[objective]\ntype = "function"\nname = "branin"\n[budget]\ntrials = 5
 [space.x0]\ntype = "float"\nlow = -5\nhigh = 10\nprior = { mode = 2, spread = 1 }
 [space.x1]\ntype = "float"\nlow = 0\nhigh = 15\n[optimizer]\nname = "%s"\n"""
@@ -245,3 +245,8 @@ def test_check_says_when_the_optimiser_ignores_the_priors(tmp_path):
         r = llmhpo("check", f"{opt}.toml", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert ("priors: soo does not use them" in r.stdout) is said, r.stdout
+    from llmhpo.config import load_config
+    from llmhpo.runner import run
+
+    run(load_config(tmp_path / "soo.toml"), quiet=False)
+    assert "priors: soo does not use them" in capsys.readouterr().out

@@ -98,12 +98,11 @@ def check(
         say(f"space: {cfg.space}")
         from llmhpo.optimizers import OPTIMIZERS
 
-        if any(v.prior is not None for v in cfg.space) and not OPTIMIZERS[cfg.optimizer].uses_prior:
-            say(f"priors: {cfg.optimizer} does not use them (bo, the samplers but grid, the metaheuristics "
-                "and the optuna_* samplers do)")
-        if cfg.warm_from is not None and cfg.warm_from.use == "data" and not OPTIMIZERS[cfg.optimizer].takes_earlier:
-            from llmhpo.runner.resume import unused_data_note
+        from llmhpo.runner.resume import unused_data_note, unused_prior_note
 
+        if any(v.prior is not None for v in cfg.space) and not OPTIMIZERS[cfg.optimizer].uses_prior:
+            say(unused_prior_note(cfg.optimizer))
+        if cfg.warm_from is not None and cfg.warm_from.use == "data" and not OPTIMIZERS[cfg.optimizer].takes_earlier:
             say(f"note: {unused_data_note(cfg.optimizer)}")
         if cfg.fidelity is not None:
             fd = cfg.fidelity

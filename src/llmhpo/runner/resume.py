@@ -73,6 +73,8 @@ def restore(config: Config, study: Study, optimizer: Optimizer, scheduler: Sched
             out.fresh.append(optimizer.register(config.space.encode(params, fill_defaults=True), {"warm_start": i}))
     if transfer is not None:
         out.notes += _transferred(config, study, optimizer, transfer, out.fresh)
+    if any(v.prior is not None for v in config.space) and not optimizer.uses_prior:
+        out.notes.append(unused_prior_note(config.optimizer))
     study.save_optimizer_state(optimizer.state_dict())
     return out
 
@@ -90,6 +92,12 @@ def _transferred(config: Config, study: Study, optimizer: Optimizer, transfer: T
     elif not optimizer.takes_earlier:
         notes.append(unused_data_note(config.optimizer))
     return notes
+
+
+def unused_prior_note(optimizer: str) -> str:
+    """The note for priors on the variables with an optimiser that does not use them."""
+    return (f"priors: {optimizer} does not use them (bo, the samplers but grid, the metaheuristics and the "
+            "optuna_* samplers do)")
 
 
 def unused_data_note(optimizer: str) -> str:
