@@ -7,7 +7,7 @@ import pytest
 
 import llmhpo
 from llmhpo.config import Config, load_config
-from llmhpo.errors import ConfigError
+from llmhpo.errors import ConfigError, SetupProblems
 from llmhpo.optimizers import make_optimizer
 from llmhpo.study import Study
 from llmhpo.transfer import load
@@ -215,6 +215,13 @@ def test_check_reports_a_missing_earlier_study_with_the_other_problems(tmp_path)
     bad = Config.from_dict({**cfg.to_dict(), "warm_start": {"from": ["missing.db"]}})
     with pytest.raises(ConfigError, match="does not exist"):
         preflight(bad)
+    (tmp_path / "empty.db").write_bytes(b"")
+    two = Config.from_dict({**cfg.to_dict(), "warm_start": {"from": ["missing.db", "a.db", "empty.db"],
+                                                           "study": "nope"}})
+    with pytest.raises(SetupProblems) as e:  # every earlier study's problem, not only the first
+        preflight(two)
+    assert [p.split(":")[0] for p in e.value.problems] == ["[warm_start] from"] * 3
+    assert "does not exist" in e.value.problems[0] and "no study 'nope'" in e.value.problems[1]
 
 
 def test_run_with_a_missing_earlier_study_stops_with_one_line_and_creates_nothing(tmp_path):

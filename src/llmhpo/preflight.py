@@ -38,10 +38,14 @@ def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
     if config.warm_from is not None:  # earlier studies: their storages, names and trials
         from llmhpo.transfer import load
 
+        found: list = []  # every earlier study's problem, not only the first
         try:
-            lines.append(load(config).line())
+            transfer = load(config, found)
+            if not found:
+                lines.append(transfer.line())
         except LlmhpoError as e:
-            errors.append(e)
+            found.append(e)
+        errors += found
     try:  # the optimiser's options on the real space (per-dimension lists, a grid's levels)
         build_optimizer(config)
     except LlmhpoError as e:

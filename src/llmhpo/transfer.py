@@ -106,23 +106,30 @@ def design_size(config: Config) -> int:
     return int(config.optimizer_options.get("n_init", 10)) if config.optimizer == "bo" else DESIGN_SIZE
 
 
-def load(config: Config) -> Transfer | None:
+def load(config: Config, errors: list[ConfigError] | None = None) -> Transfer | None:
     """Read every source of ``config.warm_from`` (None without one). Raises ConfigError, one
     line each, before any compute: a storage that does not exist, a study it does not hold
     (naming those it holds), a study of several objectives, no variable in common with this
     space, or no complete trial that fits it. A source whose file is gone when a stored study
-    resumes is skipped and named (``Transfer.gone``): the study goes on without its trials."""
+    resumes is skipped and named (``Transfer.gone``): the study goes on without its trials.
+    errors: a list to collect every source's problem in (``llmhpo check``) instead of raising
+    the first."""
     wf = config.warm_from
     if wf is None:
         return None
     out = Transfer(wf.use)
     for raw, name in wf.sources:
         try:
-            out.sources.append(_read(config, storage_url(raw, Path(config.base_dir)), name, wf.max_trials, raw))
-        except _Gone:
-            if not _resumes(config):
+            try:
+                out.sources.append(_read(config, storage_url(raw, Path(config.base_dir)), name, wf.max_trials, raw))
+            except _Gone:
+                if not _resumes(config):
+                    raise
+                out.gone.append(str(raw))
+        except ConfigError as e:
+            if errors is None:
                 raise
-            out.gone.append(str(raw))
+            errors.append(e)
     return out
 
 
