@@ -56,9 +56,8 @@ def optimize(
         by calling again with the same arguments; None keeps the study in memory.
     metrics, directions: several objectives (keys of the returned dict), in place of metric and
         direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
-    warm_start_from: earlier studies ([warm_start] from): a storage URL or path, or a list of
-        them, of ``{"storage", "study"}`` mappings or of (storage, study) pairs; or the table, e.g.
-        ``{"from": ["sqlite:///a.db"], "study": "a", "use": "design"}``.
+    warm_start_from: earlier studies ([warm_start] from): a storage (URL or path); a list of
+        storages, ``{"storage", "study"}`` dicts or (storage, study) pairs; or the table.
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.

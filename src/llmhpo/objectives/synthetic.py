@@ -246,6 +246,12 @@ class SleepKind(FunctionKind):
     def check_space(self, spec: SleepSpec, space: SearchSpace) -> None:
         FunctionKind.check_space(self, FunctionSpec(spec.function, spec.dim), space)
 
+    def check_fidelity(self, spec: SleepSpec, r_min: float, r_max: float) -> None:
+        check_rungs(spec.function, r_min, r_max)
+
+    def builtin_priors(self, spec: SleepSpec) -> dict[str, Any]:
+        return FunctionKind.builtin_priors(self, FunctionSpec(spec.function, spec.dim))
+
     def factory(self, spec: SleepSpec):
         return functools.partial(SleepObjective, spec)
 
