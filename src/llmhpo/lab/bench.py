@@ -356,6 +356,8 @@ class MFRow:
     #: (resource spent so far, noiseless regret) each time a configuration reaches full fidelity
     trace: list[tuple[float, float]]
     seconds: float
+    #: jobs run per rung's resource ("4": 35, "8": 31, ...): how many configurations each rung took
+    jobs: dict[str, int] = field(default_factory=dict)
 
 
 def _mf_row(function: str, method: str, trials: int, seed: int, r_min: float, r_max: float, eta: int,
@@ -389,13 +391,15 @@ def _mf_row(function: str, method: str, trials: int, seed: int, r_min: float, r_
             fidelity=FidelityConfig(r_min, r_max, "steps", eta, scheduler, 0, "ckpt", **keys) if scheduler
             else None)
         run(cfg, quiet=True, preflight=False)
-        spent, trace = 0.0, []
+        spent, trace, jobs = 0.0, [], {}
         for line in log.read_text().splitlines():
             e = json.loads(line)
             spent += e.get("trained", r_max)
+            rung = f"{e.get('steps', r_max):g}"
+            jobs[rung] = jobs.get(rung, 0) + 1
             if e.get("steps", r_max) >= r_max:
                 trace.append((spent, f(list(e["params"].values())) - f.f_min))
-    return MFRow(function, method, seed, budget, trace, time.time() - t0)
+    return MFRow(function, method, seed, budget, trace, time.time() - t0, jobs)
 
 
 def _optuna_pruned(obj, pruner: str, budget: float, seed: int, r_min: float, r_max: float, eta: int,
