@@ -40,18 +40,21 @@ def test_optimizer_names_and_options():
     ("bo", {"n_init": 0}, "n_init must be >= 1"),
     ("lhs", {"size": 0}, "size must be an integer >= 1"),
     ("direct", {"eps": -1}, "eps must be a number >= 0"),
-    ("genetic", {"pop_size": 2.5}, "pop_size must be a whole number, got 2.5"),
+    ("genetic", {"pop_size": 2.5}, "pop_size must be an integer, got 2.5"),
+    ("bo", {"n_init": 5.0}, r"n_init must be an integer \(write 5, not 5.0\)"),
+    ("soo", {"h_max": 2.5}, "h_max must be an integer or a string"),
     ("genetic", {"mutation_rate": 2}, r"mutation_rate is a probability in \[0, 1\]"),
     ("local_search", {"kick": -1}, "kick >= 0"),
     ("bo", {"warp": "false"}, "warp must be true or false, got 'false'"),
-    ("bo", {"n_init": "10"}, "n_init must be a whole number, got '10'"),
+    ("bo", {"n_init": "10"}, "n_init must be an integer, got '10'"),
     ("grid", {"shuffle": "no"}, "shuffle must be true or false"),
-    ("grid", {"levels": "5"}, r"levels must be a whole number \(or a list, one per variable\)"),
+    ("grid", {"levels": "5"}, r"levels must be an integer or a list \(one per variable\)"),
     ("annealing", {"T0": "1"}, "T0 must be a number, got '1'"),
 ])
 def test_option_values_are_checked_with_the_config(name, options, message):
     """The constructor's checks run when the config is read (check, and run before any study
     is created or replaced), not first when the run builds its optimiser."""
+    check_optimizer("soo", {"h_max": 3})  # an option of two kinds takes either
     with pytest.raises(ConfigError, match=rf"optimizer '{name}': bad options .*{message}"):
         check_optimizer(name, options)
 

@@ -373,10 +373,14 @@ def test_a_boolean_choice_takes_its_toml_key_and_a_table_without_type_changes_th
     assert space["x0"].prior == Prior(3.0, 1.0) and space["x0"].default == 2.0 and space["x1"].prior is None
     assert (space["x0"].low, space["x0"].high) == (-5.0, 10.0)  # branin's own box
     p.write_text(head + '[space.x3]\nprior = { mode = 3.0, spread = 1.0 }\n')
-    with pytest.raises(ConfigError, match=r"function branin's own space has no variable 'x3' \(x0, x1\)"):
+    with pytest.raises(ConfigError, match=r"changes prior of variable 'x3', but function branin's own space has no such variable \(it has x0, x1\)"):
         load_config(p)
     p.write_text(head + '[space]\nprior = "builtin"\n')
     with pytest.raises(ConfigError, match="function branin's own space has no built-in prior"):
+        load_config(p)
+    p.write_text(head + '[space.x1]\nprior = { mode = 3.0, spread = 1.0 }\n[space.x0]\ntype = "float"\nlow = 0\nhigh = 1\n')
+    with pytest.raises(ConfigError, match=r"but \[space\] has no such variable \(it has x0\) \(a table with type "
+                                          r"replaces the objective's own space: add preset"):
         load_config(p)
 
 
@@ -389,6 +393,9 @@ def test_the_recorded_benchmark_takes_the_builtin_lora_prior_on_its_unit_coordin
     ours, paper = UnitPrior.from_space(load_config(p).space), UnitPrior.from_space(paper_space())
     X = np.random.default_rng(0).random((64, 5))
     np.testing.assert_allclose(ours.log_pdf(X), paper.log_pdf(X), atol=1e-9)
+    narrowed = "".join(f'[space.x{i}]\ntype = "float"\nlow = 0.05\nhigh = 0.95\n' for i in range(5))
+    p.write_text(p.read_text() + narrowed)  # a narrowed box keeps the prior on the same names
+    assert all(v.prior is not None for v in load_config(p).space)
     p.write_text(p.read_text().replace('[space]\nprior = "builtin"\n', ""))
     assert UnitPrior.from_space(load_config(p).space) is None  # off unless asked for
 
@@ -416,6 +423,8 @@ def test_bad_weights_and_spreads_are_refused_and_numeric_choices_take_toml_keys(
         Float("d", 0, 0.5, prior=Prior(0.1, 1e17))
     lr = Categorical("lr", (1e-4, 2e-4), prior=Prior(weights={"2e-4": 0.7}))
     assert _unit(lr).dims[0].p == pytest.approx((0.3, 0.7))
+    with pytest.raises(ConfigError, match=r"weights name 0.0002 twice \('2E-4' and '0.0002'\)"):
+        Categorical("lr", (1e-4, 2e-4), prior=Prior(weights={"2E-4": 0.5, "0.0002": 0.1}))
     with pytest.raises(ConfigError, match=r'prior = \{ weights = \{ "0.0001" = 0.6 \} \}'):
         Categorical("lr", (1e-4, 2e-4), prior=Prior(1e-4, 0.1))
 
@@ -436,3 +445,17 @@ def test_a_conditional_variables_prior_is_judged_on_the_results_where_it_is_acti
     assert up.supported(X, y) is up
     y_wrong = np.array([0.1, 0.1, 0.11, 0.12, 0.12, 0.13, 0.9, 0.9, 0.5, 0.5])  # the linear best lie away from it
     assert up.supported(X, y_wrong) is None
+
+
+def test_a_python_dict_space_takes_the_keys_of_toml_space():
+    import llmhpo
+    from llmhpo.api import _space_tables
+
+    tables = _space_tables({"x": Float("ignored", 0, 1, prior=Prior(0.5, 0.1)), "prior": "none"})
+    assert tables["prior"] == "none" and tables["x"]["prior"] == {"mode": 0.5, "spread": 0.1}
+    summary = llmhpo.optimize(lambda x: x, {"x": {"type": "float", "low": 0, "high": 1}, "prior": "none"},
+                              trials=2, optimizer="random", quiet=True)
+    assert summary.complete == 2
+    with pytest.raises(ConfigError, match="a python objective has no presets"):
+        llmhpo.optimize(lambda x: x, {"x": {"type": "float", "low": 0, "high": 1}, "preset": "paper"}, trials=2,
+                        optimizer="random", quiet=True)

@@ -369,7 +369,7 @@ def test_a_study_resumes_without_a_source_gone_since_it_began(tmp_path, capsys):
     llmhpo.optimize(f, SPACE, trials=2, quiet=True, **common)
     (tmp_path / "a.db").unlink()
     llmhpo.optimize(f, SPACE, trials=4, **common)
-    assert f"{tmp_path / 'a.db'}: gone since the study began (it resumed without its trials)" in capsys.readouterr().out
+    assert f"{tmp_path / 'a.db'}: gone since the study began (no longer read; what it queued before still runs)" in capsys.readouterr().out
     assert len(Study.load(db, "new").records()) == 4
     with pytest.raises(ConfigError, match="does not exist"):  # a new study still needs its sources
         llmhpo.optimize(f, SPACE, trials=2, quiet=True, **dict(common, study_name="other"))

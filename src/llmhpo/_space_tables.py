@@ -30,26 +30,37 @@ def build_space(sp: dict[str, Any], kind, spec) -> SearchSpace:
     base, source = _base(sp, kind, spec)
     if builtin == "none":
         base = [replace(v, prior=None) for v in base]
-    elif asked == "builtin":
-        own = kind.builtin_priors(spec)
-        base = [replace(v, prior=own[v.name]) if v.prior is None and v.name in own else v for v in base]
-        if not any(v.prior is not None for v in base):
-            raise ConfigError(f"[space] prior = \"builtin\": {source or 'a space of your own'} has no built-in "
-                              "prior; give a variable's own: [space.<name>] prior = { mode = ..., spread = ... }")
+    elif asked == "builtin" and not any(v.prior is not None for v in base) and not kind.builtin_priors(spec):
+        raise ConfigError(f"[space] prior = \"builtin\": {source or 'a space of your own'} has no built-in "
+                          "prior; give a variable's own: [space.<name>] prior = { mode = ..., spread = ... }")
     variables = {v.name: v for v in base}
     for name, table in sp.items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"[space] {name} must be a table such as [space.{name}] type = \"float\" low = 0 high = 1")
-        if "type" not in table and table and set(table) <= set(CHANGES):
-            if name not in variables:
-                known = f" ({', '.join(variables)}){did_you_mean(name, variables)}" if variables else ""
-                raise ConfigError(f"[space.{name}] changes {', '.join(table)} of a variable, but "
-                                  f"{source or 'no preset'} has no variable '{name}'{known}; "
-                                  "give type = ... and its range to add it")
+        if "type" in table or not table or not set(table) <= set(CHANGES):
+            variables[name] = variable_from_dict(dict(table, name=name))  # its conditions are checked with the space
+    for name, table in sp.items():  # then the changes, to any variable (a full table's too)
+        if name not in variables:
+            _no_such_variable(name, table, [*variables, *(n for n in sp if n not in variables)], source)
+        if "type" not in table:
             variables[name] = replace(variables[name], **table)
-            continue
-        variables[name] = variable_from_dict(dict(table, name=name))  # its conditions are checked with the space
+    own = kind.builtin_priors(spec) if asked == "builtin" else {}  # the same names keep them, narrowed or not
+    for name, v in variables.items():
+        p = own.get(name)
+        if v.prior is None and p is not None and getattr(v, "low", None) is not None and v.low <= p.mode <= v.high:
+            variables[name] = replace(v, prior=p)
     return SearchSpace(list(variables.values()))
+
+
+def _no_such_variable(name: str, table: Mapping[str, Any], names: list[str], source: str) -> None:
+    """The error for a table that changes a variable nobody defines."""
+    names = [n for n in names if n != name]
+    known = f" (it has {', '.join(names)}){did_you_mean(name, names)}" if names else ""
+    where = source or "[space]"
+    why = "" if source else (" (a table with type replaces the objective's own space: add preset = ... to keep "
+                             "a preset's variables)")
+    raise ConfigError(f"[space.{name}] changes {', '.join(table)} of variable '{name}', but {where} has no such "
+                      f"variable{known}{why}; give it type = ... and its range to add it")
 
 
 def _base(sp: Mapping[str, Any], kind, spec) -> tuple[list, str]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from llmhpo.config import Config
 from llmhpo.errors import ConfigError
 from llmhpo.runner import RunSummary, run
-from llmhpo.space import SearchSpace, Variable, variable_from_dict
+from llmhpo.space import SearchSpace, Variable
 
 
 def optimize(
@@ -72,12 +72,7 @@ def optimize(
         _check_spawn_safe(objective, module)
     # stored to name the objective in `status`; a lambda's or closure's name is made readable
     target = f"{module}:{re.sub(r'[^A-Za-z0-9_.]', '_', qualname).strip('_.') or 'objective'}"
-    if isinstance(space, Mapping):  # {name: Variable} or TOML-style {name: {type = ..., ...}}
-        space = SearchSpace([replace(v, name=k) if not isinstance(v, Mapping) else
-                             variable_from_dict(dict(v, name=k)) for k, v in space.items()])
-    elif not isinstance(space, SearchSpace):
-        space = SearchSpace(list(space))
-    tables = {d.pop("name"): d for d in space.to_dict()}
+    tables = _space_tables(space)
     goal, metric = _goal(direction, metric, metrics, directions)
     raw: dict[str, Any] = {
         "study": {"name": name, **goal, "seed": seed,
@@ -97,6 +92,23 @@ def optimize(
     if storage is None:
         cfg = replace(cfg, study=replace(cfg.study, storage=None))
     return run(cfg, overwrite=overwrite, progress=progress, quiet=quiet)
+
+
+def _space_tables(space: Any) -> dict[str, Any]:
+    """The [space] tables of ``space``: Variables, a SearchSpace, or a dict as [space] is in
+    TOML ({name: Variable or table}, and the keys ``preset`` and ``prior``)."""
+    if isinstance(space, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in space.items():
+            if isinstance(v, (Mapping, str)):  # a table, or [space]'s own preset / prior
+                out[k] = dict(v) if isinstance(v, Mapping) else v
+            else:
+                out[k] = {key: val for key, val in SearchSpace([replace(v, name=k)]).to_dict()[0].items()
+                          if key != "name"}
+        return out
+    if not isinstance(space, SearchSpace):
+        space = SearchSpace(list(space))
+    return {d.pop("name"): d for d in space.to_dict()}
 
 
 def _warm_table(warm_start: Iterable[Mapping[str, Any]], sources: Any) -> list | dict[str, Any]:

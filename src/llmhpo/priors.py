@@ -90,9 +90,15 @@ class Prior:
             if self.mode is not None or self.spread is not None or not self.weights:
                 raise ConfigError(f"{where} of a categorical gives weights, e.g. prior = "
                                   f"{{ weights = {{ {_toml_key(var.choices[0])} = 0.6 }} }}")
+            named: dict[Any, Any] = {}
             for c, w in self.weights:
-                if _choice(var, c) is None:
+                choice = _choice(var, c)
+                if choice is None:
                     raise ConfigError(f"{where} weights name {c!r}, which is not one of {list(var.choices)}")
+                if choice in named:
+                    raise ConfigError(f"{where} weights name {choice!r} twice ({named[choice]!r} and {c!r}); "
+                                      "keep one")
+                named[choice] = c
                 if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
                     raise ConfigError(f"{where} weight of {c!r} = {w!r} must be a finite number >= 0")
             if sum(w for _, w in self.weights) <= 0 and len(self.weights) >= len(var.choices):

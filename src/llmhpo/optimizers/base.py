@@ -125,18 +125,24 @@ class Optimizer:
         real, a string for a name (options taking one value per dimension also take a list;
         options without a default are not checked here)."""
         defaults, params = cls.options(), inspect.signature(cls.__init__).parameters
+        number = (int, float)
         for key, value in options.items():
-            default, lists = defaults[key], key in params and "list" in str(params[key].annotation)
-            if default is None or (lists and isinstance(value, (list, tuple))):
+            default = defaults[key]
+            if default is None:
                 continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            want, ok = {bool: ("true or false", isinstance(value, bool)),
-                        int: ("a whole number", number and isinstance(value, int)),
-                        float: ("a number", number),
-                        str: ("a string", isinstance(value, str))}.get(type(default), ("", True))
+            # the kinds it takes: its annotation's (``int | str``: a depth or "sqrt"), else its default's
+            note = str(params[key].annotation) if key in params else ""
+            kinds = [k for k in ("bool", "int", "float", "str", "list") if k in note] or [type(default).__name__]
+            ok = any({"bool": isinstance(value, bool), "list": isinstance(value, (list, tuple)),
+                      "int": isinstance(value, int) and not isinstance(value, bool),
+                      "float": isinstance(value, number) and not isinstance(value, bool),
+                      "str": isinstance(value, str)}.get(k, True) for k in kinds)
             if not ok:
-                raise TypeError(f"{key} must be {want}{' (or a list, one per variable)' if lists else ''}, "
-                                f"got {value!r}")
+                words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+                         "list": "a list (one per variable)"}
+                hint = f" (write {int(value)}, not {value})" if "int" in kinds and isinstance(value, float) \
+                    and value.is_integer() else ""
+                raise TypeError(f"{key} must be {' or '.join(words.get(k, k) for k in kinds)}{hint}, got {value!r}")
 
     @classmethod
     def check_values(cls, options: Mapping[str, Any]) -> None:
