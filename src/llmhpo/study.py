@@ -16,7 +16,6 @@ and optuna-dashboard read feasibility.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

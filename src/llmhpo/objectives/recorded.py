@@ -169,9 +169,9 @@ def optimum() -> np.ndarray:
     return units[np.argmax(predict(units))]
 
 
-def unit_priors() -> dict[str, "Prior"]:
-    """The built-in LoRA prior (``finetune.presets.LORA_PRIOR``) on the bench function's unit
-    coordinates x0..x4: each variable's unit coordinate is linear in its value (its logarithm
+def unit_priors() -> dict:
+    """name -> ``llmhpo.priors.Prior``: the built-in LoRA prior (``finetune.presets.LORA_PRIOR``)
+    on the bench function's unit coordinates x0..x4: each variable's unit coordinate is linear in its value (its logarithm
     for a log variable), so a normal there is a normal here, and the same density on the cube."""
     from llmhpo.objectives.finetune.presets import paper_space
     from llmhpo.priors import Prior, unit_dimension

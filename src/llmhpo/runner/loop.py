@@ -31,7 +31,7 @@ from llmhpo.config import Config
 from llmhpo.errors import StudyError, TrialFailed
 from llmhpo.executors import Executor, Outcome
 from llmhpo.goals import evaluate, feasible, told
-from llmhpo.optimizers import Candidate, Optimizer
+from llmhpo.optimizers import Candidate
 from llmhpo.preflight import build_optimizer
 from llmhpo.runner import checkpoints
 from llmhpo.runner.asker import Asker, lookahead
