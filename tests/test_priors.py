@@ -375,9 +375,8 @@ def test_a_boolean_choice_takes_its_toml_key_and_a_table_without_type_changes_th
     p.write_text(head + '[space.x3]\nprior = { mode = 3.0, spread = 1.0 }\n')
     with pytest.raises(ConfigError, match=r"changes prior of variable 'x3', but function branin's own space has no such variable \(it has x0, x1\)"):
         load_config(p)
-    p.write_text(head + '[space]\nprior = "builtin"\n')
-    with pytest.raises(ConfigError, match="function branin's own space has no built-in prior"):
-        load_config(p)
+    p.write_text(head + '[space]\nprior = "builtin"\n')  # the default, written out: nothing to add here
+    assert UnitPrior.from_space(load_config(p).space) is None
     p.write_text(head + '[space.x1]\nprior = { mode = 3.0, spread = 1.0 }\n[space.x0]\ntype = "float"\nlow = 0\nhigh = 1\n')
     with pytest.raises(ConfigError, match=r"but \[space\] has no such variable \(it has x0\) \(a table with type "
                                           r"replaces the objective's own space: add preset"):
@@ -456,6 +455,8 @@ def test_a_python_dict_space_takes_the_keys_of_toml_space():
     summary = llmhpo.optimize(lambda x: x, {"x": {"type": "float", "low": 0, "high": 1}, "prior": "none"},
                               trials=2, optimizer="random", quiet=True)
     assert summary.complete == 2
+    conditional = {"s": Categorical("ignored", ("a", "b")), "w": Float("ignored", 0, 1, when={"s": ["b"]})}
+    assert _space_tables(conditional)["w"]["when"] == {"s": ["b"]}  # each Variable alone, its condition kept
     with pytest.raises(ConfigError, match="a python objective has no presets"):
         llmhpo.optimize(lambda x: x, {"x": {"type": "float", "low": 0, "high": 1}, "preset": "paper"}, trials=2,
                         optimizer="random", quiet=True)

@@ -356,7 +356,10 @@ def test_the_only_study_of_this_studys_own_storage_is_an_earlier_one(tmp_path):
     cfg = config(tmp_path, {"from": ["shared.db"]})
     cfg = Config.from_dict({**cfg.to_dict(), "study": {"name": "new", "storage": "shared.db"}}, base_dir=tmp_path)
     assert "study 'old'" in load(cfg).sources[0].label
-    cfg = Config.from_dict({**cfg.to_dict(), "study": {"name": "old", "storage": "shared.db"}}, base_dir=tmp_path)
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'shared.db'}", study_name="new")  # as after a first run
+    assert "study 'old'" in load(cfg).sources[0].label  # a resume still reads the other one
+    cfg = Config.from_dict({**cfg.to_dict(), "study": {"name": "old", "storage": "shared.db"},
+                            "warm_start": {"from": [{"storage": "shared.db", "study": "old"}]}}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="is this study itself"):
         load(cfg)
 
@@ -373,3 +376,19 @@ def test_a_study_resumes_without_a_source_gone_since_it_began(tmp_path, capsys):
     assert len(Study.load(db, "new").records()) == 4
     with pytest.raises(ConfigError, match="does not exist"):  # a new study still needs its sources
         llmhpo.optimize(f, SPACE, trials=2, quiet=True, **dict(common, study_name="other"))
+    with pytest.raises(ConfigError, match="does not exist"):  # and so does one started again
+        llmhpo.optimize(f, SPACE, trials=2, quiet=True, overwrite=True, **common)
+    assert len(Study.load(db, "new").records()) == 4  # refused before anything was replaced
+
+
+def test_a_source_with_another_schema_gets_no_table_it_lacks(tmp_path):
+    import sqlite3
+
+    earlier(tmp_path / "a.db", rows=ROWS)
+    con = sqlite3.connect(tmp_path / "a.db")
+    con.execute("DROP TABLE trial_heartbeats")
+    con.commit()
+    con.close()
+    before = (tmp_path / "a.db").read_bytes()
+    load(config(tmp_path, {"from": ["a.db"]}))
+    assert (tmp_path / "a.db").read_bytes() == before

@@ -4,8 +4,9 @@ space, and the variables the tables add or change.
 A table with a ``type`` defines a variable (``space.variable_from_dict``); one without,
 holding only ``prior``, ``default`` and ``when``, changes that key of a variable the preset
 (or the kind's own space) has. ``[space] prior = "none"`` drops the priors a preset comes
-with; ``"builtin"`` (the default) keeps them, and said explicitly asks for the kind's built-in
-prior where its space has none of its own (``ObjectiveKind.builtin_priors``).
+with; ``"builtin"`` (the default) keeps them, and said explicitly also asks for the kind's
+built-in prior where its space has none of its own (``ObjectiveKind.builtin_priors``; a kind
+without one: nothing more).
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ def build_space(sp: dict[str, Any], kind, spec) -> SearchSpace:
     base, source = _base(sp, kind, spec)
     if builtin == "none":
         base = [replace(v, prior=None) for v in base]
-    elif asked == "builtin" and not any(v.prior is not None for v in base) and not kind.builtin_priors(spec):
-        raise ConfigError(f"[space] prior = \"builtin\": {source or 'a space of your own'} has no built-in "
-                          "prior; give a variable's own: [space.<name>] prior = { mode = ..., spread = ... }")
     variables = {v.name: v for v in base}
     for name, table in sp.items():
         if not isinstance(table, Mapping):
@@ -46,9 +44,11 @@ def build_space(sp: dict[str, Any], kind, spec) -> SearchSpace:
             variables[name] = replace(variables[name], **table)
     own = kind.builtin_priors(spec) if asked == "builtin" else {}  # the same names keep them, narrowed or not
     for name, v in variables.items():
-        p = own.get(name)
-        if v.prior is None and p is not None and getattr(v, "low", None) is not None and v.low <= p.mode <= v.high:
-            variables[name] = replace(v, prior=p)
+        if v.prior is None and own.get(name) is not None:
+            try:  # a range narrowed past the prior (its mode outside, or far narrower than it) goes without
+                variables[name] = replace(v, prior=own[name])
+            except ConfigError:
+                pass
     return SearchSpace(list(variables.values()))
 
 

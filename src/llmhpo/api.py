@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from llmhpo.config import Config
 from llmhpo.errors import ConfigError
 from llmhpo.runner import RunSummary, run
-from llmhpo.space import SearchSpace, Variable
+from llmhpo.space import SearchSpace, Variable, variable_to_dict
 
 
 def optimize(
@@ -57,7 +57,7 @@ def optimize(
     metrics, directions: several objectives (keys of the returned dict), in place of metric and
         direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
     warm_start_from: earlier studies ([warm_start] from): a storage (URL or path); a list of
-        storages, ``{"storage", "study"}`` dicts or (storage, study) pairs; or the table.
+        storages, ``{"storage", "study"}`` dicts or (storage, study) pairs (in a list); or the table.
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
@@ -103,8 +103,7 @@ def _space_tables(space: Any) -> dict[str, Any]:
             if isinstance(v, (Mapping, str)):  # a table, or [space]'s own preset / prior
                 out[k] = dict(v) if isinstance(v, Mapping) else v
             else:
-                out[k] = {key: val for key, val in SearchSpace([replace(v, name=k)]).to_dict()[0].items()
-                          if key != "name"}
+                out[k] = {key: val for key, val in variable_to_dict(v).items() if key != "name"}
         return out
     if not isinstance(space, SearchSpace):
         space = SearchSpace(list(space))

@@ -307,6 +307,8 @@ class UnitPrior:
         a uniform start that missed it). In a conditional space only the points where a variable
         is active count for or against its prior."""
         X = np.asarray(X, dtype=float).reshape(-1, self.dim)
+        if not len(X):
+            return []
         best = np.broadcast_to(np.asarray(best, dtype=bool).reshape(len(X), -1), X.shape)
         active = np.ones(X.shape, dtype=bool) if self.active is None or not len(X) else self.active(X)
         out = []

@@ -395,21 +395,7 @@ class SearchSpace:
         return np.clip(out, 0.0, 1.0)
 
     def to_dict(self) -> list[dict[str, Any]]:
-        out = []
-        for v in self.variables:
-            d: dict[str, Any] = {"name": v.name}
-            if isinstance(v, Categorical):
-                d.update(type="categorical", choices=list(v.choices))
-            else:
-                d.update(type="float" if isinstance(v, Float) else "int", low=v.low, high=v.high, log=v.log)
-            if v.default is not None:
-                d["default"] = v.default
-            if v.prior is not None:  # left out when None: a stored study keeps its config hash
-                d["prior"] = v.prior.to_dict()
-            if v.when:  # omitted when empty: an unconditional space serialises (and hashes) as before
-                d["when"] = {p: list(values) for p, values in v.when}
-            out.append(d)
-        return out
+        return [variable_to_dict(v) for v in self.variables]
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> "SearchSpace":
@@ -477,3 +463,19 @@ def variable_from_dict(item: Any) -> Variable:
         low = float(low) if isinstance(low, int) and not isinstance(low, bool) else low
         high = float(high) if isinstance(high, int) and not isinstance(high, bool) else high
     return cls(name, low, high, log, item.get("default"), prior=item.get("prior"), when=item.get("when") or ())
+
+
+def variable_to_dict(v: Variable) -> dict[str, Any]:
+    """One variable as its table (with ``name``), as a stored config keeps it."""
+    d: dict[str, Any] = {"name": v.name}
+    if isinstance(v, Categorical):
+        d.update(type="categorical", choices=list(v.choices))
+    else:
+        d.update(type="float" if isinstance(v, Float) else "int", low=v.low, high=v.high, log=v.log)
+    if v.default is not None:
+        d["default"] = v.default
+    if v.prior is not None:  # left out when None: a stored study keeps its config hash
+        d["prior"] = v.prior.to_dict()
+    if v.when:  # omitted when empty: an unconditional space serialises (and hashes) as before
+        d["when"] = {p: list(values) for p, values in v.when}
+    return d

@@ -322,16 +322,20 @@ def _create_sqlite(path: Path) -> None:
                 Path(str(f) + side).unlink(missing_ok=True)
 
 
-def _rdb(url: str, path: Path | None) -> BaseStorage:
+def _rdb(url: str, path: Path | None, read_only: bool = False) -> BaseStorage:
     """Optuna's RDB storage (behind its cache, as ``optuna.storages.get_storage`` makes it);
     a SQLite connection waits ``busy_timeout()`` for the lock and begins each write
     transaction with BEGIN IMMEDIATE (the sqlite3 module's implicit BEGIN, before the first
     write, made IMMEDIATE): the write lock is taken before anything is read, so no write
-    fails on a snapshot another connection made stale."""
+    fails on a snapshot another connection made stale. read_only: no table is created (an
+    earlier study's file with another schema stays as it is)."""
     if not url.startswith("sqlite:"):
+        if read_only:
+            return optuna.storages.get_storage(optuna.storages.RDBStorage(url, skip_table_creation=True))
         return optuna.storages.get_storage(url)
     kwargs = {"connect_args": {"timeout": busy_timeout(), "isolation_level": "IMMEDIATE"}}
-    storage = optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
+    storage = optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                                     skip_table_creation=read_only))
     if path is not None and _local_disk(path):
         _fast_sqlite(storage, path)
     return storage
@@ -369,7 +373,8 @@ def open_storage(url: str | None, read_only: bool = False) -> BaseStorage:
             _create_sqlite(path)
     for attempt in range(5):
         try:
-            return PatientStorage(retrying(lambda: _rdb(url, None if read_only else path), shown(url)), shown(url))
+            return PatientStorage(retrying(lambda: _rdb(url, None if read_only else path, read_only), shown(url)),
+                                  shown(url))
         except StudyError:
             raise
         except Exception as e:  # a wrong URL or a missing driver; or another process creating the tables

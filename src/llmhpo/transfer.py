@@ -41,9 +41,10 @@ class Source:
     y: np.ndarray
     numbers: list[int]
     skipped: int  # complete trials outside this space
+    given: str = ""  # the source as [warm_start] from lists it
 
     def summary(self) -> dict[str, Any]:
-        return {"source": self.label, "trials": len(self.y), "skipped": self.skipped}
+        return {"source": self.label, "trials": len(self.y), "skipped": self.skipped, "given": self.given}
 
 
 @dataclass
@@ -106,14 +107,14 @@ def design_size(config: Config) -> int:
     return int(config.optimizer_options.get("n_init", 10)) if config.optimizer == "bo" else DESIGN_SIZE
 
 
-def load(config: Config, errors: list[ConfigError] | None = None) -> Transfer | None:
+def load(config: Config, errors: list[ConfigError] | None = None, overwrite: bool = False) -> Transfer | None:
     """Read every source of ``config.warm_from`` (None without one). Raises ConfigError, one
     line each, before any compute: a storage that does not exist, a study it does not hold
     (naming those it holds), a study of several objectives, no variable in common with this
     space, or no complete trial that fits it. A source whose file is gone when a stored study
     resumes is skipped and named (``Transfer.gone``): the study goes on without its trials.
     errors: a list to collect every source's problem in (``llmhpo check``) instead of raising
-    the first."""
+    the first; overwrite: the stored study is replaced, not resumed (every source must be there)."""
     wf = config.warm_from
     if wf is None:
         return None
@@ -123,7 +124,7 @@ def load(config: Config, errors: list[ConfigError] | None = None) -> Transfer | 
             try:
                 out.sources.append(_read(config, storage_url(raw, Path(config.base_dir)), name, wf.max_trials, raw))
             except _Gone:
-                if not _resumes(config):
+                if overwrite or str(raw) not in _began_with(config):
                     raise
                 out.gone.append(str(raw))
         except ConfigError as e:
@@ -137,15 +138,21 @@ class _Gone(ConfigError):
     """A source's file is not there."""
 
 
-def _resumes(config: Config) -> bool:
-    """Whether the run resumes a stored study (then a source gone since it began is skipped)."""
+def _began_with(config: Config) -> list[str]:
+    """The sources (as ``from`` lists them) the stored study recorded at its last start
+    (``Transfer.record``, with each source as given and those already gone); [] for a new
+    study. Only these may be gone on a resume."""
     from llmhpo.storage import file_path, open_storage
 
     path = file_path(config.study.storage)
     if config.study.storage is None or (path is not None and not path.is_file()):
-        return False
+        return []
     storage = open_storage(config.study.storage, read_only=True)
-    return config.study.name in [s.study_name for s in storage.get_all_studies()]
+    for s in storage.get_all_studies():
+        if s.study_name == config.study.name:
+            record = s.user_attrs.get("warm_start_from") or {}
+            return [*(x.get("given", "") for x in record.get("sources", [])), *record.get("gone", [])]
+    return []
 
 
 def _read(config: Config, url: str, name: str | None, max_trials: int | None, raw: Any = None) -> Source:
@@ -176,8 +183,9 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None, ra
     except StudyError as e:
         raise ConfigError(f"[warm_start] from: {e}") from None
     names = [s.study_name for s in storage.get_all_studies()]
-    if name is None:  # not named: this study's name, or the one study there is
-        name = names[0] if len(names) == 1 else config.study.name
+    if name is None:  # not named: the one study there is (besides this one), else this study's name
+        others = [n for n in names if not (url == config.study.storage and n == config.study.name)]
+        name = others[0] if len(others) == 1 else config.study.name
     if url == config.study.storage and name == config.study.name:
         raise ConfigError(f"[warm_start] from: {raw or url!r} is this study itself; name an earlier study "
                           "(from = [{ storage = ..., study = \"name\" }])")
@@ -218,7 +226,8 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None, ra
             else "remove it from [warm_start] from"
         what = "no complete trial that fits this space" if trials else "no complete trial with a finite value"
         raise ConfigError(f"[warm_start] from: {label} has {what}{why}; {fix}")
-    return Source(label, np.asarray(X, dtype=float).reshape(len(X), space.dim), np.asarray(y), numbers, skipped)
+    return Source(label, np.asarray(X, dtype=float).reshape(len(X), space.dim), np.asarray(y), numbers, skipped,
+                  str(raw) if raw is not None else url)
 
 
 def _native(space: SearchSpace, name: str, value: Any) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -125,17 +126,17 @@ class Optimizer:
         real, a string for a name (options taking one value per dimension also take a list;
         options without a default are not checked here)."""
         defaults, params = cls.options(), inspect.signature(cls.__init__).parameters
-        number = (int, float)
         for key, value in options.items():
             default = defaults[key]
-            if default is None:
+            note = str(params[key].annotation) if key in params else ""
+            if default is None or (value is None and "None" in note):
                 continue
             # the kinds it takes: its annotation's (``int | str``: a depth or "sqrt"), else its default's
-            note = str(params[key].annotation) if key in params else ""
             kinds = [k for k in ("bool", "int", "float", "str", "list") if k in note] or [type(default).__name__]
-            ok = any({"bool": isinstance(value, bool), "list": isinstance(value, (list, tuple)),
-                      "int": isinstance(value, int) and not isinstance(value, bool),
-                      "float": isinstance(value, number) and not isinstance(value, bool),
+            flag = isinstance(value, (bool, np.bool_))
+            ok = any({"bool": flag, "list": isinstance(value, (list, tuple)),
+                      "int": isinstance(value, numbers.Integral) and not flag,
+                      "float": isinstance(value, numbers.Real) and not flag,
                       "str": isinstance(value, str)}.get(k, True) for k in kinds)
             if not ok:
                 words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",

@@ -83,7 +83,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
         build_optimizer(config)
     from llmhpo.transfer import load as load_transfer
 
-    transfer = load_transfer(config)  # earlier studies ([warm_start] from): read before any compute
+    transfer = load_transfer(config, overwrite=overwrite)  # earlier studies ([warm_start] from): before any compute
     t_start = time.time()
     note = startup_note(config.runner)
     if note is not None:  # it takes seconds: say why nothing happens
