@@ -96,18 +96,11 @@ def optimize(
 
 def _space_tables(space: Any) -> dict[str, Any]:
     """The [space] tables of ``space``: Variables, a SearchSpace, or a dict as [space] is in
-    TOML ({name: Variable or table}, and the keys ``preset`` and ``prior``)."""
-    if isinstance(space, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in space.items():
-            if isinstance(v, (Mapping, str)):  # a table, or [space]'s own preset / prior
-                out[k] = dict(v) if isinstance(v, Mapping) else v
-            else:
-                out[k] = {key: val for key, val in variable_to_dict(v).items() if key != "name"}
-        return out
-    if not isinstance(space, SearchSpace):
-        space = SearchSpace(list(space))
-    return {d.pop("name"): d for d in space.to_dict()}
+    TOML ({name: Variable or table}, and the keys ``preset`` and ``prior``); the config checks
+    them as it checks a TOML file's."""
+    items = space.items() if isinstance(space, Mapping) else ((v.name, v) for v in space)
+    return {k: v if isinstance(v, str) else dict(v) if isinstance(v, Mapping)  # [space]'s preset / prior, a table
+            else {key: val for key, val in variable_to_dict(v).items() if key != "name"} for k, v in items}
 
 
 def _warm_table(warm_start: Iterable[Mapping[str, Any]], sources: Any) -> list | dict[str, Any]:

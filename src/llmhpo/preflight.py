@@ -38,14 +38,14 @@ def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
     if config.warm_from is not None:  # earlier studies: their storages, names and trials
         from llmhpo.transfer import load
 
-        found: list = []  # every earlier study's problem, not only the first
+        sources: list = []  # every earlier study's problem, not only the first
         try:
-            transfer = load(config, found)
-            if not found:
+            transfer = load(config, sources)
+            if not sources:
                 lines.append(transfer.line())
         except LlmhpoError as e:
-            found.append(e)
-        errors += found
+            sources.append(e)
+        errors += sources
     try:  # the optimiser's options on the real space (per-dimension lists, a grid's levels)
         build_optimizer(config)
     except LlmhpoError as e:

@@ -294,10 +294,10 @@ class UnitPrior:
         dims = [None if j in set(drop) else d for j, d in enumerate(self.dims)]
         return UnitPrior(dims, self.active) if any(d is not None for d in dims) else None
 
-    def contradicted(self, X, best, floor: float = 0.1) -> list[int]:
+    def contradicted(self, X, best, floor: float = 0.1, active=None) -> list[int]:
         """The dimensions whose prior the best results so far contradict. X: (n, d) points
-        evaluated, ``best``: (n,) bool, the best of them (or (n, d): per dimension). Dimension j is contradicted when the
-        best points are, on average, less likely under its prior than under the uniform: the
+        evaluated, ``best``: (n,) bool, the best of them (or (n, d): per dimension). Dimension j
+        is contradicted when the best points are, on average, less likely under its prior than under the uniform: the
         mean over them of log((1 - floor) pi_j(x_j) + floor) is below 0 (the uniform density
         on [0, 1] is 1). The likelihood of the best configurations under the prior against
         another density is how PriorBand (Mallik et al. 2023) weighs a prior against evidence;
@@ -305,12 +305,14 @@ class UnitPrior:
         search has not tested yet is not contradicted: a dimension counts only once two of the
         points lie where its prior is denser than the uniform (a narrow prior is not refuted by
         a uniform start that missed it). In a conditional space only the points where a variable
-        is active count for or against its prior."""
+        is active count for or against its prior (``active``: (n, d) bool, ``self.active(X)``
+        when not given)."""
         X = np.asarray(X, dtype=float).reshape(-1, self.dim)
         if not len(X):
             return []
         best = np.broadcast_to(np.asarray(best, dtype=bool).reshape(len(X), -1), X.shape)
-        active = np.ones(X.shape, dtype=bool) if self.active is None or not len(X) else self.active(X)
+        if active is None:
+            active = np.ones(X.shape, dtype=bool) if self.active is None else self.active(X)
         out = []
         for j, d in enumerate(self.dims):
             chosen = best[:, j] & active[:, j]
@@ -341,10 +343,11 @@ class UnitPrior:
         best = _best(y, np.ones(len(y), dtype=bool))
         if not best.any():
             return None if int((np.asarray(self.log_pdf(X)) > 0).sum()) >= 2 else self
+        act = None
         if self.active is not None:  # a variable's best: among the results that have it
             act = self.active(X)
             best = np.column_stack([_best(y, act[:, j]) for j in range(self.dim)])
-        drop = self.contradicted(X, best, floor)
+        drop = self.contradicted(X, best, floor, act)
         return self.without(drop) if drop else self
 
 

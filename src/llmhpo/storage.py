@@ -336,7 +336,7 @@ def _rdb(url: str, path: Path | None, read_only: bool = False) -> BaseStorage:
     kwargs = {"connect_args": {"timeout": busy_timeout(), "isolation_level": "IMMEDIATE"}}
     storage = optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
                                                                      skip_table_creation=read_only))
-    if path is not None and _local_disk(path):
+    if path is not None and not read_only and _local_disk(path):
         _fast_sqlite(storage, path)
     return storage
 
@@ -373,8 +373,7 @@ def open_storage(url: str | None, read_only: bool = False) -> BaseStorage:
             _create_sqlite(path)
     for attempt in range(5):
         try:
-            return PatientStorage(retrying(lambda: _rdb(url, None if read_only else path, read_only), shown(url)),
-                                  shown(url))
+            return PatientStorage(retrying(lambda: _rdb(url, path, read_only), shown(url)), shown(url))
         except StudyError:
             raise
         except Exception as e:  # a wrong URL or a missing driver; or another process creating the tables

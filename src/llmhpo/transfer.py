@@ -98,7 +98,8 @@ def describe(record: dict[str, Any]) -> str:
     the report show it."""
     parts = [f"{s['source']}: {s['trials']} trials" + (f" ({s['skipped']} outside this space, skipped)"
                                                        if s.get("skipped") else "") for s in record["sources"]]
-    gone = [f"{g}: gone since the study began (no longer read; what it queued before still runs)" for g in record.get("gone", [])]
+    gone = [f"{g}: gone since the study began (no longer read; what it queued before still runs)"
+            for g in record.get("gone", [])]
     return "; ".join(parts + gone) + f" (use = \"{record['use']}\")"
 
 

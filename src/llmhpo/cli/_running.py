@@ -97,11 +97,10 @@ def check(
             + (f" on Ray ({cfg.runner.address or 'a local cluster'})" if cfg.runner.executor == "ray" else ""))
         say(f"space: {cfg.space}")
         from llmhpo.optimizers import OPTIMIZERS
-
         from llmhpo.runner.resume import unused_data_note, unused_prior_note
 
-        if any(v.prior is not None for v in cfg.space) and not OPTIMIZERS[cfg.optimizer].uses_prior:
-            say(unused_prior_note(cfg.optimizer))
+        if (note := unused_prior_note(cfg)) is not None:
+            say(note)
         if cfg.warm_from is not None and cfg.warm_from.use == "data" and not OPTIMIZERS[cfg.optimizer].takes_earlier:
             say(f"note: {unused_data_note(cfg.optimizer)}")
         if cfg.fidelity is not None:

@@ -73,8 +73,8 @@ def restore(config: Config, study: Study, optimizer: Optimizer, scheduler: Sched
             out.fresh.append(optimizer.register(config.space.encode(params, fill_defaults=True), {"warm_start": i}))
     if transfer is not None:
         out.notes += _transferred(config, study, optimizer, transfer, out.fresh)
-    if any(v.prior is not None for v in config.space) and not optimizer.uses_prior:
-        out.notes.append(unused_prior_note(config.optimizer))
+    if (note := unused_prior_note(config)) is not None:
+        out.notes.append(note)
     study.save_optimizer_state(optimizer.state_dict())
     return out
 
@@ -94,10 +94,15 @@ def _transferred(config: Config, study: Study, optimizer: Optimizer, transfer: T
     return notes
 
 
-def unused_prior_note(optimizer: str) -> str:
-    """The note for priors on the variables with an optimiser that does not use them."""
-    return (f"priors: {optimizer} does not use them (bo, the samplers but grid, the metaheuristics and the "
-            "optuna_* samplers do)")
+def unused_prior_note(config: Config) -> str | None:
+    """The note for priors on the variables with an optimiser that does not use them; None
+    when there is none to give."""
+    from llmhpo.optimizers import OPTIMIZERS
+
+    if not any(v.prior is not None for v in config.space) or OPTIMIZERS[config.optimizer].uses_prior:
+        return None
+    return (f"priors: {config.optimizer} does not use them (bo, the samplers but grid, the metaheuristics and "
+            "the optuna_* samplers do)")
 
 
 def unused_data_note(optimizer: str) -> str:
