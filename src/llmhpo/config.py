@@ -89,15 +89,6 @@ class FidelityConfig:
 
         return rungs(self.min, self.max, self.eta, integer=self.integer)
 
-    def caution(self) -> str | None:
-        """A line for ``check`` and the run's start when the keys combine in a way measured to
-        fail (docs/benchmarks.md, multi-fidelity); None otherwise."""
-        if self.model == "all_rungs" and self.promote == "model":
-            return ('[fidelity] model = "all_rungs" with promote = "model": one GP then both proposes configurations '
-                    "and promotes them by the same prediction, and on the learning-curve family this pair reached "
-                    "full-fidelity BO's best in 2 of 10 seeds on hartmann6 (docs/benchmarks.md); set only one of them")
-        return None
-
     def to_dict(self) -> dict[str, Any]:
         """The [fidelity] table (``integer`` is the kind's to say, not the file's; ``model`` and
         ``promote``, keys added after studies were stored, left out at their defaults: their hash stays)."""

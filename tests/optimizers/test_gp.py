@@ -27,6 +27,28 @@ def test_fast_posterior_and_log_ei_equal_botorch(kernel, noise):
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-3)
 
 
+def test_fast_posterior_and_log_ei_equal_botorch_on_the_rung_gap_kernel():
+    """The GP over (configuration, rung) is evaluated through GPyTorch's kernel: the same
+    posterior, variance included (its prior variance is not 1 below the top rung)."""
+    from botorch.acquisition import LogExpectedImprovement
+
+    from llmhpo.optimizers._fidelity_gp import gap_kernel
+
+    rng = np.random.default_rng(1)
+    Z = np.hstack([rng.random((30, 2)), rng.choice([0.0, 0.5, 1.0], (30, 1))])
+    z = warp_outcomes(np.sin(3 * Z[:, :2].sum(1)) + 2.0 * (1.0 - Z[:, 2]))
+    model = fit_gp(Z, z, maxiter=30, covar=gap_kernel(2))
+    Zq = torch.as_tensor(np.hstack([rng.random((40, 2)), rng.random((40, 1))]))
+    with torch.no_grad():
+        post = model.posterior(Zq)
+        mean, std = FastPosterior(model)(Zq)
+        np.testing.assert_allclose(mean.numpy(), post.mean.reshape(-1).numpy(), atol=1e-6)
+        np.testing.assert_allclose(std.numpy(), post.variance.sqrt().reshape(-1).numpy(), atol=1e-6)
+        ours = fast_log_ei(model, float(z.max()))(Zq.unsqueeze(1))
+        ref = LogExpectedImprovement(model, best_f=float(z.max()))(Zq.unsqueeze(1))
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-3)  # far tails: -1e4
+
+
 def test_low_noise_model_interpolates_a_deterministic_function():
     rng = np.random.default_rng(1)
     X = rng.random((30, 2))

@@ -108,8 +108,6 @@ def check(
             say(f"fidelity: {fd.resource} rungs " + ", ".join(fmt(v) for v in fd.rungs())
                 + f" ({fd.scheduler}, eta {fd.eta}); budget {cfg.resource_budget():.6g} {fd.resource}"
                 + f"; model {fd.model}, promote by {fd.promote}")
-            if fd.caution():
-                say(f"note: {fd.caution()}")
         for g in gpu_memory or ():
             if not g > 0:
                 raise ConfigError(f"--gpu-memory {g:g} must be a GPU's memory in GiB, e.g. --gpu-memory 24")

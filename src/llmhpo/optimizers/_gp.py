@@ -172,14 +172,15 @@ def refit_due(n: int, fitted_n: int, fitted: bool = True) -> bool:
 
 
 def fit_gp(X: np.ndarray, y: np.ndarray, kernel: str = "matern", noise: str = "low",
-           warm: dict[str, list] | None = None, maxiter: int | None = None):
+           warm: dict[str, list] | None = None, maxiter: int | None = None, covar=None):
     """X: (n, d) points in [0, 1]; y: (n,) values to *maximise*, standardised (``warp_outcomes``).
 
     kernel: "matern" (Matérn-5/2) or "rbf", both ARD with the dimension-scaled prior;
     noise: "low" (floor 1e-6, Gamma(1.1, 30) prior) or "botorch" (BoTorch's default: floor
     1e-4, LogNormal(-4, 1) prior). warm: hyperparameters of a previous fit
-    (``hyperparameters``) to start from; maxiter: L-BFGS-B iterations at most. Returns the
-    fitted model, in eval mode.
+    (``hyperparameters``) to start from; maxiter: L-BFGS-B iterations at most; covar: a GPyTorch
+    kernel in place of ``kernel``'s (``FastPosterior`` evaluates it through GPyTorch). Returns
+    the fitted model, in eval mode.
     """
     _loaded()
     import torch
@@ -203,7 +204,8 @@ def fit_gp(X: np.ndarray, y: np.ndarray, kernel: str = "matern", noise: str = "l
                                         noise_constraint=GreaterThan(1e-6, transform=None, initial_value=1e-4))
     else:
         likelihood = get_gaussian_likelihood_with_lognormal_prior()
-    covar = get_covar_module_with_dim_scaled_prior(X.shape[1], use_rbf_kernel=kernel == "rbf")
+    if covar is None:
+        covar = get_covar_module_with_dim_scaled_prior(X.shape[1], use_rbf_kernel=kernel == "rbf")
     model = SingleTaskGP(train_X, train_Y, likelihood=likelihood, covar_module=covar, outcome_transform=None)
     if warm:
         with torch.no_grad():
@@ -248,8 +250,10 @@ class FastPosterior:
         import torch
 
         kern = model.covar_module
+        # fit_gp's own kernels written out; any other (a ``covar``) through GPyTorch
+        self.kern = None if type(kern).__name__ in ("MaternKernel", "RBFKernel") else kern
         self.matern = hasattr(kern, "nu")
-        self.inv_ls = 1.0 / kern.lengthscale.detach().reshape(1, -1)
+        self.inv_ls = None if self.kern is not None else 1.0 / kern.lengthscale.detach().reshape(1, -1)
         self.c = model.mean_module.constant.detach()
         self.noise = model.likelihood.noise.detach().reshape(-1)[0]
         self._factor(model.train_inputs[0].detach(), (model.train_targets.detach() - self.c).reshape(-1, 1))
@@ -281,9 +285,12 @@ class FastPosterior:
         self.alpha = torch.cholesky_solve(r, self.L)  # (n, k)
 
     def k(self, A, B):
-        """Kernel matrix (a, b) of A (a, d) and B (b, d); prior variance 1 (standardised data)."""
+        """Kernel matrix (a, b) of A (a, d) and B (b, d); prior variance 1 (standardised data)
+        for fit_gp's own kernels."""
         import torch
 
+        if self.kern is not None:
+            return self.kern(A, B).to_dense()
         sq = (((A[:, None, :] - B[None, :, :]) * self.inv_ls) ** 2).sum(-1)
         if not self.matern:
             return torch.exp(-0.5 * sq)
@@ -298,7 +305,8 @@ class FastPosterior:
         if self.fantasy is None:
             mean = mean[:, 0]
         V = torch.linalg.solve_triangular(self.L, ks.T, upper=False)
-        return mean, (1.0 - (V * V).sum(0)).clamp_min(1e-12).sqrt()
+        prior = 1.0 if self.kern is None else self.kern(x, x, diag=True)
+        return mean, (prior - (V * V).sum(0)).clamp_min(1e-12).sqrt()
 
 
 def fast_log_ei(model, best_f: float, pending=None, fantasies: int = 16):

@@ -96,7 +96,7 @@ class Loop:
                                None if self.best is None else self.best.value, config.study.name,
                                unit="trials" if fd is None else fd.resource)
         self.report.best = self.best
-        for line in [*got.notes, *([fd.caution()] if fd and fd.caution() else [])]:
+        for line in got.notes:
             self.report.note(line)
         executor.on_progress = self.report.progress
         self.trial_seconds: list[float] = []
