@@ -56,8 +56,9 @@ def optimize(
         by calling again with the same arguments; None keeps the study in memory.
     metrics, directions: several objectives (keys of the returned dict), in place of metric and
         direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
-    warm_start_from: earlier studies ([warm_start] from): a storage (URL or path); a list of
-        storages, ``{"storage", "study"}`` dicts or (storage, study) pairs (in a list); or the table.
+    warm_start_from: earlier studies ([warm_start] from): a storage (URL or path) or one
+        (storage, study) pair; a list of storages, ``{"storage", "study"}`` dicts or (storage, study)
+        pairs; or the table.
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
@@ -108,8 +109,8 @@ def _warm_table(warm_start: Iterable[Mapping[str, Any]], sources: Any) -> list |
     listed = [dict(w) for w in warm_start]
     if sources is None:
         return listed
-    if isinstance(sources, (str, os.PathLike)):  # one storage
-        sources = [sources]
+    if isinstance(sources, (str, os.PathLike)) or (isinstance(sources, tuple) and len(sources) == 2):
+        sources = [sources]  # one storage, or one (storage, study) pair
     table = dict(sources) if isinstance(sources, Mapping) else {"from": [_source(s) for s in sources]}
     return {**table, **({"configs": listed} if listed else {})}
 

@@ -43,7 +43,7 @@ RUNG_KERNELS = ("gap", "stationary")
 
 
 def gap_kernel(d: int, rbf: bool = False):
-    """The kernel over (x, s) in [0, 1]^(d + 1) of ``kernel = "gap"``: the score at rung s is
+    """The kernel over (x, s) in [0, 1]^(d + 1) of ``RungsGP(rungs="gap")``: the score at rung s is
     the top rung's score f(x) plus a gap g(x, s) that closes at the top rung,
 
         k((x, s), (x', s')) = k_f(x, x') + (1 - s)(1 - s') c k_g((x, s), (x', s')),
