@@ -237,7 +237,8 @@ class FastPosterior:
     """The posterior of a fitted ``fit_gp`` model written out (Rasmussen & Williams 2006,
     Alg. 2.1) on the model's own hyperparameters: the values of ``model.posterior`` (tested)
     at a tenth of the cost per call, without GPyTorch's machinery; what L-BFGS-B on the
-    acquisition, and BaMSOO's scoring of every child, spend their time on.
+    acquisition, and BaMSOO's scoring of every child, spend their time on. A kernel other than
+    ``fit_gp``'s own Matérn and RBF (the GP over rungs', ``covar``) is evaluated by GPyTorch.
     ``post(x)``: x (b, d) tensor -> mean (b,), std (b,), differentiable.
 
     ``pending``: (p, d) points being evaluated, conditioned on as if observed. With
@@ -248,10 +249,11 @@ class FastPosterior:
 
     def __init__(self, model, pending=None, fantasies: int = 0):
         import torch
+        from gpytorch.kernels import MaternKernel, RBFKernel
 
         kern = model.covar_module
         # fit_gp's own kernels written out; any other (a ``covar``) through GPyTorch
-        self.kern = None if type(kern).__name__ in ("MaternKernel", "RBFKernel") else kern
+        self.kern = None if type(kern) in (MaternKernel, RBFKernel) else kern
         self.matern = hasattr(kern, "nu")
         self.inv_ls = None if self.kern is not None else 1.0 / kern.lengthscale.detach().reshape(1, -1)
         self.c = model.mean_module.constant.detach()
