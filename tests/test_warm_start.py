@@ -394,3 +394,13 @@ def test_a_source_with_another_schema_gets_no_table_it_lacks(tmp_path):
     before = (tmp_path / "a.db").read_bytes()
     load(config(tmp_path, {"from": ["a.db"]}))
     assert (tmp_path / "a.db").read_bytes() == before
+
+
+def test_a_source_trial_whose_value_is_not_finite_is_skipped_and_counted(tmp_path):
+    from llmhpo.transfer import describe
+
+    earlier(tmp_path / "a.db", rows=[*ROWS, ({"lr": 1e-2, "rank": 8.0}, float("inf"))])  # a diverged run
+    t = load(config(tmp_path, {"from": ["a.db"]}))
+    assert len(t.sources[0].y) == 3 and np.isfinite(t.sources[0].y).all()
+    line = describe(t.record())
+    assert "3 trials (1 outside this space, 1 with a value that is not finite, skipped)" in line

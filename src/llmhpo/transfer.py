@@ -42,9 +42,11 @@ class Source:
     numbers: list[int]
     skipped: int  # complete trials outside this space
     given: str = ""  # the source as [warm_start] from lists it
+    not_finite: int = 0  # complete trials whose value is inf or nan (a diverged run): not read
 
     def summary(self) -> dict[str, Any]:
-        return {"source": self.label, "trials": len(self.y), "skipped": self.skipped, "given": self.given}
+        return {"source": self.label, "trials": len(self.y), "skipped": self.skipped, "given": self.given,
+                **({"not_finite": self.not_finite} if self.not_finite else {})}
 
 
 @dataclass
@@ -96,8 +98,12 @@ class Transfer:
 def describe(record: dict[str, Any]) -> str:
     """A study's ``warm_start_from`` record (``Transfer.record``) in one line: ``status`` and
     the report show it."""
-    parts = [f"{s['source']}: {s['trials']} trials" + (f" ({s['skipped']} outside this space, skipped)"
-                                                       if s.get("skipped") else "") for s in record["sources"]]
+    def skipped(s: dict[str, Any]) -> str:
+        why = [f"{s['skipped']} outside this space"] if s.get("skipped") else []
+        why += [f"{s['not_finite']} with a value that is not finite"] if s.get("not_finite") else []
+        return f" ({', '.join(why)}, skipped)" if why else ""
+
+    parts = [f"{s['source']}: {s['trials']} trials{skipped(s)}" for s in record["sources"]]
     gone = [f"{g}: gone since the study began (no longer read; what it queued before still runs)"
             for g in record.get("gone", [])]
     return "; ".join(parts + gone) + f" (use = \"{record['use']}\")"
@@ -202,9 +208,10 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None, ra
                           "warm starts read studies of one objective")
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
-    trials = [t for t in trials if t.value is not None and np.isfinite(t.value)]
     if max_trials is not None:
         trials = trials[-max_trials:]  # the most recent
+    finite = [t for t in trials if t.value is not None and np.isfinite(t.value)]
+    not_finite, trials = len(trials) - len(finite), finite
     space = config.space
     seen = {k for t in trials for k in t.params}
     if trials and not seen & set(space.names):
@@ -228,7 +235,7 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None, ra
         what = "no complete trial that fits this space" if trials else "no complete trial with a finite value"
         raise ConfigError(f"[warm_start] from: {label} has {what}{why}; {fix}")
     return Source(label, np.asarray(X, dtype=float).reshape(len(X), space.dim), np.asarray(y), numbers, skipped,
-                  str(raw) if raw is not None else url)
+                  str(raw) if raw is not None else url, not_finite)
 
 
 def _native(space: SearchSpace, name: str, value: Any) -> Any:
