@@ -115,6 +115,10 @@ def test_changed_config_refuses_to_resume_unless_overwrite(tmp_path):
     assert r.returncode == 2
     assert "exists with a different configuration (changed: optimizer.name)" in r.stderr
     assert "--overwrite" in r.stderr
+    r = llmhpo("check", "s.toml", cwd=tmp_path)  # check says what the run would refuse
+    assert r.returncode == 2 and "exists with a different configuration (changed: optimizer.name)" in r.stderr
+    r = llmhpo("check", "s.toml", "--overwrite", cwd=tmp_path)
+    assert r.returncode == 0 and "--overwrite replaces it" in r.stdout
     (tmp_path / "bad.toml").write_text(GOOD.replace('name = "random"', 'name = "soo"\nK = 1'))
     r = llmhpo("run", "bad.toml", "--no-progress", "--overwrite", cwd=tmp_path)  # refused before replacing
     assert r.returncode == 2 and "K must be an integer >= 2" in r.stderr

@@ -45,7 +45,7 @@ def run_demo(out: Path, trials: int = 6, workers: int = 1, overwrite: bool = Fal
                   f"({', '.join(cfg.space.names)}), {trials} trials")
     from llmhpo.preflight import preflight
 
-    for line in preflight(cfg):
+    for line in preflight(cfg, overwrite=overwrite):
         console.print(f"  {escape(line)}", highlight=False)
 
     summary = run(cfg, overwrite=overwrite, preflight=False)  # the base model is scored in it, once

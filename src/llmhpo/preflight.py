@@ -26,13 +26,21 @@ def build_optimizer(config: Config) -> Optimizer:
                           n_objectives=len(config.study.directions), prior=UnitPrior.from_space(config.space))
 
 
-def preflight(config: Config, found: tuple[str, ...] = ()) -> list[str]:
+def preflight(config: Config, found: tuple[str, ...] = (), overwrite: bool = False) -> list[str]:
     """Lines describing what was found. A single problem is raised as it came (a
     ConfigError stays one); several as SetupProblems listing them all, one line each.
-    found: problems found before (``check``'s memory estimate), reported with the others."""
+    found: problems found before (``check``'s memory estimate), reported with the others;
+    overwrite: as ``run --overwrite``, a study stored with another configuration is to be replaced."""
     lines, errors = [], [SetupProblems(list(found))] if found else []
     try:
         lines.append(f"storage: {check_storage(config.study.storage)}")
+        from llmhpo.study import stored_difference
+
+        if (changed := stored_difference(config)) is not None:  # what the run would refuse
+            if overwrite:
+                lines.append(f"study '{config.study.name}' is stored with another configuration: --overwrite replaces it")
+            else:
+                errors.append(StudyError(changed))
     except LlmhpoError as e:
         errors.append(e)
     if config.warm_from is not None:  # earlier studies: their storages, names and trials

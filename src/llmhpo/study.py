@@ -130,10 +130,7 @@ class Study:
                 optuna.delete_study(study_name=name, storage=storage)  # killed while being created
                 exists = False
             elif old[HASH_KEY] != config.search_hash() and not overwrite:
-                raise StudyError(
-                    f"study '{name}' exists with a different configuration ({_diff(old[CONFIG_KEY], config)}); "
-                    "rerun with --overwrite to replace it, or set another [study] name"
-                )
+                raise StudyError(_changed(name, old[CONFIG_KEY], config))
             elif overwrite and old[HASH_KEY] != config.search_hash():
                 optuna.delete_study(study_name=name, storage=storage)
                 exists = False
@@ -436,6 +433,32 @@ def _record(t: FrozenTrial) -> TrialRecord:
                        t.datetime_complete.timestamp() if t.datetime_complete else None,
                        list(t.values) if done and len(t.values) > 1 else None,
                        None if cons is None else [float(c) for c in cons])
+
+
+def _changed(name: str, old_json: str, config: Config) -> str:
+    return (f"study '{name}' exists with a different configuration ({_diff(old_json, config)}); "
+            "run with --overwrite to replace it, or set another [study] name")
+
+
+def stored_difference(config: Config) -> str | None:
+    """What ``Study.open`` would refuse because a study of this name is stored with another
+    configuration, found without creating or changing anything (``check``); None when the
+    storage, or the study in it, does not exist yet or matches."""
+    from llmhpo.storage import file_path
+
+    url, name = config.study.storage, config.study.name
+    path = file_path(url)
+    if url is None or url == "sqlite:///:memory:" or (path is not None and not path.exists()):
+        return None
+    storage = open_storage(url, read_only=True)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+        old = storage.get_study_system_attrs(study_id)
+    except Exception:  # no such study, or a file without Optuna's tables yet: the run creates them
+        return None
+    if HASH_KEY in old and old[HASH_KEY] != config.search_hash():
+        return _changed(name, old[CONFIG_KEY], config)
+    return None
 
 
 def _diff(old_json: str, new: Config) -> str:

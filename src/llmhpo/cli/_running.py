@@ -82,6 +82,8 @@ def check(
         None, "--gpu-memory", metavar="GIB",
         help="Check a fine-tuning study's memory estimate against a GPU of this many GiB (repeat for "
              "several) instead of the GPUs of this machine."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Check as `run --overwrite` would: a study stored "
+                                   "under this name with another configuration is to be replaced, not an error."),
 ):
     """Validate a config and what it needs (storage, model, data, tasks, devices) without
     training or creating anything; lists every problem found. For a fine-tuning study, also
@@ -114,7 +116,7 @@ def check(
         memory_lines, memory_problems = check_memory(cfg, tuple(gpu_memory or ()))
         for line in memory_lines:
             say(line)
-        for line in preflight(cfg, tuple(memory_problems)):
+        for line in preflight(cfg, tuple(memory_problems), overwrite):
             say(f"  {line}")
     except LlmhpoError as e:
         fail(e)
