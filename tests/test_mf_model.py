@@ -178,3 +178,7 @@ def test_the_bench_runs_the_model_as_a_method_and_checks_its_name():
     r = CliRunner().invoke(app, ["bench", "--scheduler", "asha", "--optimizers", "random+all_rungs",
                                  "--budget", "2", "--seeds", "1"])
     assert r.exit_code == 2 and "with bo only: e.g. bo+all_rungs" in r.output
+    r = CliRunner().invoke(app, ["bench", "--optimizers", "bo+promote", "--budget", "2", "--seeds", "1"])
+    assert r.exit_code == 2 and "+promote models rungs; add --scheduler asha" in r.output
+    r = CliRunner().invoke(app, ["bench", "--scheduler", "none", "--optimizers", "bo+all_rungs", "--budget", "2"])
+    assert r.exit_code == 2 and "--scheduler none has no rungs for +all_rungs" in r.output

@@ -99,6 +99,9 @@ def _specs(optimizers: str, option: list[str]) -> list:
     for item in names:
         label, _, name = item.rpartition("=")
         name = name.strip()
+        if "+" in name:  # a multi-fidelity method's suffix (bo+all_rungs)
+            raise ConfigError(f"--optimizers {item!r}: +{name.partition('+')[2]} models rungs; add --scheduler asha "
+                              "(or sh, hyperband) for a multi-fidelity bench")
         check_optimizer(name)
         specs.append(Spec(label.strip() or name, name, {}))
     by_label = {sp.label: sp for sp in specs}
@@ -193,9 +196,12 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
             check_rungs(f, r_min, r_max, "--fidelity MIN")
         if budget < 1 or seeds < 1 or workers < 1 or noise < 0:
             raise ConfigError("--budget, --seeds and --workers must be at least 1, --noise at least 0")
+        if set(scheds) == {"none"} and any("+" in o for o in opts):
+            raise ConfigError("--scheduler none has no rungs for +all_rungs or +promote to model; add asha, sh or "
+                              "hyperband to --scheduler")
     except LlmhpoError as e:
         fail(e)
-    # full fidelity has no rungs to model: "bo+all_rungs" runs there as "bo"
+    # full fidelity has no rungs to model: beside a scheduler, "bo+all_rungs" runs there as "bo"
     methods = list(dict.fromkeys(o.partition("+")[0] if s == "none" else f"{s}:{o}" for s in scheds for o in opts))
     methods += [f"optuna:{p}" for p in pruners]
     if "random" not in methods:
@@ -209,8 +215,11 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
             sigma = noise * FunctionObjective(f).scale()
             rows += run_mf_bench(methods, [f], budget, seeds, r_min, r_max, eta, sigma, workers, on_row=runs_done)
     summary = summarise_mf(rows)
-    table = Table("function", "method", "median final regret", "budget to reach random's best", "reached", "s/run",
-                  title=f"{budget} full-fidelity trials of resource, rungs {fidelity}, {seeds} seeds")
+    table = Table("function", title=f"{budget} full-fidelity trials of resource, rungs {fidelity}, {seeds} seeds")
+    # never cut: "asha:bo+all_rungs" and "asha:bo+promote" differ at their ends
+    table.add_column("method", no_wrap=True, min_width=max(len(m) for m in methods))
+    for header in ("median final regret", "budget to random's best", "reached", "s/run"):
+        table.add_column(header, justify="right")
     for s in summary:
         frac = s["median_fraction_to_reach"]
         table.add_row(s["function"], s["method"], f"{s['median_final_regret']:.3g}",
