@@ -86,6 +86,15 @@ def test_asha_study_stores_rungs_prunes_and_trains_only_extra_steps(tmp_path, mo
     r = subprocess.run([sys.executable, "-m", "llmhpo.cli", "status", "mf.toml"], cwd=tmp_path, capture_output=True,
                        text=True)
     assert "steps: " in r.stdout and "spent of 180" in r.stdout and "pruned" in r.stdout
+    # a job a stop cut short waits to go on from its checkpoint, and the status says so
+    from llmhpo.study import Study
+
+    study = Study.load(f"sqlite:///{tmp_path / 'mf.db'}", "mf")
+    study.cut_short(study.storage.create_new_trial(study.optuna_study._study_id), 1)  # a job that was running
+    r = subprocess.run([sys.executable, "-m", "llmhpo.cli", "status", "mf.toml", "--last", "100"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert "1 waiting (1 cut short by a stop: a resume goes on from their checkpoints)" in r.stdout, r.stdout
+    assert "CUT SHORT" in r.stdout
 
 
 @pytest.mark.parametrize("scheduler, optimizer", [("sh", "random"), ("hyperband", "bo"), ("asha", "optuna_tpe")])

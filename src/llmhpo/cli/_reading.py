@@ -87,8 +87,15 @@ def status(
     console.print(_trials_table(records[-last:], driver_gone=row is not None and not alive))
 
 
+def _cut_short(r) -> int | None:
+    """The rung a multi-fidelity configuration's job was at when a stop cut it short (it waits
+    to go on from its checkpoint); None for any other trial."""
+    return r.attrs.get("cut_short_rung") if r.state == "WAITING" else None
+
+
 def _trial_json(r) -> dict:
     return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
+            **({"cut_short_rung": _cut_short(r)} if _cut_short(r) is not None else {}),
             **({"values": r.values} if r.values is not None else {}),
             **({"constraints": r.constraints, "feasible": r.feasible} if r.constraints is not None else {}),
             "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),
@@ -124,8 +131,10 @@ def _say_counts(cfg, c: dict, records: list) -> None:
     else:
         fd = cfg.fidelity
         spent = sum(float(r.attrs.get("resource_spent", 0.0)) for r in records)
-        say(f"{c['COMPLETE']} complete (top rung), {c['PRUNED']} pruned, {c['WAITING']} waiting, {c['FAIL']} failed, "
-            f"{c['RUNNING']} running, {c['interrupted']} interrupted")
+        cut = sum(_cut_short(r) is not None for r in records)
+        say(f"{c['COMPLETE']} complete (top rung), {c['PRUNED']} pruned, {c['WAITING']} waiting"
+            + (f" ({cut} cut short by a stop: a resume goes on from their checkpoints)" if cut else "")
+            + f", {c['FAIL']} failed, {c['RUNNING']} running, {c['interrupted']} interrupted")
         say(f"{fd.resource}: {spent:.6g} spent of {cfg.resource_budget():.6g}; rungs "
             + ", ".join(fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
 
@@ -170,6 +179,8 @@ def _trials_table(records: list, driver_gone: bool) -> Table:
         if value is None and r.intermediate:  # multi-fidelity: the score at its highest rung
             value = r.intermediate[max(r.intermediate)]
         state = "INTERRUPTED" if r.interrupted else r.state
+        if _cut_short(r) is not None:  # waiting to go on from its checkpoint
+            state = "CUT SHORT"
         if r.constraints is not None and state == "COMPLETE" and not r.feasible:
             state = "COMPLETE (infeasible)"
         if state == "RUNNING" and driver_gone:
