@@ -248,3 +248,8 @@ def test_api_multi_fidelity_with_the_users_own_checkpoints(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="takes no argument 'fidelity'"):
         llmhpo.optimize(quadratic, [Float("x", 0, 1), Float("y", 0, 1)], resource=50, quiet=True,
                         fidelity={"min": 1, "max": 9})
+
+
+def test_optimize_without_a_budget_says_how_to_give_one():
+    with pytest.raises(ConfigError, match=r"optimize needs a budget: trials=N"):
+        llmhpo.optimize(lambda x: x, [llmhpo.Float("x", 0.0, 1.0)])

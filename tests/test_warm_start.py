@@ -326,6 +326,8 @@ def test_python_takes_one_storage_a_path_or_storage_study_pairs(tmp_path):
                                                                       "study": "old"}]}
     # a tuple is one (storage, study) pair, not two storages; several sources go in a list
     assert _warm_table((), (tmp_path / "a.db", "old")) == _warm_table((), [(tmp_path / "a.db", "old")])
+    assert _warm_table((), {"storage": str(tmp_path / "a.db"), "study": "old"}) == \
+        _warm_table((), [(tmp_path / "a.db", "old")])  # one source as a dict, as in a list
     with pytest.raises(ConfigError, match="warm_start_from: 3 is not an earlier study"):
         _warm_table((), [3])
     summary = llmhpo.optimize(f, SPACE, trials=2, optimizer="random", quiet=True, warm_start_from=tmp_path / "a.db")

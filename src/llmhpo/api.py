@@ -56,15 +56,18 @@ def optimize(
         by calling again with the same arguments; None keeps the study in memory.
     metrics, directions: several objectives (keys of the returned dict), in place of metric and
         direction; constraints: ``[[constraint]]`` tables, e.g. ``[{"metric": "mem", "max": 40}]``.
-    warm_start_from: earlier studies ([warm_start] from): a storage (URL or path) or one
-        (storage, study) pair; a list of storages, ``{"storage", "study"}`` dicts or (storage, study)
-        pairs; or the table.
+    warm_start_from: earlier studies ([warm_start] from): a storage (URL or path), one
+        (storage, study) pair or one ``{"storage", "study"}`` dict; a list of any of these; or the
+        table (``{"from": [...], "use": ...}``).
     runner: more of the ``[runner]`` table, e.g. ``{"executor": "ray", "trial_timeout": "1h",
         "max_retries": 2}``.
     Everything else as in the TOML file (docs/configuration.md). Returns the run's summary.
     """
     if not callable(objective):
         raise ConfigError(f"objective must be a function, got {type(objective).__name__}")
+    if not trials and not resource:
+        raise ConfigError("optimize needs a budget: trials=N evaluations (with fidelity=..., or resource=R units), "
+                          "e.g. llmhpo.optimize(f, space, trials=20)")
     module = getattr(objective, "__module__", None) or "__main__"
     qualname = getattr(objective, "__qualname__", None) or getattr(objective, "__name__", "objective")
     name = study_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", qualname)
@@ -109,8 +112,9 @@ def _warm_table(warm_start: Iterable[Mapping[str, Any]], sources: Any) -> list |
     listed = [dict(w) for w in warm_start]
     if sources is None:
         return listed
-    if isinstance(sources, (str, os.PathLike)) or (isinstance(sources, tuple) and len(sources) == 2):
-        sources = [sources]  # one storage, or one (storage, study) pair
+    if isinstance(sources, (str, os.PathLike)) or (isinstance(sources, tuple) and len(sources) == 2) \
+            or (isinstance(sources, Mapping) and "storage" in sources and "from" not in sources):
+        sources = [sources]  # one storage, one (storage, study) pair or one {"storage", "study"}
     table = dict(sources) if isinstance(sources, Mapping) else {"from": [_source(s) for s in sources]}
     return {**table, **({"configs": listed} if listed else {})}
 
