@@ -26,6 +26,8 @@ def test_did_you_mean_finds_near_misses_only():
 def test_optimizer_names_and_options():
     with pytest.raises(ConfigError, match=r"unknown optimizer 'sooo' \(did you mean 'soo'\?\); choose one of: random"):
         check_optimizer("sooo")
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'tpe' \(did you mean 'optuna_tpe'\?\)"):
+        check_optimizer("tpe")  # Optuna's sampler by its Optuna name
     with pytest.raises(ConfigError, match=r"did you mean 'bamsoo'\?"):
         make_optimizer("bamso", 2, __import__("numpy").random.default_rng(0))
     with pytest.raises(ConfigError, match=r"no option 'n_inti' \(did you mean 'n_init'\?\); its options are"):

@@ -147,7 +147,10 @@ def test_all_rungs_config_errors(tmp_path, key, value):
     with pytest.raises(ConfigError, match=rf'{key} = "{value}" needs a GP .* optimizer \'random\'.*name = "bo"'):
         load_config(p)
     p.write_text(p.read_text().replace(f'"{value}"', f'"{value}s"').replace('"random"', '"bo"'))
-    with pytest.raises(ConfigError, match=rf"{key} = '{value}s' is unknown"):
+    with pytest.raises(ConfigError, match=rf"{key} = '{value}s' is unknown \(did you mean '{value}'\?\)"):
+        load_config(p)
+    p.write_text(p.read_text().replace(f'"{value}s"', "true"))
+    with pytest.raises(ConfigError, match=rf"{key} = true must be a string"):  # TOML's word, not Python's
         load_config(p)
 
 

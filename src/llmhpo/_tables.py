@@ -27,7 +27,8 @@ def expect(section: str, table: Mapping[str, Any], key: str, types: tuple, defau
         words = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true or false",
                  dict: "a table"}
         names = " or ".join(words.get(t, t.__name__) for t in types)
-        raise ConfigError(f"[{section}] {key} = {v!r} must be {names}")
+        shown = str(v).lower() if isinstance(v, bool) else repr(v)  # as the TOML file has it: true, not True
+        raise ConfigError(f"[{section}] {key} = {shown} must be {names}")
     return v
 
 

@@ -421,8 +421,9 @@ def _fidelity(fd: Mapping[str, Any], kind: ObjectiveKind, spec, space: SearchSpa
                           f"use one of: {', '.join(FIDELITY_MODELS)}")
     promote = expect("fidelity", fd, "promote", (str,), "score")
     if promote not in ("score", "model"):
-        raise ConfigError(f"[fidelity] promote = {promote!r} is unknown; use \"score\" (rank a rung by its scores) "
-                          "or \"model\" (by the top-rung score the GP of every rung predicts)")
+        raise ConfigError(f"[fidelity] promote = {promote!r} is unknown{did_you_mean(promote, ('score', 'model'))}; "
+                          "use \"score\" (rank a rung by its scores) or \"model\" (by the top-rung score the GP of "
+                          "every rung predicts)")
     return FidelityConfig(float(r_min), float(r_max), resource, eta, scheduler, keep, folder, integer, model,
                           promote)
 

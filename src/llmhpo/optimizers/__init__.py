@@ -87,7 +87,9 @@ def check_optimizer(name: str, options: dict[str, Any] | None = None) -> None:
     runs (a study is created, or an old one replaced by --overwrite). Imports the one
     implementation, which must stay light (``Optimizer.check_values``)."""
     if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; "
+        # Optuna's samplers go by their Optuna names here: "tpe" is "optuna_tpe"
+        hint = f" (did you mean 'optuna_{name}'?)" if f"optuna_{name}" in OPTIMIZERS else did_you_mean(name, OPTIMIZERS)
+        raise ConfigError(f"unknown optimizer {name!r}{hint}; "
                           f"choose one of: {', '.join(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
     allowed = cls.options()
