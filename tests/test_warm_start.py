@@ -383,6 +383,10 @@ def test_a_study_resumes_without_a_source_gone_since_it_began(tmp_path, capsys):
     with pytest.raises(ConfigError, match="does not exist"):  # and so does one started again
         llmhpo.optimize(f, SPACE, trials=2, quiet=True, overwrite=True, **common)
     assert len(Study.load(db, "new").records()) == 4  # refused before anything was replaced
+    from llmhpo.transfer import describe  # with use = "data" a source queued nothing
+
+    line = describe({"use": "data", "sources": [], "gone": ["a.db"]})
+    assert "a.db: gone since the study began (no longer read)" in line and "queued" not in line
 
 
 def test_a_source_with_another_schema_gets_no_table_it_lacks(tmp_path):

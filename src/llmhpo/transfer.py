@@ -104,8 +104,8 @@ def describe(record: dict[str, Any]) -> str:
         return f" ({', '.join(why)}, skipped)" if why else ""
 
     parts = [f"{s['source']}: {s['trials']} trials{skipped(s)}" for s in record["sources"]]
-    gone = [f"{g}: gone since the study began (no longer read; what it queued before still runs)"
-            for g in record.get("gone", [])]
+    queued = "; what it queued before still runs" if record["use"] == "design" else ""  # data queues nothing
+    gone = [f"{g}: gone since the study began (no longer read{queued})" for g in record.get("gone", [])]
     return "; ".join(parts + gone) + f" (use = \"{record['use']}\")"
 
 
