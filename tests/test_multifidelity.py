@@ -94,7 +94,7 @@ def test_asha_study_stores_rungs_prunes_and_trains_only_extra_steps(tmp_path, mo
     r = subprocess.run([sys.executable, "-m", "llmhpo.cli", "status", "mf.toml", "--last", "100"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert "1 waiting (1 cut short by a stop: a resume goes on from their checkpoints)" in r.stdout, r.stdout
-    assert "CUT SHORT" in r.stdout
+    assert "CUT SHORT" in r.stdout and "model one_rung, promote by score" in r.stdout
 
 
 @pytest.mark.parametrize("scheduler, optimizer", [("sh", "random"), ("hyperband", "bo"), ("asha", "optuna_tpe")])

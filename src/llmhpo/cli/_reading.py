@@ -136,7 +136,8 @@ def _say_counts(cfg, c: dict, records: list) -> None:
             + (f" ({cut} cut short by a stop: a resume goes on from their checkpoints)" if cut else "")
             + f", {c['FAIL']} failed, {c['RUNNING']} running, {c['interrupted']} interrupted")
         say(f"{fd.resource}: {spent:.6g} spent of {cfg.resource_budget():.6g}; rungs "
-            + ", ".join(fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta})")
+            + ", ".join(fmt(v) for v in fd.rungs()) + f" ({fd.scheduler}, eta {fd.eta}); model {fd.model}, "
+            f"promote by {fd.promote}")
 
 
 def _say_driver(row: dict | None, alive: bool, now: float) -> None:
