@@ -250,3 +250,50 @@ def test_check_and_run_say_when_the_optimiser_ignores_the_priors(tmp_path, capsy
 
     run(load_config(tmp_path / "soo.toml"), quiet=False)
     assert "priors: soo does not use them" in capsys.readouterr().out
+
+
+def test_check_compares_a_stored_study_without_touching_a_database_that_has_no_tables_yet(tmp_path):
+    import sqlite3
+
+    import tomllib
+
+    from llmhpo.preflight import preflight
+    from llmhpo.runner import run
+    from llmhpo.study import stored_difference
+
+    raw = tomllib.loads(FUNCTION.format(storage="sqlite:///empty.db"))
+    empty = tmp_path / "empty.db"
+    con = sqlite3.connect(empty)  # a SQLite file without Optuna's tables: the run makes them
+    con.execute("create table t(x)")
+    con.execute("drop table t")
+    con.commit()
+    con.close()
+    before = empty.read_bytes()
+    cfg = Config.from_dict(raw, base_dir=tmp_path)
+    assert stored_difference(cfg) is None and preflight(cfg, stored=True)
+    assert empty.read_bytes() == before
+    run(cfg, progress=False, quiet=True)
+    assert stored_difference(cfg) is None  # the same configuration
+    other = Config.from_dict({**raw, "optimizer": {"name": "sobol"}}, base_dir=tmp_path)
+    assert "exists with a different configuration (changed: optimizer.name)" in stored_difference(other)
+    with pytest.raises(StudyError, match="run with --overwrite to replace it"):
+        preflight(other, stored=True)
+    assert any("--overwrite replaces it" in line for line in preflight(other, overwrite=True, stored=True))
+
+
+def test_check_overwrite_needs_every_earlier_study_as_run_overwrite_does(tmp_path):
+    import tomllib
+
+    from llmhpo.preflight import preflight
+    from llmhpo.runner import run
+
+    earlier = Config.from_dict(tomllib.loads(FUNCTION.format(storage="sqlite:///a.db")), base_dir=tmp_path)
+    run(earlier, progress=False, quiet=True)
+    raw = tomllib.loads(FUNCTION.format(storage="sqlite:///s.db").replace('name = "s"', 'name = "new"'))
+    cfg = Config.from_dict({**raw, "warm_start": {"from": [{"storage": "a.db", "study": "s"}], "use": "design"}},
+                           base_dir=tmp_path)
+    run(cfg, progress=False, quiet=True)
+    (tmp_path / "a.db").unlink()
+    assert any("gone since the study began" in line for line in preflight(cfg, stored=True))  # a resume goes on
+    with pytest.raises(ConfigError, match="a.db does not exist"):  # a study started again needs it
+        preflight(cfg, overwrite=True, stored=True)

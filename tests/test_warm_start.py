@@ -328,6 +328,12 @@ def test_python_takes_one_storage_a_path_or_storage_study_pairs(tmp_path):
     assert _warm_table((), (tmp_path / "a.db", "old")) == _warm_table((), [(tmp_path / "a.db", "old")])
     assert _warm_table((), {"storage": str(tmp_path / "a.db"), "study": "old"}) == \
         _warm_table((), [(tmp_path / "a.db", "old")])  # one source as a dict, as in a list
+    a, b = str(tmp_path / "a.db"), f"sqlite:///{tmp_path / 'b.db'}"
+    assert _warm_table((), (a, b)) == {"from": [a, b]}  # two storages, not a storage and a study
+    assert _warm_table((), ((a, "old"), (b, "x"))) == {"from": [{"storage": a, "study": "old"},
+                                                                {"storage": b, "study": "x"}]}
+    with pytest.raises(ConfigError, match="is not an earlier study"):
+        _warm_table((), [(a, 3)])
     with pytest.raises(ConfigError, match="warm_start_from: 3 is not an earlier study"):
         _warm_table((), [3])
     summary = llmhpo.optimize(f, SPACE, trials=2, optimizer="random", quiet=True, warm_start_from=tmp_path / "a.db")

@@ -112,11 +112,19 @@ def _warm_table(warm_start: Iterable[Mapping[str, Any]], sources: Any) -> list |
     listed = [dict(w) for w in warm_start]
     if sources is None:
         return listed
-    if isinstance(sources, (str, os.PathLike)) or (isinstance(sources, tuple) and len(sources) == 2) \
+    if isinstance(sources, (str, os.PathLike)) or _pair(sources) \
             or (isinstance(sources, Mapping) and "storage" in sources and "from" not in sources):
         sources = [sources]  # one storage, one (storage, study) pair or one {"storage", "study"}
     table = dict(sources) if isinstance(sources, Mapping) else {"from": [_source(s) for s in sources]}
     return {**table, **({"configs": listed} if listed else {})}
+
+
+def _pair(s: Any) -> bool:
+    """Whether ``s`` is one (storage, study) pair: a tuple of a storage and a study name, where
+    the name is neither a storage URL nor a file that exists (a tuple of two storages, or of
+    two sources, lists them)."""
+    return (isinstance(s, tuple) and len(s) == 2 and isinstance(s[0], (str, os.PathLike))
+            and isinstance(s[1], str) and "://" not in s[1] and not Path(s[1]).exists())
 
 
 def _source(s: Any) -> Any:
@@ -126,7 +134,7 @@ def _source(s: Any) -> Any:
         return os.fspath(s)
     if isinstance(s, Mapping):
         return dict(s)
-    if isinstance(s, tuple) and len(s) == 2:
+    if _pair(s):
         return {"storage": os.fspath(s[0]), "study": s[1]}
     raise ConfigError(f"warm_start_from: {s!r} is not an earlier study; give a storage (\"sqlite:///earlier.db\" "
                       "or a path), a {\"storage\": ..., \"study\": ...} mapping or a (storage, study) pair")

@@ -26,17 +26,20 @@ def build_optimizer(config: Config) -> Optimizer:
                           n_objectives=len(config.study.directions), prior=UnitPrior.from_space(config.space))
 
 
-def preflight(config: Config, found: tuple[str, ...] = (), overwrite: bool = False) -> list[str]:
+def preflight(config: Config, found: tuple[str, ...] = (), overwrite: bool = False,
+              stored: bool = False) -> list[str]:
     """Lines describing what was found. A single problem is raised as it came (a
     ConfigError stays one); several as SetupProblems listing them all, one line each.
     found: problems found before (``check``'s memory estimate), reported with the others;
-    overwrite: as ``run --overwrite``, a study stored with another configuration is to be replaced."""
+    overwrite: as ``run --overwrite`` (a stored study to be replaced, its earlier studies all
+    needed again); stored: compare a study stored under this name with this configuration
+    (``check``: a run finds it when it opens the study, on its own connection)."""
     lines, errors = [], [SetupProblems(list(found))] if found else []
     try:
         lines.append(f"storage: {check_storage(config.study.storage)}")
         from llmhpo.study import stored_difference
 
-        if (changed := stored_difference(config)) is not None:  # what the run would refuse
+        if stored and (changed := stored_difference(config)) is not None:  # what the run would refuse
             if overwrite:
                 lines.append(f"study '{config.study.name}' is stored with another configuration: --overwrite replaces it")
             else:
@@ -48,7 +51,7 @@ def preflight(config: Config, found: tuple[str, ...] = (), overwrite: bool = Fal
 
         sources: list = []  # every earlier study's problem, not only the first
         try:
-            transfer = load(config, sources)
+            transfer = load(config, sources, overwrite=overwrite)
             if not sources:
                 lines.append(transfer.line())
         except LlmhpoError as e:

@@ -442,23 +442,44 @@ def _changed(name: str, old_json: str, config: Config) -> str:
 
 def stored_difference(config: Config) -> str | None:
     """What ``Study.open`` would refuse because a study of this name is stored with another
-    configuration, found without creating or changing anything (``check``); None when the
-    storage, or the study in it, does not exist yet or matches."""
+    configuration, found without creating or changing anything; None when the storage, or the
+    study in it, does not exist yet or matches. For ``check`` only: it opens a connection of
+    its own to the storage, which a driver, holding one, must not (``open_storage``: SQLite's
+    locks belong to the process)."""
     from llmhpo.storage import file_path
 
     url, name = config.study.storage, config.study.name
     path = file_path(url)
     if url is None or url == "sqlite:///:memory:" or (path is not None and not path.exists()):
         return None
-    storage = open_storage(url, read_only=True)
+    if not url.startswith("journal://") and not _has_optuna_tables(url):
+        return None  # a database the run will make Optuna's tables in
     try:
+        storage = open_storage(url, read_only=True)
         study_id = storage.get_study_id_from_name(name)
         old = storage.get_study_system_attrs(study_id)
-    except Exception:  # no such study, or a file without Optuna's tables yet: the run creates them
+    except Exception:  # no such study; anything else about the storage is check_storage's to say
         return None
     if HASH_KEY in old and old[HASH_KEY] != config.search_hash():
         return _changed(name, old[CONFIG_KEY], config)
     return None
+
+
+def _has_optuna_tables(url: str) -> bool:
+    """Whether the database at ``url`` has Optuna's tables, looked at without writing (opening
+    it as an Optuna storage would stamp a fresh database)."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url)
+    except Exception:
+        return False
+    try:
+        return sa.inspect(engine).has_table("studies")
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
 
 
 def _diff(old_json: str, new: Config) -> str:

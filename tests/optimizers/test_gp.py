@@ -47,6 +47,11 @@ def test_fast_posterior_and_log_ei_equal_botorch_on_the_rung_gap_kernel():
         ours = fast_log_ei(model, float(z.max()))(Zq.unsqueeze(1))
         ref = LogExpectedImprovement(model, best_f=float(z.max()))(Zq.unsqueeze(1))
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-3)  # far tails: -1e4
+    acqf = fast_log_ei(model, float(z.max()))  # differentiable in x, and in x only: twice
+    for _ in range(2):
+        x = Zq[:3].clone().unsqueeze(1).requires_grad_(True)
+        acqf(x).sum().backward()
+        assert torch.isfinite(x.grad).all()
 
 
 def test_low_noise_model_interpolates_a_deterministic_function():

@@ -215,11 +215,12 @@ def _bench_multifidelity(optimizers, functions, budget, seeds, workers, json_out
             sigma = noise * FunctionObjective(f).scale()
             rows += run_mf_bench(methods, [f], budget, seeds, r_min, r_max, eta, sigma, workers, on_row=runs_done)
     summary = summarise_mf(rows)
-    table = Table("function", title=f"{budget} full-fidelity trials of resource, rungs {fidelity}, {seeds} seeds")
-    # never cut: "asha:bo+all_rungs" and "asha:bo+promote" differ at their ends
+    table = Table(title=f"{budget} full-fidelity trials of resource, rungs {fidelity}, {seeds} seeds")
+    # names never cut ("asha:bo+all_rungs" and "asha:bo+promote" differ at their ends); the numbers fold
+    table.add_column("function", no_wrap=True, min_width=max(len(f) for f in fns))
     table.add_column("method", no_wrap=True, min_width=max(len(m) for m in methods))
     for header in ("median final regret", "budget to random's best", "reached", "s/run"):
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", overflow="fold")
     for s in summary:
         frac = s["median_fraction_to_reach"]
         table.add_row(s["function"], s["method"], f"{s['median_final_regret']:.3g}",

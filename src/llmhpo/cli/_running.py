@@ -116,7 +116,7 @@ def check(
         memory_lines, memory_problems = check_memory(cfg, tuple(gpu_memory or ()))
         for line in memory_lines:
             say(line)
-        for line in preflight(cfg, tuple(memory_problems), overwrite):
+        for line in preflight(cfg, tuple(memory_problems), overwrite, stored=True):
             say(f"  {line}")
     except LlmhpoError as e:
         fail(e)

@@ -25,6 +25,7 @@ so checking an optimiser's options) must stay cheap."""
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import warnings
@@ -253,7 +254,8 @@ class FastPosterior:
 
         kern = model.covar_module
         # fit_gp's own kernels written out; any other (a ``covar``) through GPyTorch
-        self.kern = None if type(kern) in (MaternKernel, RBFKernel) else kern
+        # (a copy without gradients: the posterior's factors hold no graph to the hyperparameters)
+        self.kern = None if type(kern) in (MaternKernel, RBFKernel) else copy.deepcopy(kern).requires_grad_(False)
         self.matern = hasattr(kern, "nu")
         self.inv_ls = None if self.kern is not None else 1.0 / kern.lengthscale.detach().reshape(1, -1)
         self.c = model.mean_module.constant.detach()

@@ -78,7 +78,7 @@ def run(config: Config, *, overwrite: bool = False, progress: bool | None = None
     if preflight:
         from llmhpo.preflight import preflight as check_all
 
-        check_all(config, overwrite=overwrite)  # every problem at once: the storage's, a changed study's, the earlier studies'
+        check_all(config, overwrite=overwrite)  # every problem at once, the storage's and the earlier studies' too
     else:  # the preflight built it: its options on the real space, before a study is created or replaced
         build_optimizer(config)
     from llmhpo.transfer import load as load_transfer
