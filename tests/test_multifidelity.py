@@ -240,3 +240,23 @@ def test_overwrite_starts_afresh_without_the_old_checkpoints(tmp_path, monkeypat
     other = replace(cfg, study=replace(cfg.study, seed=7))
     run(other, progress=False, quiet=True, overwrite=True)
     check_study(tmp_path)  # every configuration of the new study trained all its own steps
+
+
+def test_the_run_says_what_it_spent_and_why_the_rest_is_left(tmp_path, monkeypatch):
+    import re
+
+    from typer.testing import CliRunner
+
+    from llmhpo.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mf.toml").write_text('[study]\nname = "mf"\nstorage = "sqlite:///mf.db"\n[budget]\nresource = 55\n'
+                                      '[optimizer]\nname = "random"\n[objective]\ntype = "function"\nname = "branin"\n'
+                                      '[fidelity]\nmin = 1\nmax = 9\neta = 3\n')
+    r = CliRunner().invoke(app, ["run", "mf.toml", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    m = re.search(r"stopped by budget \((\d+) of 55 steps(?:; the next job does not fit in the (\d+) left)?\)", r.output)
+    assert m, r.output
+    spent = int(m.group(1))
+    assert spent <= 55 and (spent == 55) == (m.group(2) is None)
+    assert m.group(2) is None or int(m.group(2)) == 55 - spent

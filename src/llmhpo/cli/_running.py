@@ -59,8 +59,14 @@ def run(
     except KeyboardInterrupt:
         err.print("interrupted: run the same command again to resume")
         raise typer.Exit(130)
+    stopped = summary.stopped
+    if cfg.fidelity is not None and summary.resource_spent is not None and stopped == "budget":
+        budget, spent = cfg.resource_budget(), summary.resource_spent
+        left = budget - spent  # a promotion that does not fit ends the study: say so, or the rest looks lost
+        stopped += f" ({spent:g} of {budget:g} {cfg.fidelity.resource}" + (
+            f"; the next job does not fit in the {left:g} left)" if left > 1e-9 else ")")
     say(f"study {summary.study} ({summary.storage}): {summary.complete} complete, {summary.failed} failed; "
-        f"stopped by {summary.stopped} after {summary.seconds:.1f} s")
+        f"stopped by {stopped} after {summary.seconds:.1f} s")
     if summary.best_value is not None:
         say(f"best value {summary.best_value:.6g} (trial {summary.best_number}): "
             + ", ".join(f"{k}={fmt(v)}" for k, v in summary.best_params.items()))
