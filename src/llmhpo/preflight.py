@@ -33,17 +33,19 @@ def preflight(config: Config, found: tuple[str, ...] = (), overwrite: bool = Fal
     found: problems found before (``check``'s memory estimate), reported with the others;
     overwrite: as ``run --overwrite`` (a stored study to be replaced, its earlier studies all
     needed again); stored: compare a study stored under this name with this configuration
-    (``check``: a run finds it when it opens the study, on its own connection)."""
+    (``check``; a run compares when it opens the study, not twice)."""
     lines, errors = [], [SetupProblems(list(found))] if found else []
     try:
         lines.append(f"storage: {check_storage(config.study.storage)}")
-        from llmhpo.study import stored_difference
+        if stored:
+            from llmhpo.study import stored_difference
 
-        if stored and (changed := stored_difference(config)) is not None:  # what the run would refuse
-            if overwrite:
-                lines.append(f"study '{config.study.name}' is stored with another configuration: --overwrite replaces it")
-            else:
-                errors.append(StudyError(changed))
+            if (changed := stored_difference(config)) is not None:  # what the run would refuse
+                if overwrite:
+                    lines.append(f"study '{config.study.name}' is stored with another configuration: "
+                                 "--overwrite replaces it")
+                else:
+                    errors.append(StudyError(changed))
     except LlmhpoError as e:
         errors.append(e)
     if config.warm_from is not None:  # earlier studies: their storages, names and trials

@@ -443,9 +443,8 @@ def _changed(name: str, old_json: str, config: Config) -> str:
 def stored_difference(config: Config) -> str | None:
     """What ``Study.open`` would refuse because a study of this name is stored with another
     configuration, found without creating or changing anything; None when the storage, or the
-    study in it, does not exist yet or matches. For ``check`` only: it opens a connection of
-    its own to the storage, which a driver, holding one, must not (``open_storage``: SQLite's
-    locks belong to the process)."""
+    study in it, does not exist yet or matches. For ``check``: a run finds the same when it
+    opens the study (``_open_or_create``), on the storage it already holds."""
     from llmhpo.storage import file_path
 
     url, name = config.study.storage, config.study.name

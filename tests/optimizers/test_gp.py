@@ -10,28 +10,31 @@ from llmhpo.optimizers._gp import FastPosterior, fast_log_ei, fit_gp, warp_outco
 @pytest.mark.parametrize("kernel", ["matern", "rbf"])
 @pytest.mark.parametrize("noise", ["low", "botorch"])
 def test_fast_posterior_and_log_ei_equal_botorch(kernel, noise):
-    from botorch.acquisition import LogExpectedImprovement
-
     rng = np.random.default_rng(0)
     X = rng.random((25, 3))
     z = warp_outcomes(np.sin(3 * X.sum(1)))
     model = fit_gp(X, z, kernel, noise, maxiter=30)
     Xq = torch.as_tensor(rng.random((40, 3)))
+    _equal_botorch(model, Xq, float(z.max()), atol=1e-8)
+
+
+def _equal_botorch(model, Xq, best_f: float, atol: float, rtol: float = 1e-7) -> None:
+    """FastPosterior's mean and std, and fast_log_ei, against BoTorch's on the points Xq."""
+    from botorch.acquisition import LogExpectedImprovement
+
     with torch.no_grad():
         post = model.posterior(Xq)
         mean, std = FastPosterior(model)(Xq)
-        np.testing.assert_allclose(mean.numpy(), post.mean.reshape(-1).numpy(), atol=1e-8)
-        np.testing.assert_allclose(std.numpy(), post.variance.sqrt().reshape(-1).numpy(), atol=1e-8)
-        ours = fast_log_ei(model, float(z.max()))(Xq.unsqueeze(1))
-        ref = LogExpectedImprovement(model, best_f=float(z.max()))(Xq.unsqueeze(1))
-    np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-3)
+        np.testing.assert_allclose(mean.numpy(), post.mean.reshape(-1).numpy(), atol=atol)
+        np.testing.assert_allclose(std.numpy(), post.variance.sqrt().reshape(-1).numpy(), atol=atol)
+        ours = fast_log_ei(model, best_f)(Xq.unsqueeze(1))
+        ref = LogExpectedImprovement(model, best_f=best_f)(Xq.unsqueeze(1))
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=rtol, atol=1e-3)
 
 
 def test_fast_posterior_and_log_ei_equal_botorch_on_the_rung_gap_kernel():
     """The GP over (configuration, rung) is evaluated through GPyTorch's kernel: the same
     posterior, variance included (its prior variance is not 1 below the top rung)."""
-    from botorch.acquisition import LogExpectedImprovement
-
     from llmhpo.optimizers._fidelity_gp import gap_kernel
 
     rng = np.random.default_rng(1)
@@ -39,14 +42,7 @@ def test_fast_posterior_and_log_ei_equal_botorch_on_the_rung_gap_kernel():
     z = warp_outcomes(np.sin(3 * Z[:, :2].sum(1)) + 2.0 * (1.0 - Z[:, 2]))
     model = fit_gp(Z, z, maxiter=30, covar=gap_kernel(2))
     Zq = torch.as_tensor(np.hstack([rng.random((40, 2)), rng.random((40, 1))]))
-    with torch.no_grad():
-        post = model.posterior(Zq)
-        mean, std = FastPosterior(model)(Zq)
-        np.testing.assert_allclose(mean.numpy(), post.mean.reshape(-1).numpy(), atol=1e-6)
-        np.testing.assert_allclose(std.numpy(), post.variance.sqrt().reshape(-1).numpy(), atol=1e-6)
-        ours = fast_log_ei(model, float(z.max()))(Zq.unsqueeze(1))
-        ref = LogExpectedImprovement(model, best_f=float(z.max()))(Zq.unsqueeze(1))
-    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-3)  # far tails: -1e4
+    _equal_botorch(model, Zq, float(z.max()), atol=1e-6, rtol=1e-4)  # log EI's far tails: -1e4
     acqf = fast_log_ei(model, float(z.max()))  # differentiable in x, and in x only: twice
     for _ in range(2):
         x = Zq[:3].clone().unsqueeze(1).requires_grad_(True)
