@@ -112,9 +112,10 @@ def test_wall_time_budget_stops_asking(tmp_path, monkeypatch):
                             extra="").__str__())
     from dataclasses import replace
 
-    cfg = replace(cfg, budget=replace(cfg.budget, wall_time=2.0))
+    cfg = replace(cfg, budget=replace(cfg.budget, wall_time=3.0))
     s = run(cfg, progress=False)
-    assert s.stopped == "wall_time" and 2 <= s.complete < 20
+    # 0.2 s trials in 3 s: at most 15 (a loaded machine's worker start-up can take 2 s of it)
+    assert s.stopped == "wall_time" and 1 <= s.complete < 20
 
 
 def test_grid_exhaustion_ends_the_study(tmp_path, monkeypatch):
