@@ -132,7 +132,7 @@ def test_data_steers_bo_without_trials_or_budget(tmp_path):
 
     line = dict(facts(StudyData.of(study)))["warm start from"]
     assert line.startswith("study 'old' in sqlite:///") and line.endswith(': 30 trials (use = "data")')
-    assert "warm start from earlier studies study 'old'" in " ".join(CliRunner().invoke(app, ["status", db]).output.split())
+    assert "warm start from study 'old'" in " ".join(CliRunner().invoke(app, ["status", db]).output.split())
     # 2 initial points (n_init // 2), then the GP of the earlier trials: near their optimum
     model = records[2].params
     assert abs(np.log10(model["lr"]) + 2.5) < 0.5 and abs(model["rank"] - 16) <= 6

@@ -87,7 +87,7 @@ class Transfer:
 
     def line(self) -> str:
         """One line for the run's start."""
-        return "warm start from earlier studies " + describe(self.record())
+        return "warm start from " + describe(self.record())
 
     def record(self) -> dict[str, Any]:
         """What the study keeps of it (a study user attribute)."""

@@ -68,7 +68,7 @@ def status(
     if st.warm_start():
         from llmhpo.transfer import describe
 
-        say("warm start from earlier studies " + describe(st.warm_start()))
+        say("warm start from " + describe(st.warm_start()))
     _say_driver(row, alive, now)
     if c.get("reevaluations"):
         say(f"{c['reevaluations']} re-evaluation(s) of the best configurations ([study] reevaluate): "
