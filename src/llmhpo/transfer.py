@@ -130,7 +130,7 @@ def load(config: Config, errors: list[ConfigError] | None = None, overwrite: boo
         try:
             try:
                 out.sources.append(_read(config, storage_url(raw, Path(config.base_dir)), name, wf.max_trials, raw))
-            except _Gone:
+            except SourceGone:
                 if overwrite or str(raw) not in _began_with(config):
                     raise
                 out.gone.append(str(raw))
@@ -141,7 +141,7 @@ def load(config: Config, errors: list[ConfigError] | None = None, overwrite: boo
     return out
 
 
-class _Gone(ConfigError):
+class SourceGone(ConfigError):
     """A source's file is not there."""
 
 
@@ -176,7 +176,7 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None, ra
         if path.is_dir():
             raise ConfigError(f"[warm_start] from: {path} is a folder; give an earlier study's storage file")
         if not path.is_file():
-            raise _Gone(f"[warm_start] from: {path} does not exist; give the path of an earlier "
+            raise SourceGone(f"[warm_start] from: {path} does not exist; give the path of an earlier "
                         f"study's storage ({PATHS_HINT}; from Python, relative to the working folder)")
         if url.startswith("sqlite:///"):
             try:
@@ -200,7 +200,8 @@ def _read(config: Config, url: str, name: str | None, max_trials: int | None, ra
     if name not in names:
         held = ", ".join(names) if names else "no study"
         raise ConfigError(f"[warm_start] from: no study '{name}' in {url} (it holds: {held}); "
-                          "name one with from = [{ storage = ..., study = \"name\" }]")
+                          "name one with from = [{ storage = ..., study = \"name\" }] "
+                          "(from Python: warm_start_from=(storage, \"name\"))")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage)
     if len(study.directions) > 1:
