@@ -242,6 +242,14 @@ def test_several_studies_compared_on_the_same_axes(studies, tmp_path):
     assert {y for _, y in points(a_n, "base")} == {BASE["hellaswag/acc_norm"]}
     assert rep.figure("history", "ft-soo") is not None and rep.figure("history", "ft-random") is not None
     rep.close()
+    import dataclasses
+    import warnings
+
+    with warnings.catch_warnings():  # four studies: more than matplotlib's 20 open figures, held on purpose
+        warnings.simplefilter("error", RuntimeWarning)
+        many = build_report([dataclasses.replace(StudyData.of(st), name=f"s{i}") for i, st in enumerate(studies * 2)])
+    assert len(many.figures) > 20
+    many.close()
     r = CliRunner().invoke(app, ["report", studies[0].config.study.storage, "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     assert "2 studies" in r.output

@@ -81,8 +81,11 @@ def build_report(studies: Iterable) -> Report:
             [("compare.png", "Best so far of each study, against the trial number and against the compute spent.",
               "Compute is the trials' own time summed (what a cluster bills), not the wall clock.")],
             [("Studies", summary_table(data), "")]))
-    for sd in data:
-        rep.sections.append(_study_section(rep, sd))
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context({"figure.max_open_warning": 0}):  # a report holds its figures open on purpose
+        for sd in data:
+            rep.sections.append(_study_section(rep, sd))
     return rep
 
 
