@@ -95,7 +95,7 @@ def _cut_short(r) -> int | None:
 
 def _trial_json(r) -> dict:
     return {"number": r.number, "state": "INTERRUPTED" if r.interrupted else r.state, "value": r.value,
-            **({"cut_short_rung": _cut_short(r)} if _cut_short(r) is not None else {}),
+            **({"cut_short_rung": k} if (k := _cut_short(r)) is not None else {}),
             **({"values": r.values} if r.values is not None else {}),
             **({"constraints": r.constraints, "feasible": r.feasible} if r.constraints is not None else {}),
             "params": r.params, "error": r.attrs.get("error"), "metrics": r.attrs.get("metrics", {}),

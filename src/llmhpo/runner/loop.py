@@ -103,6 +103,7 @@ class Loop:
         self.exhausted = False  # the last ask gave nothing: wait for a result before asking again
         self.out_of_time = False
         self.stopped = "budget"
+        self.unfit: Job | None = None  # the last job found not to fit in the budget left
 
     # ------------------------------------------------------------------ the loop
     def run(self, score_base: bool = False) -> RunSummary:
@@ -141,8 +142,9 @@ class Loop:
             self._stop()
         if self.multi and self.stopped in ("budget", "optimizer exhausted"):
             checkpoints.close_study(self.config, self.study, self.scheduler, self.confs, self.running, self.log)
+        unfit = None if self.unfit is None else "promotion" if self.unfit.config_id is not None else "job"
         return summary_of(self.study, self.stopped, time.time() - self.t_start, self.complete, self.failed,
-                          self.streak.reason, self.spent if self.multi else None)
+                          self.streak.reason, self.spent if self.multi else None, unfit)
 
     def _busy(self) -> int:
         return len(self.running) + len(self.side)
@@ -167,7 +169,7 @@ class Loop:
             if job is None:
                 break
             if not self._fits(job):
-                self.stopped = "budget"
+                self.stopped, self.unfit = "budget", job
                 break
             cand = None
             if job.config_id is None:
@@ -215,7 +217,10 @@ class Loop:
     def _budget_stopped(self) -> bool:
         """Whether the next job does not fit in the budget."""
         job = self.requeue[0] if self.requeue else self.scheduler.next_job()
-        return job is not None and not self._fits(job)
+        if job is None or self._fits(job):
+            return False
+        self.unfit = job
+        return True
 
     def _take_asked(self, started: bool = False) -> bool:
         """Collect the ask in flight (``started``: the one just started) once it is over; True

@@ -29,17 +29,20 @@ class RunSummary:
     #: several objectives (the best_* fields are then None): the Pareto set's trial numbers
     pareto: list[int] | None = None
     hypervolume: float | None = None  # of the Pareto set (``Study.hypervolume``)
+    #: with [fidelity], stopped by the budget: the next job, which did not fit in what was left
+    #: ("promotion", or "job" for a new configuration's); None when none was tried
+    unfit: str | None = None
 
 
 def summary_of(study: Any, stopped: str, seconds: float, complete: int, failed: int, failure: str | None = None,
-               spent: float | None = None) -> RunSummary:
+               spent: float | None = None, unfit: str | None = None) -> RunSummary:
     """The run's summary from its study: the best trial, or with several objectives the Pareto set."""
     cfg = study.config
     best = None if cfg.study.objectives else study.best()
     front = [r.number for r in study.pareto()] if cfg.study.objectives else None
     return RunSummary(cfg.study.name, cfg.study.storage, complete, failed, best.value if best else None,
                       best.params if best else None, best.number if best else None, stopped, seconds, failure,
-                      spent, front, study.hypervolume() if front else None)
+                      spent, front, study.hypervolume() if front else None, unfit)
 
 
 @dataclass
