@@ -121,6 +121,18 @@ def test_api_errors_before_compute():
         llmhpo.optimize(quadratic, [Float("x", 0, 1), Float("y", 0, 1)], trials=2, optimizer="nope", quiet=True)
 
 
+
+def test_a_stored_study_with_another_configuration_names_the_python_fix(tmp_path):
+    from llmhpo.errors import StudyError
+
+    space, url = [Float("x", -1, 1), Float("y", -1, 1)], f"sqlite:///{tmp_path}/q.db"
+    llmhpo.optimize(quadratic, space, trials=3, optimizer="random", storage=url, study_name="q", quiet=True)
+    with pytest.raises(StudyError, match=r"changed: optimizer.name.*from Python: overwrite=True, or another study_name="):
+        llmhpo.optimize(quadratic, space, trials=3, optimizer="soo", storage=url, study_name="q", quiet=True)
+    s = llmhpo.optimize(quadratic, space, trials=3, optimizer="soo", storage=url, study_name="q", overwrite=True,
+                        quiet=True)
+    assert s.complete == 3 and len(optuna.load_study(study_name="q", storage=url).trials) == 3  # replaced, not added to
+
 def fails(x):
     raise TrialFailed("[eval] objective 'my_mc/accuracy' was not produced; the tasks gave: my_mc/acc, my_mc/acc_norm "
                       "and a long tail that a cut at sixty characters would hide: END")

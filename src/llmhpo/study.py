@@ -437,7 +437,8 @@ def _record(t: FrozenTrial) -> TrialRecord:
 
 def _changed(name: str, old_json: str, config: Config) -> str:
     return (f"study '{name}' exists with a different configuration ({_diff(old_json, config)}); "
-            "run with --overwrite to replace it, or set another [study] name")
+            "run with --overwrite to replace it, or set another [study] name (from Python: overwrite=True, "
+            "or another study_name=)")
 
 
 def stored_difference(config: Config) -> str | None:
