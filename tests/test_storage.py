@@ -281,3 +281,40 @@ def test_sqlite_write_transactions_begin_immediate(tmp_path):
         assert con.driver_connection.isolation_level == "IMMEDIATE"
     finally:
         con.close()
+
+
+def test_status_of_a_storage_with_several_studies_lists_each_in_one_row(tmp_path, monkeypatch):
+    import json
+
+    import optuna
+    from typer.testing import CliRunner
+
+    import llmhpo
+    from llmhpo.cli import app
+
+    def two(x, y):
+        return {"a": (x - 0.3) ** 2 + y, "b": (x + 0.3) ** 2 - y}
+
+    url = f"sqlite:///{tmp_path}/several.db"
+    space = [llmhpo.Float("x", -1, 1), llmhpo.Float("y", -1, 1)]
+    llmhpo.optimize(lambda x, y: two(x, y)["a"], space, trials=4, optimizer="random", storage=url,
+                    study_name="one-objective", quiet=True)
+    llmhpo.optimize(two, space, trials=5, optimizer="random", metrics=["a", "b"], directions=["minimize", "minimize"],
+                    storage=url, study_name="two-objectives", quiet=True)
+    optuna.create_study(study_name="foreign", storage=url)  # an Optuna study llmhpo did not make
+    monkeypatch.setenv("COLUMNS", "100")
+    r = CliRunner().invoke(app, ["status", url])
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[1].strip(): line for line in r.output.splitlines() if line.startswith("│ ") and
+            line.split("│")[1].strip()}
+    assert "4 complete" in rows["one-objective"] and "(trial" in rows["one-objective"]
+    assert "5 complete" in rows["two-objectives"] and "Pareto" in rows["two-objectives"]
+    assert "was not made" in rows["foreign"]  # by llmhpo (the cell folds)
+    assert "llmhpo status " + url + " --study NAME" in r.output
+    r = CliRunner().invoke(app, ["status", url, "--json"])
+    got = {s["study"]: s for s in json.loads(r.output)["studies"]}
+    assert got["one-objective"]["counts"]["COMPLETE"] == 4 and got["one-objective"]["best_trial"] is not None
+    assert got["two-objectives"]["pareto_trials"] and "error" in got["foreign"]
+    r = CliRunner().invoke(app, ["best", url])  # one study is needed there: the names and the fix
+    assert r.exit_code != 0 and "holds several studies (one-objective, two-objectives, foreign); pass --study NAME" \
+        in r.output

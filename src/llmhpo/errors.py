@@ -18,6 +18,14 @@ class StudyError(LlmhpoError, RuntimeError):
     """A stored study cannot be used as asked (config changed, study missing)."""
 
 
+class SeveralStudies(StudyError):
+    """A storage that holds several studies, given where one study is needed."""
+
+    def __init__(self, storage_url: str, names: list[str]):
+        super().__init__(f"{storage_url} holds several studies ({', '.join(names)}); pass --study NAME")
+        self.storage_url, self.names = storage_url, names
+
+
 class ObjectiveSetupError(LlmhpoError, RuntimeError):
     """A model, dataset or task needed by the objective cannot be loaded."""
 

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from llmhpo._json import jsonable
 from llmhpo._version import __version__
 from llmhpo.config import Config, search_part
-from llmhpo.errors import StudyError
+from llmhpo.errors import SeveralStudies, StudyError
 from llmhpo.goals import feasible, metric_value, signed
 from llmhpo.pareto import hypervolume, non_dominated
 from llmhpo.space import Categorical, Float, SearchSpace
@@ -185,7 +185,7 @@ class Study:
             raise StudyError(f"no study in {storage_url}; run `llmhpo run STUDY.toml` first")
         if name is None:
             if len(names) > 1:
-                raise StudyError(f"{storage_url} holds several studies ({', '.join(names)}); pass --study NAME")
+                raise SeveralStudies(storage_url, names)
             name = names[0]
         if name not in names:
             raise StudyError(f"no study '{name}' in {storage_url}; it holds: {', '.join(names)}")

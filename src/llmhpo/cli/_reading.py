@@ -14,7 +14,7 @@ from llmhpo._format import fmt
 from llmhpo._json import jsonable
 from llmhpo.cli._app import console, fail, open_study, say
 from llmhpo.cli._pareto import chosen, constraints_json, pareto_json, picked, print_front, say_status
-from llmhpo.errors import LlmhpoError
+from llmhpo.errors import LlmhpoError, SeveralStudies
 
 
 def _base_json(st) -> dict | None:
@@ -41,18 +41,22 @@ def _say_base(st, best) -> None:
 
 def status(
     study: str = typer.Argument(..., help="Study TOML file, storage URL, or sqlite .db file."),
-    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several."),
+    name: Optional[str] = typer.Option(None, "--study", help="Study name, when the storage holds several "
+                                       "(without it: one line per study)."),
     last: int = typer.Option(10, "--last", help="How many recent trials to list."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole status as JSON (for scripts)."),
 ):
     """Trials done, failed and running, the driver and its workers, the best so far and the
-    latest trials."""
+    latest trials; for a storage that holds several studies, one line per study."""
     import time
 
     from llmhpo import lease
 
     try:
         st = open_study(study, name)
+    except SeveralStudies as e:
+        _overview(study, e.storage_url, e.names, as_json)
+        return
     except LlmhpoError as e:
         fail(e)
     c = st.counts()
@@ -85,6 +89,50 @@ def status(
     if alive and workers:
         console.print(_workers_table(workers, now))
     console.print(_trials_table(records[-last:], driver_gone=row is not None and not alive))
+
+
+def _overview(ref: str, url: str, names: list[str], as_json: bool) -> None:
+    """``status`` of a storage that holds several studies: each one's optimiser, goal, trials
+    by state, best value and driver, in one row; a study not made by llmhpo says so."""
+    from llmhpo import lease
+    from llmhpo.study import Study
+
+    rows = []
+    for n in names:
+        try:
+            st = Study.load(url, n)
+        except LlmhpoError as e:
+            rows.append({"study": n, "error": str(e)})
+            continue
+        cfg, best, driver = st.config, st.best(), st.driver()
+        one = best is not None and not cfg.study.objectives
+        rows.append({"study": n, "optimizer": cfg.optimizer,
+                     "goal": ", ".join(f"{o.metric} {o.direction}" for o in cfg.study.objectives)
+                     or cfg.study.direction,
+                     "counts": st.counts(), "best": best.value if one else None, "best_trial": best.number if one else None,
+                     **({"pareto_trials": [t.number for t in st.pareto()]} if cfg.study.objectives else {}),
+                     "driver_running": bool(driver and driver.get("token") and lease.alive(driver))})
+    if as_json:
+        print(json.dumps(jsonable({"storage": url, "studies": rows}), indent=1))
+        return
+    table = Table("study", "optimizer", "trials", "best", "driver", title=f"{len(names)} studies in {url}",
+                  title_justify="left")
+    for column in table.columns:
+        column.overflow = "fold"  # every name whole
+    states = (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("WAITING", "waiting"), ("FAIL", "failed"),
+              ("RUNNING", "running"))
+    for r in rows:
+        if "error" in r:
+            table.add_row(escape(r["study"]), "", escape(r["error"]), "", "")
+            continue
+        c = r["counts"]
+        trials = ", ".join(f"{c[k]} {word}" for k, word in states if c[k] or k == "COMPLETE")
+        best = "-" if r["best"] is None else f"{r['best']:.6g} (trial {r['best_trial']}, {r['goal']})"
+        if r.get("pareto_trials"):
+            best = f"{len(r['pareto_trials'])} trials on the Pareto set ({r['goal']})"
+        table.add_row(escape(r["study"]), r["optimizer"], trials, best, "running" if r["driver_running"] else "none")
+    console.print(table)
+    say(f"one study in full: llmhpo status {ref} --study NAME")
 
 
 def _cut_short(r) -> int | None:
