@@ -1,6 +1,5 @@
 """Bad config files end with exit code 2, one line naming the key, no traceback, no study."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -5,7 +5,6 @@ proposes new configurations, and is saved and restored with the optimiser."""
 import json
 
 import numpy as np
-import optuna
 import pytest
 
 from llmhpo.config import load_config

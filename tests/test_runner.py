@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -60,7 +59,6 @@ def write(tmp_path, trials=8, optimizer="soo", seconds=0.3, workers=2, extra="")
 def test_parallel_workers_run_concurrently_and_record_everything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(write(tmp_path, trials=8, seconds=0.5, workers=2, optimizer="bo"))
-    t0 = time.time()
     s = run(cfg, progress=False)
     assert s.complete == 8
     study = optuna.load_study(study_name="sleepy", storage="sqlite:///sleepy.db")
