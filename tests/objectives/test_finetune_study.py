@@ -175,11 +175,11 @@ def test_smollm2_sensible_learning_rate_beats_extremes(tmp_path):
         "smol")
     obj = FinetuneObjective(cfg)
     base = dict(lora_rank=8, lora_alpha=16, lora_dropout=0.05, weight_decay=0.01)
-    scores = {}
-    for lr in (1e-10, 1e-3, 1e-1):
+    scores = {"base": obj.base().value}  # the model untrained: what a vanishing learning rate leaves
+    for lr in (1e-3, 1e-1):
         try:
             scores[lr] = obj(dict(base, learning_rate=lr)).value
         except Exception as e:  # a diverged run scores nothing
             scores[lr] = 0.0 if "diverged" in str(e) else pytest.fail(str(e))
-    assert scores[1e-3] > scores[1e-10] + 0.1, scores
+    assert scores[1e-3] > scores["base"] + 0.1, scores
     assert scores[1e-3] > scores[1e-1] + 0.1, scores
