@@ -226,7 +226,8 @@ def test_a_rerun_whose_left_budget_fits_no_job_says_the_budget_is_met(tmp_path, 
     again = llmhpo.optimize(_curve, [llmhpo.Float("x", 0, 1)], **kw)
     assert again.resource_spent == first.resource_spent < 54
     out = " ".join(capsys.readouterr().out.split())
-    assert f"has met its budget ({first.resource_spent:g} of 54 steps; no job fits in the" in out
+    assert f"has met its budget ({first.resource_spent:g} of 54 steps; its last run ended with " \
+        f"{54 - first.resource_spent:g} left, too little for its next job)" in out
     assert "raise [budget] resource to run more" in out
 
 
@@ -261,3 +262,8 @@ def test_the_run_says_what_it_spent_and_why_the_rest_is_left(tmp_path, monkeypat
     assert spent <= 55 and (spent == 55) == (m.group(3) is None)
     assert m.group(3) is None or int(m.group(3)) == 55 - spent
     assert m.group(2) in (None, "promotion" if 55 - spent >= 1 else "job")  # rung 0 is 1 step: any left fits one
+    trials = len(optuna.load_study(study_name="mf", storage="sqlite:///mf.db").trials)
+    again = CliRunner().invoke(app, ["run", "mf.toml", "--no-progress"])  # the same budget: nothing to do
+    assert again.exit_code == 0 and "has met its budget" in again.output, again.output
+    assert f"stopped by budget ({spent} of 55 steps" in again.output
+    assert len(optuna.load_study(study_name="mf", storage="sqlite:///mf.db").trials) == trials

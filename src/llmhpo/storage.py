@@ -341,6 +341,23 @@ def _rdb(url: str, path: Path | None, read_only: bool = False) -> BaseStorage:
     return storage
 
 
+def has_optuna_tables(url: str) -> bool:
+    """Whether the database at ``url`` has Optuna's tables, looked at without writing (opening
+    it as an Optuna storage would stamp a fresh database)."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url)
+    except Exception:
+        return False
+    try:
+        return sa.inspect(engine).has_table("studies")
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
 def open_storage(url: str | None, read_only: bool = False) -> BaseStorage:
     """An Optuna storage from its URL: sqlite:///file.db, postgresql://..., mysql://...,
     journal:///path/file.log (Optuna's journal file, for a shared disk without a database

@@ -43,6 +43,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 CONFIG_KEY = "llmhpo:config"
 HASH_KEY = "llmhpo:config_hash"
 STATE_KEY = "llmhpo:optimizer_state"
+#: the resource budget at which a multi-fidelity run last ended by its budget (its waiting
+#: configurations pruned): a rerun with the same budget has nothing to do
+CLOSED_KEY = "llmhpo:closed_at_budget"
 
 
 def distributions(space: SearchSpace) -> dict[str, Any]:
@@ -210,6 +213,16 @@ class Study:
     def optimizer_state(self) -> dict[str, Any] | None:
         raw = self.storage.get_study_system_attrs(self.study_id).get(STATE_KEY)
         return None if raw is None else json.loads(raw)
+
+    def note_closed(self, budget: float) -> None:
+        """A multi-fidelity run ended by its resource budget ``budget``: its next job did not fit
+        and its waiting configurations were pruned."""
+        self.storage.set_study_system_attr(self.study_id, CLOSED_KEY, float(budget))
+
+    def closed_at(self) -> float | None:
+        """The budget ``note_closed`` recorded, or None."""
+        v = self.storage.get_study_system_attrs(self.study_id).get(CLOSED_KEY)
+        return None if v is None else float(v)
 
     # ------------------------------------------------------------------ the base score
     def set_base(self, value: float, metrics: dict[str, Any]) -> None:
@@ -446,13 +459,13 @@ def stored_difference(config: Config) -> str | None:
     configuration, found without creating or changing anything; None when the storage, or the
     study in it, does not exist yet or matches. For ``check``: a run finds the same when it
     opens the study (``_open_or_create``), on the storage it already holds."""
-    from llmhpo.storage import file_path
+    from llmhpo.storage import file_path, has_optuna_tables
 
     url, name = config.study.storage, config.study.name
     path = file_path(url)
     if url is None or url == "sqlite:///:memory:" or (path is not None and not path.exists()):
         return None
-    if not url.startswith("journal://") and not _has_optuna_tables(url):
+    if not url.startswith("journal://") and not has_optuna_tables(url):
         return None  # a database the run will make Optuna's tables in
     try:
         storage = open_storage(url, read_only=True)
@@ -463,23 +476,6 @@ def stored_difference(config: Config) -> str | None:
     if HASH_KEY in old and old[HASH_KEY] != config.search_hash():
         return _changed(name, old[CONFIG_KEY], config)
     return None
-
-
-def _has_optuna_tables(url: str) -> bool:
-    """Whether the database at ``url`` has Optuna's tables, looked at without writing (opening
-    it as an Optuna storage would stamp a fresh database)."""
-    import sqlalchemy as sa
-
-    try:
-        engine = sa.create_engine(url)
-    except Exception:
-        return False
-    try:
-        return sa.inspect(engine).has_table("studies")
-    except Exception:
-        return False
-    finally:
-        engine.dispose()
 
 
 def _diff(old_json: str, new: Config) -> str:

@@ -63,8 +63,9 @@ def run(
     if cfg.fidelity is not None and summary.resource_spent is not None and stopped == "budget":
         budget, spent = cfg.resource_budget(), summary.resource_spent
         left = budget - spent  # a promotion that does not fit ends the study: say so, or the rest looks lost
+        why = f"the next {summary.unfit} does not fit" if summary.unfit else "the last run's next job did not fit"
         stopped += f" ({spent:g} of {budget:g} {cfg.fidelity.resource}" + (
-            f"; the next {summary.unfit or 'job'} does not fit in the {left:g} left)" if left > 1e-9 else ")")
+            f"; {why} in the {left:g} left)" if left > 1e-9 else ")")
     say(f"study {summary.study} ({summary.storage}): {summary.complete} complete, {summary.failed} failed; "
         f"stopped by {stopped} after {summary.seconds:.1f} s")
     if summary.best_value is not None:

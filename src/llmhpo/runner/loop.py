@@ -142,6 +142,8 @@ class Loop:
             self._stop()
         if self.multi and self.stopped in ("budget", "optimizer exhausted"):
             checkpoints.close_study(self.config, self.study, self.scheduler, self.confs, self.running, self.log)
+            if self.stopped == "budget" and not self.running:
+                self.study.note_closed(self.budget)  # a rerun at this budget has nothing to do
         unfit = None if self.unfit is None else "promotion" if self.unfit.config_id is not None else "job"
         return summary_of(self.study, self.stopped, time.time() - self.t_start, self.complete, self.failed,
                           self.streak.reason, self.spent if self.multi else None, unfit)

@@ -134,8 +134,10 @@ def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | No
     if config.fidelity is None:
         if used < config.budget.trials or (config.study.reevaluate and reevaluation_queue(config, records)):
             return None
-    elif config.resource_budget() - used >= config.fidelity.rungs()[0] - 1e-9:
-        return None  # met when not even a new configuration's first rung fits in what is left
+    elif config.resource_budget() - used >= config.fidelity.rungs()[0] - 1e-9 \
+            and study.closed_at() != config.resource_budget():
+        return None  # met when not even a new configuration's first rung fits in what is left, or
+        # when the last run ended by this budget (its next job did not fit; what waited was pruned)
     spent = used if config.fidelity is not None else None
     summary = summary_of(study, "budget", 0.0, counts["COMPLETE"], counts["FAIL"], None, spent)
     return summary, _met_budget(config, used)
@@ -157,7 +159,11 @@ def _met_budget(config: Config, used: float) -> str:
         budget, unit = config.resource_budget(), config.fidelity.resource
         how = "raise [budget] resource" if config.budget.resource is not None else \
             "raise [budget] trials (or pass --trials N)"
-    left = f"; no job fits in the {budget - used:g} left" if used < budget - 1e-9 else ""
+    left = ""
+    if used < budget - 1e-9:
+        left = f"; its last run ended with {budget - used:g} left, too little for its next job" \
+            if config.fidelity is not None and budget - used >= config.fidelity.rungs()[0] - 1e-9 \
+            else f"; no job fits in the {budget - used:g} left"
     return f"study '{config.study.name}' has met its budget ({used:g} of {budget:g} {unit}{left}); {how} to run more"
 
 
