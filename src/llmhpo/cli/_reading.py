@@ -107,8 +107,7 @@ def _overview(ref: str, url: str, names: list[str], as_json: bool) -> None:
         cfg, best, driver = st.config, st.best(), st.driver()
         one = best is not None and not cfg.study.objectives
         rows.append({"study": n, "optimizer": cfg.optimizer,
-                     "goal": ", ".join(f"{o.metric} {o.direction}" for o in cfg.study.objectives)
-                     or cfg.study.direction,
+                     "goal": _goal(cfg),
                      "counts": st.counts(), "best": best.value if one else None, "best_trial": best.number if one else None,
                      **({"pareto_trials": [t.number for t in st.pareto()]} if cfg.study.objectives else {}),
                      "driver_running": bool(driver and driver.get("token") and lease.alive(driver))})
@@ -169,10 +168,15 @@ def _status_json(st, c: dict, best, records: list, row: dict | None, alive: bool
             "trials": [_trial_json(r) for r in records]}
 
 
+def _goal(cfg) -> str:
+    """What the study optimises: its direction, or each objective's metric and direction."""
+    return ", ".join(f"{o.metric} {o.direction}" for o in cfg.study.objectives) or cfg.study.direction
+
+
 def _say_counts(cfg, c: dict, records: list) -> None:
     """The study in one line, then its trials by state against the budget."""
-    goal = ", ".join(f"{o.metric} {o.direction}" for o in cfg.study.objectives) or cfg.study.direction
-    say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, {goal}")
+    say(f"study {cfg.study.name}: optimizer {cfg.optimizer}, objective {cfg.kind.describe(cfg.objective)}, "
+        f"{_goal(cfg)}")
     if cfg.fidelity is None:
         say(f"{c['COMPLETE']} complete, {c['FAIL']} failed, {c['RUNNING']} running, "
             f"{c['interrupted']} interrupted; budget {cfg.budget.trials}")

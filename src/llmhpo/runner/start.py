@@ -134,8 +134,7 @@ def _finished_study(config: Config, storage: Any) -> tuple[RunSummary, str] | No
     if config.fidelity is None:
         if used < config.budget.trials or (config.study.reevaluate and reevaluation_queue(config, records)):
             return None
-    elif config.resource_budget() - used >= config.fidelity.rungs()[0] - 1e-9 \
-            and study.closed_at() != config.resource_budget():
+    elif _first_rung_fits(config, used) and study.closed_at() != config.resource_budget():
         return None  # met when not even a new configuration's first rung fits in what is left, or
         # when the last run ended by this budget (its next job did not fit; what waited was pruned)
     spent = used if config.fidelity is not None else None
@@ -151,6 +150,11 @@ def _used(config: Config, study: Any) -> float:
     return counts["COMPLETE"] + counts["FAIL"]
 
 
+def _first_rung_fits(config: Config, used: float) -> bool:
+    """With [fidelity]: whether a new configuration's first rung fits in the resource left."""
+    return config.resource_budget() - used >= config.fidelity.rungs()[0] - 1e-9
+
+
 def _met_budget(config: Config, used: float) -> str:
     """The line saying a study has met its budget, and how to run more."""
     if config.fidelity is None:
@@ -162,7 +166,7 @@ def _met_budget(config: Config, used: float) -> str:
     left = ""
     if used < budget - 1e-9:
         left = f"; its last run ended with {budget - used:g} left, too little for its next job" \
-            if config.fidelity is not None and budget - used >= config.fidelity.rungs()[0] - 1e-9 \
+            if config.fidelity is not None and _first_rung_fits(config, used) \
             else f"; no job fits in the {budget - used:g} left"
     return f"study '{config.study.name}' has met its budget ({used:g} of {budget:g} {unit}{left}); {how} to run more"
 
