@@ -105,7 +105,11 @@ def test_every_scheduler_with_model_based_and_other_optimisers(tmp_path, monkeyp
     assert s.stopped == "budget" and s.complete >= 1
     st = check_study(tmp_path)
     state = json.loads(st._storage.get_study_system_attrs(st._study_id)["llmhpo:optimizer_state"])
-    assert not state["pending"]  # every configuration's start-rung score was told
+    # every configuration's start-rung score was told; a candidate asked for a worker that a
+    # promotion took, and left when the budget ran out, has no trial (a later run starts it)
+    started = {t.user_attrs["candidate_id"] for t in st.trials}
+    assert not [p for p in state["pending"] if p["id"] in started]
+    assert len(state["pending"]) <= 2  # at most one per worker
     if scheduler == "hyperband" and optimizer != "random":  # BOHB: proposals from one rung's model
         assert any("model_rung" in t.user_attrs["candidate"] for t in st.trials)
 
