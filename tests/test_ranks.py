@@ -74,11 +74,16 @@ def test_ray_fits_fractional_gpus():
 
 
 def test_cpu_workers_split_the_cores(monkeypatch):
-    assert split_threads(2, cores=8) == 4 and split_threads(3, cores=8) == 2 and split_threads(4, cores=2) == 1
-    # the split is the driver's: as if on 2 cores, where each worker would take both by default
-    monkeypatch.setattr(ranks, "usable_cores", lambda: 2)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LLMHPO_THREADS"):
         monkeypatch.delenv(var, raising=False)
+    assert split_threads(2, cores=8) == 4 and split_threads(3, cores=8) == 2 and split_threads(4, cores=2) == 1
+    # a limit the environment sets caps the share, never raises it; a malformed one is ignored
+    for limit, want in (("1", 1), ("3", 3), ("16", 4), ("0", 4), ("four", 4)):
+        monkeypatch.setenv("OMP_NUM_THREADS", limit)
+        assert split_threads(2, cores=8) == want, limit
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    # the split is the driver's: as if on 2 cores, where each worker would take both by default
+    monkeypatch.setattr(ranks, "usable_cores", lambda: 2)
     ex = ProcessExecutor(Threads, 2)
     try:
         ex.submit("a", {})

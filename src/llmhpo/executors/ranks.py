@@ -48,8 +48,12 @@ def usable_cores() -> int:
 
 def split_threads(processes: int, cores: int | None = None) -> int:
     """Threads for each of ``processes`` CPU processes that share ``cores`` (default: the
-    usable cores), so that they do not oversubscribe the machine."""
-    return max(1, (usable_cores() if cores is None else cores) // max(1, processes))
+    usable cores), so that they do not oversubscribe the machine; at most ``OMP_NUM_THREADS``
+    where the environment sets it (as torch's own default honours it: a shared node's, or a
+    test runner's, limit)."""
+    share = max(1, (usable_cores() if cores is None else cores) // max(1, processes))
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(limit)) if limit.isdigit() and int(limit) > 0 else share
 
 
 def use_threads(n: int | None) -> None:
