@@ -14,7 +14,7 @@ Median curve (how BOHB and DEHB report speed-ups): the share of the budget at wh
 over seeds of a method's best regret so far first reaches the median over seeds of full-fidelity
 BO's final regret (``benchmarks/multifidelity.py`` asks it of each seed instead).
 
-usage: python benchmarks/mf_stopping_bound.py RUNS.json [RUNS.json ...]
+usage: python benchmarks/mf_target.py RUNS.json [RUNS.json ...]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from llmhpo.lab.bench import MFRow, resource_to_reach
 
 
 def oracle_fraction(trace: list[tuple[float, float]], budget: float, r_min: float, r_max: float) -> float:
@@ -46,11 +48,11 @@ def best_by(trace: list[tuple[float, float]], spent: float) -> float:
     return min((g for r, g in trace if r <= spent + 1e-9), default=float("inf"))
 
 
-def median_curve_fraction(runs: list[dict], target: float) -> float | None:
+def median_curve_fraction(runs: list[MFRow], target: float) -> float | None:
     """The first share of the budget (in 1% steps) at which the median best regret so far is at
     most ``target``; None when it never is."""
     for pct in range(1, 101):
-        if statistics.median(best_by(r["trace"], r["budget"] * pct / 100) for r in runs) <= target:
+        if statistics.median(best_by(r.trace, r.budget * pct / 100) for r in runs) <= target:
             return pct / 100
     return None
 
@@ -61,21 +63,20 @@ def main(paths: list[Path]) -> None:
     for path in paths:
         d = json.loads(path.read_text())
         r_min, r_max, _ = (float(v) for v in d["rungs"].split(":"))
-        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[MFRow]] = defaultdict(list)
         for run in d["runs"]:
-            groups[run["function"], run["method"]].append(run)
+            groups[run["function"], run["method"]].append(MFRow(**run))
         for (f, method), runs in sorted(groups.items()):
             bo = groups.get((f, "bo"))
             if not bo:
                 continue
             if method == "bo":
-                oracle = [oracle_fraction(r["trace"], r["budget"], r_min, r_max) for r in runs]
-                own = [next(s for s, g in r["trace"] if g == best_by(r["trace"], r["budget"])) / r["budget"]
-                       for r in runs]
+                oracle = [oracle_fraction(r.trace, r.budget, r_min, r_max) for r in runs]
+                own = [resource_to_reach(r, best_by(r.trace, r.budget)) / r.budget for r in runs]
                 bound.append(f"| {path.name} | {f} | {len(runs)} | {statistics.median(oracle):.0%} "
                              f"({min(oracle):.0%}-{max(oracle):.0%}) | {statistics.median(own):.0%} |")
                 continue
-            at = median_curve_fraction(runs, statistics.median(best_by(r["trace"], r["budget"]) for r in bo))
+            at = median_curve_fraction(runs, statistics.median(best_by(r.trace, r.budget) for r in bo))
             curves.append(f"| {path.name} | {f} | {method} | {len(runs)} | {'never' if at is None else f'{at:.0%}'} |")
     print("| runs | function | seeds | oracle stopping: median budget fraction to reach BO's final best (range) "
           "| full-fidelity BO's own (median) |")
